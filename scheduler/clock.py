@@ -1,0 +1,31 @@
+"""The one clock. Everything that needs "now" calls :func:`now`, so freezegun controls it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+def to_iso(moment: datetime) -> str:
+    """UTC ISO 8601 with a ``Z`` suffix and millisecond precision."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def from_iso(text: str) -> datetime:
+    """Parse what :func:`to_iso` writes (and any ISO 8601 with an offset or ``Z``).
+
+    Naive times are taken as UTC. Raises ``ValueError`` on anything else.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected an ISO 8601 time string, got {type(text).__name__}")
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)

@@ -1,0 +1,1 @@
+"""Click commands. Each module imports heavy dependencies inside command bodies only."""

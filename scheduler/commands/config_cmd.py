@@ -1,0 +1,205 @@
+"""``config --show`` and ``validate-config [--fix]``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from scheduler.cli import AppContext, SubCommand
+from scheduler.errors import EXIT_OK, EXIT_USAGE, ConfigError
+
+
+@click.command(cls=SubCommand)
+@click.option("--show", is_flag=True, help="Print every resolved setting and its origin.")
+@click.option("--json", "as_json", is_flag=True, help="Print {name: {value, origin}} as JSON.")
+@click.pass_obj
+def config(app: AppContext, show: bool, as_json: bool) -> int:
+    """Show the resolved configuration (secrets masked)."""
+    settings = app.settings()
+    resolved = settings.resolved()
+    if as_json:
+        click.echo(json.dumps(
+            {name: {"value": item.value, "origin": item.origin} for name, item in resolved.items()},
+            indent=2,
+        ))
+        return EXIT_OK
+    width = max(len(name) for name in resolved)
+    for name, item in resolved.items():
+        value = item.value if isinstance(item.value, str) else json.dumps(item.value)
+        click.echo(f"{name:<{width}}  {value}  [{item.origin}]")
+    return EXIT_OK
+
+
+@dataclass
+class Finding:
+    level: str  # "error" | "warning" | "ok" | "fixed"
+    message: str
+
+
+@click.command("validate-config", cls=SubCommand)
+@click.option("--fix", is_flag=True,
+              help="Create missing directories (0700) and a default agent control file.")
+@click.pass_obj
+def validate_config(app: AppContext, fix: bool) -> int:
+    """Check the configuration; print each problem and how to fix it (exit 2 on errors)."""
+    settings = app.settings()
+    findings: list[Finding] = []
+    findings += _check_base_path(settings.base_path)
+    if not any(f.level == "error" for f in findings):
+        findings += _check_directories(settings, fix)
+        findings += _check_control_file(settings, fix)
+    findings += _check_agent_command(settings)
+    findings += _check_source(settings)
+    findings += [Finding("warning", f"unknown variable {name}: is it a typo?")
+                 for name in settings.unknown_variables]
+    registry = _registry_or_none(settings)
+    for finding in findings:
+        click.echo(f"{finding.level.upper():<8} {finding.message}")
+    if registry is not None:
+        _print_agent_table(registry)
+    errors = sum(f.level == "error" for f in findings)
+    click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s), "
+               f"{sum(f.level == 'fixed' for f in findings)} change(s)")
+    return EXIT_USAGE if errors else EXIT_OK
+
+
+def _check_base_path(base: Path) -> list[Finding]:
+    if not base.is_dir():
+        return [Finding("error", f"base path {base} does not exist or is not a directory; "
+                                 "create it or set TINYSCHEDULER_BASE_PATH")]
+    return [Finding("ok", f"base path {base}")]
+
+
+def _check_directories(settings, fix: bool) -> list[Finding]:
+    from scheduler.fsutil import ensure_private_dir
+
+    findings = []
+    wanted = {
+        "state directory": settings.state_dir,
+        "running directory": settings.running_dir,
+        "log directory": settings.log_dir,
+        "outbox directory": settings.outbox_dir,
+        "lock file directory": settings.lock_file.parent,
+        "tasks database directory": settings.tasks_db.parent,
+    }
+    seen: set[Path] = set()
+    for label, path in wanted.items():
+        if path in seen:
+            continue
+        seen.add(path)
+        if path.is_dir():
+            if os.access(path, os.W_OK | os.X_OK):
+                findings.append(Finding("ok", f"{label} {path}"))
+            else:
+                findings.append(Finding("error", f"{label} {path} is not writable; "
+                                                 f"fix its owner or mode (chmod 700)"))
+        elif path.exists():
+            findings.append(Finding("error", f"{label} {path} exists but is not a directory"))
+        elif fix:
+            try:
+                ensure_private_dir(path)
+                findings.append(Finding("fixed", f"created {label} {path} (0700)"))
+            except OSError as exc:
+                findings.append(Finding("error", f"cannot create {label} {path}: {exc}"))
+        elif _creatable(path):
+            findings.append(Finding("warning", f"{label} {path} is missing; "
+                                               "'validate-config --fix' creates it"))
+        else:
+            findings.append(Finding("error", f"{label} {path} is missing and cannot be created "
+                                             "(no writable parent)"))
+    if settings.recipes_dir.is_dir():
+        findings.append(Finding("ok", f"recipes directory {settings.recipes_dir}"))
+    else:
+        findings.append(Finding("warning", f"recipes directory {settings.recipes_dir} is "
+                                           "missing; goose tasks will fail to launch "
+                                           "(set TINYSCHEDULER_RECIPES_DIR)"))
+    return findings
+
+
+def _creatable(path: Path) -> bool:
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+def _check_control_file(settings, fix: bool) -> list[Finding]:
+    from scheduler.fsutil import FILE_MODE
+    from scheduler.registry import DEFAULT_AGENTS, parse_control_file
+
+    path = settings.agent_control_file
+    if not path.exists():
+        if not fix:
+            return [Finding("warning", f"agent control file {path} is missing: legacy mode "
+                                       "(assigned tasks only); 'validate-config --fix' writes "
+                                       "a default one")]
+        body = [{"agentName": name, "agentType": queue} for name, queue in DEFAULT_AGENTS]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(body, indent=2) + "\n")
+        except OSError as exc:
+            return [Finding("error", f"cannot create agent control file {path}: {exc}")]
+        return [Finding("fixed", f"created agent control file {path} with "
+                                 + ", ".join(f"{n} (queue {q})" for n, q in DEFAULT_AGENTS))]
+    try:
+        pairs = parse_control_file(path)
+    except ConfigError as exc:
+        return [Finding("error", f"{exc}; fix the file (it is never overwritten)")]
+    findings = [Finding("ok", f"agent control file {path}: {len(pairs)} agent(s)")]
+    for name, _queue in pairs:
+        limit = settings.agent_limits.get(name, settings.default_agent_limit)
+        if limit == 0:
+            findings.append(Finding("warning", f"agent {name} has limit 0: it will never run; "
+                                               "set TINYSCHEDULER_AGENT_LIMITS"))
+    return findings
+
+
+def _check_agent_command(settings) -> list[Finding]:
+    argv = shlex.split(settings.agent_command)
+    program = argv[0].replace("{goose_bin}", settings.goose_bin)
+    if "{" in program:
+        return [Finding("warning", f"agent command starts with a placeholder ({argv[0]}); "
+                                   "cannot check that it exists")]
+    candidate = program if os.sep in program else shutil.which(program)
+    if candidate and os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+        return [Finding("ok", f"agent command {candidate}")]
+    return [Finding("warning", f"agent command {program!r} is not an executable on PATH; "
+                               "install it, or set TINYSCHEDULER_GOOSE_BIN / "
+                               "TINYSCHEDULER_AGENT_COMMAND")]
+
+
+def _check_source(settings) -> list[Finding]:
+    if settings.task_source == "tinytask":
+        return [Finding("ok", f"task source tinytask at {settings.mcp_endpoint}")]
+    return [Finding("ok", f"task source local at {settings.tasks_db}")]
+
+
+def _registry_or_none(settings):
+    from scheduler.registry import load_registry
+
+    try:
+        return load_registry(settings.agent_control_file, settings.agent_limits,
+                             settings.default_agent_limit)
+    except ConfigError:
+        return None
+
+
+def _print_agent_table(registry) -> None:
+    click.echo("")
+    mode = "legacy mode: assigned tasks only" if registry.legacy else "registry"
+    click.echo(f"effective agents ({mode}):")
+    if not registry.agents:
+        click.echo("  (none)")
+        return
+    width = max(len(agent.name) for agent in registry.agents)
+    click.echo(f"  {'AGENT':<{width}}  {'QUEUE':<14} LIMIT")
+    for agent in registry.agents:
+        click.echo(f"  {agent.name:<{width}}  {agent.queue or '-':<14} {agent.limit}")

@@ -1,0 +1,64 @@
+"""Private directories and crash-safe file writes, shared by leases, outbox and state files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+#: Mode of every directory and file this project creates.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def ensure_private_dir(path: Path) -> bool:
+    """Create ``path`` (and parents) 0700 if missing. Returns True when it was created."""
+    if path.is_dir():
+        return False
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file in the same directory, write,
+    flush, fsync, rename, fsync the directory. Readers see the old or the new file, never
+    a torn one. The temp name starts with ``.tmp-`` so directory scans can skip it."""
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, value: object, *, durable: bool = True) -> None:
+    atomic_write(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode(),
+                 durable=durable)
+
+
+def read_private(path: Path) -> bytes:
+    """Read a state file without following a symlink at its final component."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()

@@ -1,0 +1,437 @@
+"""Layered, validated, immutable settings.
+
+Layers, lowest first: built-in defaults < env file < process environment < command-line
+flags. Every setting is read from ``TINYSCHEDULER_<NAME>``; the names of the original
+TinyScheduler keep their meaning. :data:`OPTIONS` is the single definition that the
+loader, ``config --show``, ``.env.example`` and ``docs/configuration.md`` all follow.
+
+This module imports only the standard library (plus python-dotenv when an env file is
+read), so ``--help`` and ``config --show`` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import ConfigError
+from scheduler.names import NAME_RULE, is_valid_name
+
+#: Every variable starts with this prefix.
+PREFIX = "TINYSCHEDULER_"
+
+#: The default agent command: goose headless on the task's recipe, the task id as a parameter.
+DEFAULT_AGENT_COMMAND = (
+    "{goose_bin} run --no-session --recipe {recipe_path} --params task_id={task_id}"
+)
+
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+# --- parsers: text -> value, raising ValueError with what is accepted -------------------
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("accepted: 1/true/yes or 0/false/no (any case)")
+
+
+def _int_parser(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"accepted: a whole number >= {minimum}") from None
+        if value < minimum:
+            raise ValueError(f"accepted: a whole number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _choice_parser(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("accepted: " + " | ".join(choices))
+        return value
+
+    return parse
+
+
+def _parse_text(text: str) -> str:
+    return text.strip()
+
+
+def _parse_path(text: str) -> Path:
+    value = text.strip()
+    if not value:
+        raise ValueError("accepted: a file system path")
+    return Path(value).expanduser()
+
+
+def _parse_log_level(text: str) -> str:
+    return _choice_parser("debug", "info", "warning", "error")(text).upper()
+
+
+def _parse_endpoint(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("accepted: an http:// or https:// URL")
+    return value
+
+
+def _parse_hostname(text: str) -> str:
+    value = text.strip()
+    if not is_valid_name(value):
+        raise ValueError(f"accepted: {NAME_RULE}")
+    return value
+
+
+def _parse_command(text: str) -> str:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"accepted: an argv template split like shell words ({exc})") from None
+    if not argv:
+        raise ValueError("accepted: a non-empty argv template")
+    return text.strip()
+
+
+def parse_agent_limits(text: str) -> dict[str, int]:
+    """Parse ``{"a": 1, "b": 2}`` or ``a=1,b=2`` into a name -> limit mapping."""
+    value = text.strip()
+    if not value:
+        return {}
+    accepted = 'accepted: a JSON object {"agent": N} or agent=N,agent=N with N >= 0'
+    if value.startswith("{"):
+        try:
+            raw = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}; {accepted}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(accepted)
+        pairs = list(raw.items())
+    else:
+        pairs = []
+        for item in value.split(","):
+            name, sep, number = item.partition("=")
+            if not sep:
+                raise ValueError(f"{item.strip()!r} has no '='; {accepted}")
+            pairs.append((name.strip(), number.strip()))
+    limits: dict[str, int] = {}
+    for name, number in pairs:
+        if not is_valid_name(name):
+            raise ValueError(f"agent name {name!r} is invalid ({NAME_RULE}); {accepted}")
+        if isinstance(number, bool):
+            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}")
+        try:
+            limit = int(number)
+        except (TypeError, ValueError):
+            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}") from None
+        if limit < 0 or str(number).strip() not in (str(limit), f"+{limit}"):
+            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}")
+        limits[name] = limit
+    return limits
+
+
+# --- the definitions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its variable, default, parser and documentation."""
+
+    name: str  #: variable name without the prefix, e.g. ``HEARTBEAT_SEC``
+    default: str  #: default as text ("" = empty); a few are derived, see ``default_note``
+    parse: Callable[[str], Any]
+    help: str
+    example: str = ""
+    secret: bool = False
+    is_path: bool = False  #: relative values resolve against BASE_PATH
+    default_note: str = ""  #: how a derived default is computed, for docs
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name
+
+    @property
+    def attr(self) -> str:
+        return self.name.lower()
+
+
+def _path(name: str, default: str, help_text: str, example: str) -> Option:
+    return Option(name, default, _parse_path, help_text, example, is_path=True)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("BASE_PATH", "", _parse_path, "Root that relative paths resolve against.",
+           "/srv/agents", is_path=True, default_note="the current directory"),
+    _path("STATE_DIR", "state", "Runtime state: outbox, pass summary, metrics, pauses.",
+          "/var/lib/tinyscheduler"),
+    _path("RUNNING_DIR", "state/running", "Lease files, one per task in flight.",
+          "/var/lib/tinyscheduler/running"),
+    _path("LOG_DIR", "state/logs", "Scheduler logs and per-attempt task logs.",
+          "/var/log/tinyscheduler"),
+    _path("RECIPES_DIR", "recipes", "Where agent recipes live; a recipe must resolve inside it.",
+          "/srv/agents/recipes"),
+    _path("LOCK_FILE", "state/tinyscheduler.lock", "The scheduler lock (never deleted).",
+          "/var/lib/tinyscheduler/scheduler.lock"),
+    _path("AGENT_CONTROL_FILE", "agent-control.json",
+          "Agent registry: JSON array of {agentName, agentType}; missing = legacy mode.",
+          "/etc/tinyscheduler/agents.json"),
+    _path("TASKS_DB", "state/tasks.db", "SQLite file of the embedded local task store.",
+          "/var/lib/tinyscheduler/tasks.db"),
+    Option("WORK_DIR", "", _parse_path, "Working directory of the agents.",
+           "/srv/agents/checkout", is_path=True, default_note="BASE_PATH"),
+    Option("AGENT_LIMITS", "", parse_agent_limits,
+           "Concurrency per agent, JSON object or a=1,b=2.", 'dispatcher=1,worker=3'),
+    Option("DEFAULT_AGENT_LIMIT", "1", _int_parser(0),
+           "Limit of a registry agent absent from AGENT_LIMITS.", "2"),
+    Option("TASK_SOURCE", "", _choice_parser("local", "tinytask"),
+           "Where tasks come from: local (embedded SQLite) or tinytask (REST).", "tinytask",
+           default_note="tinytask if MCP_ENDPOINT is set, else local"),
+    Option("MCP_ENDPOINT", "", _parse_endpoint, "TinyTask server base URL (without /api/v1).",
+           "http://tinytask:3000"),
+    Option("MCP_TOKEN", "", _parse_text, "Bearer token for the TinyTask server (secret).",
+           "s3cr3t", secret=True),
+    Option("GOOSE_BIN", "goose", _parse_text, "The goose executable ({goose_bin}).",
+           "/usr/local/bin/goose"),
+    Option("AGENT_COMMAND", DEFAULT_AGENT_COMMAND, _parse_command,
+           "Agent argv template; placeholders {task_id} {agent} {queue} {attempt} {recipe} "
+           "{recipe_path} {title} {task_file} {base_path} {goose_bin}; never run by a shell.",
+           "my-agent --task {task_id} --file {task_file}"),
+    Option("LOOP_INTERVAL_SEC", "60", _int_parser(1), "Daemon: seconds between passes.", "30"),
+    Option("HEARTBEAT_SEC", "15", _int_parser(1), "Wrapper heartbeat interval.", "10"),
+    Option("STALE_MULTIPLIER", "4", _int_parser(2),
+           "A heartbeat older than HEARTBEAT_SEC x this is stale.", "4"),
+    Option("MAX_RUNTIME_SEC", "3600", _int_parser(1), "Watchdog: longest allowed run.", "7200"),
+    Option("IDLE_TIMEOUT_SEC", "0", _int_parser(0),
+           "Kill an agent silent for this long (0 = off).", "900"),
+    Option("KILL_GRACE_SEC", "30", _int_parser(0), "Seconds between SIGTERM and SIGKILL.", "10"),
+    Option("SPAWN_TIMEOUT_SEC", "30", _int_parser(1),
+           "A lease still 'starting' after this long with no wrapper is reclaimed.", "60"),
+    Option("MAX_ATTEMPTS", "3", _int_parser(1), "Attempts before a task is parked as failed.",
+           "5"),
+    Option("RETRY_BACKOFF_SEC", "60", _int_parser(0),
+           "Retry delay: this x 2^(attempt-1) after a failed attempt.", "120"),
+    Option("HOSTNAME", "", _parse_hostname, "This host's name in leases.", "worker-01",
+           default_note="the machine's host name"),
+    Option("LOG_LEVEL", "INFO", _parse_log_level, "DEBUG, INFO, WARNING or ERROR.", "DEBUG"),
+    Option("LOG_FORMAT", "text", _choice_parser("text", "json"),
+           "text, or json (one object per line).", "json"),
+    Option("DRY_RUN", "false", _parse_bool, "Plan and print, change nothing.", "true"),
+    Option("DISABLE_BLOCKING", "false", _parse_bool,
+           "Rollback switch: the source's own order, no blocker filtering.", "false"),
+)
+
+OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+#: Variables of the original TinyScheduler that no longer do anything.
+OBSOLETE = {
+    "BIN_DIR": "the wrapper ships as the tinyscheduler-wrapper console script",
+    "TASK_CACHE_DIR": "task data is handed to the agent through TINYSCHEDULER_TASK_FILE",
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A value and where it came from: ``default``, ``env file PATH``, ``environment``, ``flag``."""
+
+    value: Any
+    origin: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every resolved setting. Built once per process by :func:`load_settings`."""
+
+    base_path: Path
+    state_dir: Path
+    running_dir: Path
+    log_dir: Path
+    recipes_dir: Path
+    lock_file: Path
+    agent_control_file: Path
+    tasks_db: Path
+    work_dir: Path
+    agent_limits: Mapping[str, int]
+    default_agent_limit: int
+    task_source: str
+    mcp_endpoint: str
+    mcp_token: str = field(repr=False)
+    goose_bin: str = "goose"
+    agent_command: str = DEFAULT_AGENT_COMMAND
+    loop_interval_sec: int = 60
+    heartbeat_sec: int = 15
+    stale_multiplier: int = 4
+    max_runtime_sec: int = 3600
+    idle_timeout_sec: int = 0
+    kill_grace_sec: int = 30
+    spawn_timeout_sec: int = 30
+    max_attempts: int = 3
+    retry_backoff_sec: int = 60
+    hostname: str = "localhost"
+    log_level: str = "INFO"
+    log_format: str = "text"
+    dry_run: bool = False
+    disable_blocking: bool = False
+    env_file: Path | None = None
+    origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    unknown_variables: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.state_dir / "outbox"
+
+    @property
+    def pause_file(self) -> Path:
+        return self.state_dir / "paused.json"
+
+    @property
+    def last_pass_file(self) -> Path:
+        return self.state_dir / "last-pass.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.state_dir / "metrics.jsonl"
+
+    @property
+    def wake_socket(self) -> Path:
+        return self.state_dir / "wake.sock"
+
+    @property
+    def task_log_dir(self) -> Path:
+        return self.log_dir / "tasks"
+
+    def resolved(self) -> dict[str, Resolved]:
+        """Every setting with its origin, secrets masked: what ``config --show`` prints."""
+        shown: dict[str, Resolved] = {}
+        for option in OPTIONS:
+            value = getattr(self, option.attr)
+            if option.secret and value:
+                value = "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            shown[option.name] = Resolved(value, self.origins.get(option.name, "default"))
+        return shown
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of an env file (python-dotenv syntax). Missing file -> ConfigError."""
+    if not path.is_file():
+        raise ConfigError(
+            f"env file {path} does not exist or is not a file "
+            "(pass an existing file to --env-file, or omit it to use ./.env when present)"
+        )
+    from dotenv import dotenv_values  # imported only when an env file is read
+
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"env file {path} cannot be read: {exc}") from None
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def load_settings(
+    env_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build the settings from the layers; raise :class:`ConfigError` naming a bad value.
+
+    ``env_file`` None means ``./.env`` when present. ``flags`` maps option names to text
+    values, except ``AGENT_LIMITS`` which maps to a dict merged over the lower layers.
+    Nothing is created or changed on disk.
+    """
+    environ = os.environ if environ is None else environ
+    flags = dict(flags or {})
+    cwd = Path.cwd() if cwd is None else cwd
+    if env_file is None and (cwd / ".env").is_file():
+        env_file = cwd / ".env"
+    file_values = read_env_file(env_file) if env_file is not None else {}
+
+    layers: list[tuple[str, Mapping[str, str]]] = [
+        (f"env file {env_file}", file_values),
+        ("environment", environ),
+    ]
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for option in OPTIONS:
+        text, origin = option.default, "default"
+        for layer_origin, layer in layers:
+            if layer.get(option.env, "").strip():
+                text, origin = layer[option.env], layer_origin
+        flag_value = flags.get(option.name)
+        if flag_value is not None and option.name != "AGENT_LIMITS":
+            text, origin = str(flag_value), "flag"
+        values[option.name] = _parse(option, text, origin) if text.strip() else None
+        origins[option.name] = origin
+
+    limits = dict(values["AGENT_LIMITS"] or {})
+    if flags.get("AGENT_LIMITS"):
+        limits.update(flags["AGENT_LIMITS"])
+        origins["AGENT_LIMITS"] = "flag"
+    values["AGENT_LIMITS"] = limits
+
+    _derive_defaults(values, cwd)
+    unknown = sorted(
+        {key for _, layer in layers for key in layer if key.startswith(PREFIX)}
+        - {option.env for option in OPTIONS}
+    )
+    return Settings(
+        **{option.attr: values[option.name] for option in OPTIONS},
+        env_file=env_file,
+        origins=origins,
+        unknown_variables=tuple(unknown),
+    )
+
+
+def _parse(option: Option, text: str, origin: str) -> Any:
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        shown = "********" if option.secret else repr(text)
+        raise ConfigError(f"{option.env}={shown} (from {origin}) is invalid: {exc}") from None
+
+
+def _derive_defaults(values: dict[str, Any], cwd: Path) -> None:
+    base = values["BASE_PATH"] or cwd
+    base = base if base.is_absolute() else cwd / base
+    values["BASE_PATH"] = base
+    if values["WORK_DIR"] is None:
+        values["WORK_DIR"] = base
+    for option in OPTIONS:
+        value = values[option.name]
+        if option.is_path and isinstance(value, Path) and not value.is_absolute():
+            values[option.name] = base / value
+    if values["TASK_SOURCE"] is None:
+        values["TASK_SOURCE"] = "tinytask" if values["MCP_ENDPOINT"] else "local"
+    if values["HOSTNAME"] is None:
+        import socket
+
+        values["HOSTNAME"] = socket.gethostname().split(".")[0] or "localhost"
+    for option in OPTIONS:
+        if values[option.name] is None:
+            values[option.name] = "" if option.default == "" else option.parse(option.default)
+    if values["TASK_SOURCE"] == "tinytask" and not values["MCP_ENDPOINT"]:
+        raise ConfigError(
+            f"{PREFIX}TASK_SOURCE=tinytask needs {PREFIX}MCP_ENDPOINT "
+            "(accepted: an http:// or https:// URL of the TinyTask server)"
+        )

@@ -1,0 +1,137 @@
+"""The task-source interface: what the reconciler and the wrapper need from a backlog.
+
+Two implementations sit beside this module: ``local`` (embedded SQLite, the default) and
+``tinytask`` (the TinyTask REST API). Values coming out of a source are untrusted: ids,
+agent names and recipe names are validated by the source before a :class:`Task` is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+#: Task statuses. TinyTask knows idle/working/complete; the local store adds the other two.
+IDLE, WORKING, COMPLETE, FAILED, CANCELLED = "idle", "working", "complete", "failed", "cancelled"
+
+#: Outcomes of one attempt, written by the wrapper.
+SUCCEEDED = "succeeded"
+OUTCOME_FAILED = "failed"
+KILLED = "killed"
+TIMED_OUT = "timed_out"
+STALLED = "stalled"
+OUTCOME_CANCELLED = "cancelled"
+LAUNCH_FAILED = "launch_failed"
+RECLAIMED = "reclaimed"  #: the wrapper died; the scheduler requeues (counts as an attempt)
+OUTCOMES = (SUCCEEDED, OUTCOME_FAILED, KILLED, TIMED_OUT, STALLED, OUTCOME_CANCELLED,
+            LAUNCH_FAILED, RECLAIMED)
+
+#: Actor names written into the audit trail / comments.
+ACTOR_SCHEDULER = "tinyscheduler"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task as the scheduler sees it."""
+
+    id: str
+    title: str
+    description: str = ""
+    queue: str | None = None
+    assignee: str | None = None
+    status: str = IDLE
+    priority: int = 0
+    created_at: datetime | None = None
+    blocked_by: tuple[str, ...] = ()  #: ids of the tasks this one waits for
+    is_blocked: bool = False  #: True while any blocker is not complete
+    recipe: str | None = None
+    attempts: int = 0  #: attempts made so far
+    tags: tuple[str, ...] = ()
+    not_before: datetime | None = None  #: retry backoff: not eligible before this time
+    parked: bool = False  #: parked after MAX_ATTEMPTS; skipped until a human intervenes
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one attempt, as reported by a wrapper (or the reconciler on reclaim).
+
+    ``token`` is the lease's spawn token: it makes delivery idempotent (a result whose
+    token was already applied, or whose task is no longer working under that token, is
+    ignored) and lets an outbox file be delivered any number of times.
+    """
+
+    task_id: str
+    agent: str
+    attempt: int
+    outcome: str
+    token: str
+    summary: str  #: short human text: outcome, exit code, duration, attempt, host, log, tail
+    exit_code: int | None = None
+    signal: int | None = None
+    duration_sec: float = 0.0
+    host: str = ""
+    log_path: str = ""
+    finished_at: datetime | None = None
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :meth:`TaskSource.report` did: ``complete``, ``requeued``, ``parked``,
+    ``cancelled`` or ``ignored`` (stale or duplicate result), plus a note for the log."""
+
+    action: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failures are retried: backoff x 2^(attempt-1), parked after max_attempts."""
+
+    max_attempts: int
+    backoff_sec: int
+
+    def delay_after(self, attempt: int) -> int:
+        return self.backoff_sec * (2 ** max(attempt - 1, 0))
+
+
+class TaskSource(Protocol):
+    """What every task source provides. Every method raises ``SourceError`` on failure;
+    a failed call is never reported as "no tasks"."""
+
+    name: str
+
+    def assigned_idle(self, agent: str) -> list[Task]:
+        """All idle tasks assigned to ``agent`` (every page), blocked ones included."""
+
+    def queue_idle_unassigned(self, queue: str) -> list[Task]:
+        """All idle, unassigned tasks of ``queue`` (every page), blocked ones included,
+        each with ``blocked_by`` / ``is_blocked`` so the planner can order them."""
+
+    def current(self, task_ids: list[str]) -> dict[str, Task | None]:
+        """The current state of these tasks (None = deleted), to reconcile running leases."""
+
+    def claim(self, task_id: str, agent: str, token: str) -> None:
+        """Assign to ``agent`` and mark working, remembering ``token`` for the attempt.
+        Raises ``InvalidTransition`` if the task is no longer idle (someone else took it)."""
+
+    def report(self, result: Result, policy: RetryPolicy) -> Applied:
+        """Apply an attempt's result. Succeeded -> complete; cancelled -> cancelled;
+        anything else (reclaims included) -> attempts+1, then requeued idle with
+        ``not_before`` = now + policy.delay_after(attempt), or parked failed after
+        policy.max_attempts with the reason. Applied only while the task is still working
+        under ``result.token``; otherwise ``ignored`` (idempotent, never overwrites newer
+        state). Always leaves a note: history row (local) or comment (TinyTask)."""
+
+    def health(self) -> Health:
+        """Is the source reachable and sane."""
+
+    def close(self) -> None:
+        """Release connections."""
