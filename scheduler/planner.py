@@ -1,0 +1,253 @@
+"""The planner: a pure function from what is running and what is waiting to what to do.
+
+No I/O here: the reconciler gathers leases (already judged by the lease rules), idle tasks
+and the registry, calls :func:`plan`, and carries the plan out. Every ordering and
+balancing rule is therefore a fast table-driven test.
+
+Rules, in order:
+
+* a task that already has a lease is never planned again;
+* parked tasks and tasks in retry backoff are skipped with their reason;
+* blocked tasks are skipped (unless ``disable_blocking``, the rollback switch that keeps the
+  source's own order with no filtering or sorting);
+* the rest are ordered by how many tasks each blocks, directly or transitively (more
+  first), then priority (higher first), then age (older first), then id;
+* per agent, free slots = limit - its live leases; tasks already assigned to an agent go
+  first, since they can run nowhere else;
+* per queue, unassigned tasks go one by one to the pool member with the most free slots,
+  ties broken by name; legacy mode (no registry file) runs assigned tasks only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from scheduler.registry import Registry
+from scheduler.sources.base import Task
+
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Pauses:
+    """Dispatch pauses set by ``tinyscheduler pause``: everything, some agents, some queues."""
+
+    everything: bool = False
+    agents: frozenset[str] = frozenset()
+    queues: frozenset[str] = frozenset()
+
+    @property
+    def any(self) -> bool:
+        return self.everything or bool(self.agents) or bool(self.queues)
+
+    def describe(self) -> str:
+        if self.everything:
+            return "all dispatch paused"
+        parts = [f"agent {a}" for a in sorted(self.agents)] + [f"queue {q}" for q in
+                                                               sorted(self.queues)]
+        return "paused: " + ", ".join(parts) if parts else "not paused"
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """A lease the lease rules judged dead (or hung): reclaim it and requeue its task."""
+
+    task_id: str
+    agent: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Run ``task`` on ``agent``; ``why`` says how it was chosen."""
+
+    task: Task
+    agent: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    task_id: str
+    reason: str
+    kind: str  #: leased | parked | backoff | blocked | paused | no-slot | unknown-agent
+
+
+@dataclass(frozen=True)
+class AgentLoad:
+    name: str
+    queue: str | None
+    limit: int
+    used: int
+    planned: int
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    reclaims: tuple[Reclaim, ...] = ()
+    spawns: tuple[Spawn, ...] = ()
+    skips: tuple[Skip, ...] = ()
+    agents: tuple[AgentLoad, ...] = ()
+    legacy: bool = False
+
+    def skipped(self, kind: str) -> int:
+        return sum(1 for skip in self.skips if skip.kind == kind)
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """What the planner needs of a lease: whose slot it holds and whether it is dead."""
+
+    task_id: str
+    agent: str
+    reclaim_reason: str | None = None
+
+
+@dataclass
+class _Slots:
+    free: dict[str, int] = field(default_factory=dict)
+    planned: dict[str, int] = field(default_factory=dict)
+
+    def take(self, agent: str) -> None:
+        self.free[agent] -= 1
+        self.planned[agent] = self.planned.get(agent, 0) + 1
+
+
+def plan(
+    leases: Sequence[LeaseView],
+    tasks: Iterable[Task],
+    registry: Registry,
+    now: datetime,
+    *,
+    disable_blocking: bool = False,
+    pauses: Pauses = Pauses(),
+) -> Plan:
+    """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
+    to registry agents, and unassigned in registry queues), blocked ones included."""
+    tasks = _unique(tasks)
+    reclaims = tuple(Reclaim(v.task_id, v.agent, v.reclaim_reason)
+                     for v in leases if v.reclaim_reason)
+    leased = {view.task_id for view in leases}
+    used: dict[str, int] = {}
+    for view in leases:
+        if not view.reclaim_reason:
+            used[view.agent] = used.get(view.agent, 0) + 1
+
+    agents = registry.by_name()
+    slots = _Slots()
+    for agent in registry.agents:
+        paused = pauses.everything or agent.name in pauses.agents
+        slots.free[agent.name] = 0 if paused else max(agent.limit - used.get(agent.name, 0), 0)
+
+    skips: list[Skip] = []
+    eligible = _eligible(tasks, leased, now, disable_blocking, skips)
+    ordered = eligible if disable_blocking else _by_importance(eligible, tasks)
+
+    spawns: list[Spawn] = []
+    assigned = [t for t in ordered if t.assignee]
+    unassigned = [t for t in ordered if not t.assignee]
+    for task in assigned:
+        spawns_or_skip = _place_assigned(task, agents, slots, pauses)
+        _collect(spawns_or_skip, spawns, skips)
+    if not registry.legacy:
+        pools = registry.queues()
+        for task in unassigned:
+            _collect(_place_queued(task, pools, slots, pauses), spawns, skips)
+
+    loads = tuple(
+        AgentLoad(a.name, a.queue, a.limit, used.get(a.name, 0), slots.planned.get(a.name, 0),
+                  pauses.everything or a.name in pauses.agents)
+        for a in registry.agents
+    )
+    return Plan(reclaims, tuple(spawns), tuple(skips), loads, registry.legacy)
+
+
+def _unique(tasks: Iterable[Task]) -> list[Task]:
+    seen: dict[str, Task] = {}
+    for task in tasks:
+        seen.setdefault(task.id, task)
+    return list(seen.values())
+
+
+def _eligible(tasks: list[Task], leased: set[str], now: datetime, disable_blocking: bool,
+              skips: list[Skip]) -> list[Task]:
+    eligible = []
+    for task in tasks:
+        if task.id in leased:
+            skips.append(Skip(task.id, "already leased", "leased"))
+        elif task.parked:
+            skips.append(Skip(task.id, f"parked: {task.last_error or 'too many attempts'}",
+                              "parked"))
+        elif task.not_before is not None and task.not_before > now:
+            skips.append(Skip(task.id, f"retry backoff until {task.not_before.isoformat()}",
+                              "backoff"))
+        elif task.is_blocked and not disable_blocking:
+            blockers = ", ".join(task.blocked_by) or "an unfinished task"
+            skips.append(Skip(task.id, f"blocked by {blockers}", "blocked"))
+        else:
+            eligible.append(task)
+    return eligible
+
+
+def blocking_counts(tasks: Sequence[Task]) -> dict[str, int]:
+    """How many of ``tasks`` each task blocks, directly or transitively (cycle-safe)."""
+    waiting_on: dict[str, list[str]] = {}
+    for task in tasks:
+        for blocker in task.blocked_by:
+            waiting_on.setdefault(blocker, []).append(task.id)
+    counts: dict[str, int] = {}
+    for task in tasks:
+        reached: set[str] = set()
+        stack = list(waiting_on.get(task.id, ()))
+        while stack:
+            current = stack.pop()
+            if current in reached or current == task.id:
+                continue
+            reached.add(current)
+            stack.extend(waiting_on.get(current, ()))
+        counts[task.id] = len(reached)
+    return counts
+
+
+def _id_key(task_id: str) -> tuple[int, int, str]:
+    return (0, int(task_id), "") if task_id.isdigit() else (1, 0, task_id)
+
+
+def _by_importance(eligible: list[Task], all_tasks: list[Task]) -> list[Task]:
+    counts = blocking_counts(all_tasks)
+    return sorted(eligible, key=lambda t: (-counts.get(t.id, 0), -t.priority,
+                                           t.created_at or _NEVER, _id_key(t.id)))
+
+
+def _place_assigned(task: Task, agents: Mapping, slots: _Slots, pauses: Pauses):
+    agent = agents.get(task.assignee)
+    if agent is None:
+        return Skip(task.id, f"assigned to {task.assignee}, not a known agent", "unknown-agent")
+    if pauses.everything or agent.name in pauses.agents:
+        return Skip(task.id, f"agent {agent.name} is paused", "paused")
+    if slots.free[agent.name] <= 0:
+        return Skip(task.id, f"no free slot for {agent.name} (limit {agent.limit})", "no-slot")
+    slots.take(agent.name)
+    return Spawn(task, agent.name, f"assigned to {agent.name}")
+
+
+def _place_queued(task: Task, pools: Mapping, slots: _Slots, pauses: Pauses):
+    queue = task.queue
+    pool = pools.get(queue) if queue else None
+    if not pool:
+        return Skip(task.id, f"queue {queue!r} has no agents", "unknown-agent")
+    if pauses.everything or queue in pauses.queues:
+        return Skip(task.id, f"queue {queue} is paused", "paused")
+    best = min(pool, key=lambda a: (-slots.free[a.name], a.name))
+    if slots.free[best.name] <= 0:
+        return Skip(task.id, f"queue {queue} has no free slot", "no-slot")
+    slots.take(best.name)
+    return Spawn(task, best.name, f"queue {queue} -> {best.name} "
+                                  f"({slots.free[best.name] + 1} free)")
+
+
+def _collect(result, spawns: list[Spawn], skips: list[Skip]) -> None:
+    (spawns if isinstance(result, Spawn) else skips).append(result)
