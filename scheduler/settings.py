@@ -103,7 +103,7 @@ def _parse_command(text: str) -> str:
         argv = shlex.split(text)
     except ValueError as exc:
         raise ValueError(f"accepted: an argv template split like shell words ({exc})") from None
-    if not argv:
+    if not argv or not argv[0]:
         raise ValueError("accepted: a non-empty argv template")
     return text.strip()
 
@@ -114,13 +114,13 @@ def parse_agent_limits(text: str) -> dict[str, int]:
     if not value:
         return {}
     accepted = 'accepted: a JSON object {"agent": N} or agent=N,agent=N with N >= 0'
-    if value.startswith("{"):
+    if value.startswith(("{", "[")):
         try:
             raw = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}; {accepted}") from None
         if not isinstance(raw, dict):
-            raise ValueError(accepted)
+            raise ValueError(f"a JSON {type(raw).__name__} is not an object; {accepted}")
         pairs = list(raw.items())
     else:
         pairs = []
@@ -391,6 +391,12 @@ def load_settings(
     values["AGENT_LIMITS"] = limits
 
     _derive_defaults(values, cwd)
+    if values["TASK_SOURCE"] == "tinytask" and not values["MCP_ENDPOINT"]:
+        raise ConfigError(
+            f"{PREFIX}TASK_SOURCE=tinytask (from {origins['TASK_SOURCE']}) needs "
+            f"{PREFIX}MCP_ENDPOINT (accepted: an http:// or https:// URL of the TinyTask "
+            "server; or set TASK_SOURCE=local)"
+        )
     unknown = sorted(
         {key for _, layer in layers for key in layer if key.startswith(PREFIX)}
         - {option.env for option in OPTIONS}
@@ -430,8 +436,3 @@ def _derive_defaults(values: dict[str, Any], cwd: Path) -> None:
     for option in OPTIONS:
         if values[option.name] is None:
             values[option.name] = "" if option.default == "" else option.parse(option.default)
-    if values["TASK_SOURCE"] == "tinytask" and not values["MCP_ENDPOINT"]:
-        raise ConfigError(
-            f"{PREFIX}TASK_SOURCE=tinytask needs {PREFIX}MCP_ENDPOINT "
-            "(accepted: an http:// or https:// URL of the TinyTask server)"
-        )
