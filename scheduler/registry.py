@@ -82,7 +82,8 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
                 raise ConfigError(f"{where}: {key} {value!r} is invalid; accepted: {NAME_RULE}")
         name = item["agentName"]
         if name in seen:
-            raise ConfigError(f"{where}: duplicate agentName {name!r}; each agent appears once")
+            raise ConfigError(f"{where}: duplicate agentName {name!r}; "
+                              "accepted: each agentName at most once")
         seen.add(name)
         pairs.append((name, item["agentType"]))
     return pairs

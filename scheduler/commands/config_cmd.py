@@ -56,8 +56,7 @@ def validate_config(app: AppContext, fix: bool) -> int:
         findings += _check_control_file(settings, fix)
     findings += _check_agent_command(settings)
     findings += _check_source(settings)
-    findings += [Finding("warning", f"unknown variable {name}: is it a typo?")
-                 for name in settings.unknown_variables]
+    findings += [_unknown_variable(name) for name in settings.unknown_variables]
     registry = _registry_or_none(settings)
     for finding in findings:
         click.echo(f"{finding.level.upper():<8} {finding.message}")
@@ -67,6 +66,15 @@ def validate_config(app: AppContext, fix: bool) -> int:
     click.echo(f"{errors} error(s), {sum(f.level == 'warning' for f in findings)} warning(s), "
                f"{sum(f.level == 'fixed' for f in findings)} change(s)")
     return EXIT_USAGE if errors else EXIT_OK
+
+
+def _unknown_variable(name: str) -> Finding:
+    from scheduler.settings import OBSOLETE, PREFIX
+
+    reason = OBSOLETE.get(name[len(PREFIX):])
+    if reason:
+        return Finding("warning", f"obsolete variable {name} is ignored: {reason}")
+    return Finding("warning", f"unknown variable {name} is ignored: is it a typo?")
 
 
 def _check_base_path(base: Path) -> list[Finding]:
@@ -113,12 +121,20 @@ def _check_directories(settings, fix: bool) -> list[Finding]:
         else:
             findings.append(Finding("error", f"{label} {path} is missing and cannot be created "
                                              "(no writable parent)"))
-    if settings.recipes_dir.is_dir():
-        findings.append(Finding("ok", f"recipes directory {settings.recipes_dir}"))
+    recipes = settings.recipes_dir
+    if recipes.is_dir():
+        findings.append(Finding("ok", f"recipes directory {recipes}"))
+    elif fix and not recipes.exists():
+        try:
+            ensure_private_dir(recipes)
+            findings.append(Finding("fixed", f"created recipes directory {recipes} (0700)"))
+        except OSError as exc:
+            findings.append(Finding("error", f"cannot create recipes directory {recipes}: {exc}"))
     else:
-        findings.append(Finding("warning", f"recipes directory {settings.recipes_dir} is "
+        findings.append(Finding("warning", f"recipes directory {recipes} is "
                                            "missing; goose tasks will fail to launch "
-                                           "(set TINYSCHEDULER_RECIPES_DIR)"))
+                                           "(set TINYSCHEDULER_RECIPES_DIR or run "
+                                           "'validate-config --fix')"))
     return findings
 
 
@@ -130,7 +146,7 @@ def _creatable(path: Path) -> bool:
 
 
 def _check_control_file(settings, fix: bool) -> list[Finding]:
-    from scheduler.fsutil import FILE_MODE
+    from scheduler.fsutil import FILE_MODE, ensure_private_dir
     from scheduler.registry import DEFAULT_AGENTS, parse_control_file
 
     path = settings.agent_control_file
@@ -141,7 +157,7 @@ def _check_control_file(settings, fix: bool) -> list[Finding]:
                                        "a default one")]
         body = [{"agentName": name, "agentType": queue} for name, queue in DEFAULT_AGENTS]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(body, indent=2) + "\n")
