@@ -31,9 +31,10 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically: temp file in the same directory, write,
     flush, fsync, rename, fsync the directory. Readers see the old or the new file, never
-    a torn one. The temp name starts with ``.tmp-`` so directory scans can skip it."""
-    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+    a torn one. The temp name starts with ``.tmp-`` so directory scans can skip it; it is
+    unique per call (pid plus a random suffix), so threads and processes never share one."""
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{os.urandom(6).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:

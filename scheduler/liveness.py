@@ -1,0 +1,227 @@
+"""Is a lease's owner alive? One pure rule (:func:`classify`) and the watchdog's kill.
+
+:func:`classify` reads time only from its ``now`` argument and OS facts only from a
+:class:`Probe`, so tests drive it with freezegun and fakes. psutil is imported only by
+:class:`SystemProbe` and :func:`terminate_group`, when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+from scheduler.leases import STARTING, Lease, LeaseStore
+
+if TYPE_CHECKING:
+    import psutil
+
+PID_DEAD = "pid-dead"
+PID_REUSED = "pid-reused"
+HEARTBEAT_STALE = "heartbeat-stale"
+RUNTIME_EXCEEDED = "runtime-exceeded"
+SPAWN_TIMEOUT = "spawn-timeout"
+ALIVE = None
+
+#: Two readings of one process's start time agree within this many seconds.
+START_TIME_TOLERANCE = 0.01
+#: After SIGKILL, how long :func:`terminate_group` waits for the process to go.
+KILL_WAIT_SEC = 5.0
+
+watchdog_log = logging.getLogger("tinyscheduler.watchdog")
+
+
+class Probe(Protocol):
+    """The OS facts :func:`classify` needs."""
+
+    def lock_held(self, task_id: str) -> bool:
+        """True when some process holds the task's liveness lock."""
+        ...
+
+    def start_time(self, pid: int) -> float | None:
+        """The process's start time (epoch seconds); None when it is gone or a zombie."""
+        ...
+
+
+class SystemProbe:
+    """The real :class:`Probe`: flock probe through the store, process facts from psutil."""
+
+    def __init__(self, store: LeaseStore) -> None:
+        self.store = store
+
+    def lock_held(self, task_id: str) -> bool:
+        return self.store.is_held(task_id)
+
+    def start_time(self, pid: int) -> float | None:
+        return process_start_time(pid)
+
+
+def process_start_time(pid: int) -> float | None:
+    """Start time of ``pid`` per psutil, or None when there is no such (non-zombie) process."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def classify(
+    lease: Lease,
+    *,
+    now: datetime,
+    this_host: str,
+    max_runtime_sec: float,
+    spawn_timeout_sec: float,
+    kill_grace_sec: float,
+    probe: Probe,
+) -> str | None:
+    """Why ``lease`` is dead (a reason constant), or :data:`ALIVE` (None).
+
+    - ``starting``: reclaimed after ``spawn_timeout_sec`` unless a wrapper holds the lock.
+    - another host's lease: judged by its heartbeat only.
+    - this host's lease: a free liveness lock sends us to the process; a pid that is gone
+      is ``pid-dead``, one whose start time differs (or was never recorded) is
+      ``pid-reused``. A held lock, or a matching process, go on to the time rules.
+    - time rules: ``runtime-exceeded`` after max_runtime + kill_grace + the lease's
+      heartbeat interval. The wrapper enforces MAX_RUNTIME itself (and reports the task
+      as timed out); the watchdog is only the backstop, so it leaves the wrapper time to
+      terminate its agent and report. Then ``heartbeat-stale`` when the heartbeat is
+      older than the interval x multiplier *recorded in the lease*.
+
+    Limits are strict: a lease exactly at a limit is still alive.
+    """
+    age = now - lease.started_at
+    if lease.state == STARTING:
+        if age > timedelta(seconds=spawn_timeout_sec) and not probe.lock_held(lease.task_id):
+            return SPAWN_TIMEOUT
+        return ALIVE
+
+    stale_after = timedelta(seconds=lease.heartbeat_sec * lease.stale_multiplier)
+    heartbeat_age = now - lease.heartbeat
+    if lease.host != this_host:
+        return HEARTBEAT_STALE if heartbeat_age > stale_after else ALIVE
+
+    if not probe.lock_held(lease.task_id):
+        if lease.pid is None:
+            return PID_DEAD
+        started = probe.start_time(lease.pid)
+        if started is None:
+            return PID_DEAD
+        if (lease.pid_started_at is None
+                or abs(started - lease.pid_started_at) > START_TIME_TOLERANCE):
+            return PID_REUSED
+
+    runtime_limit = timedelta(seconds=max_runtime_sec + kill_grace_sec + lease.heartbeat_sec)
+    if age > runtime_limit:
+        return RUNTIME_EXCEEDED
+    if heartbeat_age > stale_after:
+        return HEARTBEAT_STALE
+    return ALIVE
+
+
+def needs_kill(reason: str | None) -> bool:
+    """True when the lease's process may still run and must be terminated."""
+    return reason in (RUNTIME_EXCEEDED, HEARTBEAT_STALE)
+
+
+# --- the watchdog's kill ----------------------------------------------------------------
+
+
+def terminate_group(pid: int, started_at: float, grace_sec: float, *,
+                    poll: float = 0.05) -> bool:
+    """SIGTERM the process group of ``pid``, SIGKILL it after ``grace_sec``.
+
+    Signals nothing unless ``pid`` still has start time ``started_at`` (returns False).
+    Signals only ``pid`` itself if it shares our own process group. The process need not
+    be our child: it is never reaped here, a zombie counts as gone. Returns True when the
+    process (and, for a group, every live member) is gone.
+    """
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        created = proc.create_time()
+    except psutil.NoSuchProcess:
+        return True
+    if abs(created - started_at) > START_TIME_TOLERANCE:
+        watchdog_log.warning("pid %d started at %.2f, not %.2f: another process, not signalled",
+                             pid, created, started_at)
+        return False
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return True
+    alone = pgid == os.getpgrp()
+
+    def send(signum: signal.Signals) -> None:
+        try:
+            if alone:
+                watchdog_log.warning("sending %s to pid %d", signum.name, pid)
+                os.kill(pid, signum)
+            else:
+                watchdog_log.warning("sending %s to process group %d", signum.name, pgid)
+                os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    def gone() -> bool:
+        if _process_running(proc):
+            return False
+        return alone or not _group_has_live_member(pgid)
+
+    send(signal.SIGTERM)
+    if _wait_until(gone, grace_sec, poll):
+        return True
+    send(signal.SIGKILL)
+    done = _wait_until(gone, KILL_WAIT_SEC, poll)
+    if not done:
+        watchdog_log.error("pid %d still running %.0f s after SIGKILL", pid, KILL_WAIT_SEC)
+    return done
+
+
+def _process_running(proc: psutil.Process) -> bool:
+    """True while ``proc`` exists, is the same process (not a reused pid) and no zombie."""
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _group_has_live_member(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    import psutil
+
+    # killpg also succeeds for zombies; look for a member that still runs.
+    for member in psutil.process_iter():
+        try:
+            if os.getpgid(member.pid) == pgid and member.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, poll: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
