@@ -1,0 +1,563 @@
+"""The ``tinytask`` task source: the TinyTask server's REST API (``/api/v1`` and ``/health``).
+
+Contract: ``shared/tinytask/openapi.json``. TinyTask knows three statuses (idle, working,
+complete) and free-form tags; everything else tinyscheduler needs is kept in tags it owns:
+
+``recipe:NAME``                         the recipe to run (set by whoever files the task)
+``tinyscheduler:attempts=N``            attempts made so far
+``tinyscheduler:retry-after=ISO``       not eligible before this time (retry backoff)
+``tinyscheduler:parked``                parked (failed too often, or cancelled): a human decides
+``tinyscheduler:lease=TOKEN``           the attempt in flight (set by ``claim``)
+``tinyscheduler:applied=TOKEN``         the last attempt whose result was applied
+
+httpx and tenacity are imported only when the server is first contacted, and one
+``httpx.Client`` is built per source object (per process), so commands that never talk to
+TinyTask pay nothing for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from scheduler import __version__
+from scheduler.clock import from_iso, now, to_iso
+from scheduler.errors import InvalidTransition, SourceError
+from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.sources.base import (
+    ACTOR_SCHEDULER,
+    COMPLETE,
+    IDLE,
+    OUTCOME_CANCELLED,
+    SUCCEEDED,
+    WORKING,
+    Applied,
+    Health,
+    Result,
+    RetryPolicy,
+    Task,
+)
+
+log = logging.getLogger("tinyscheduler.tinytask")
+
+API_PREFIX = "/api/v1"
+PAGE_SIZE = 100  #: the server's documented default ``limit``
+STATUSES = ("idle", "working", "complete")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+TAG_RECIPE = "recipe:"
+TAG_ATTEMPTS = "tinyscheduler:attempts="
+TAG_RETRY_AFTER = "tinyscheduler:retry-after="
+TAG_PARKED = "tinyscheduler:parked"
+TAG_LEASE = "tinyscheduler:lease="
+TAG_APPLIED = "tinyscheduler:applied="
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way worth retrying (connection, timeout, 429, 5xx)."""
+
+
+class _BadTask(ValueError):
+    """A task object from the server that cannot be used; ``field`` names what is wrong."""
+
+    def __init__(self, task_id: object, field: str, value: object, rule: str) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"task {task_id!r}: invalid {field} {shown} ({rule})")
+        self.field = field
+
+
+def _positive_int(value: object) -> int | None:
+    """An integer id from a JSON number (``5`` or ``5.0``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value > 0:
+        return value
+    return None
+
+
+def _id_number(task_id: object) -> int:
+    """A scheduler task id as TinyTask's integer id; SourceError if it is not one."""
+    text = str(task_id)
+    if not _DIGITS.fullmatch(text) or int(text) < 1:
+        raise SourceError(f"TinyTask task id {text[:40]!r} is not a positive integer")
+    return int(text)
+
+
+def _tag_values(tags: list[str], prefix: str) -> list[str]:
+    return [tag[len(prefix):] for tag in tags if tag.startswith(prefix)]
+
+
+def _without(tags: list[str], *prefixes: str) -> list[str]:
+    return [tag for tag in tags if not tag.startswith(prefixes)]
+
+
+def _attempts_of(tags: list[str]) -> int:
+    """Attempts recorded in the tags (the largest well-formed value; 0 if none)."""
+    counts = [int(value) for value in _tag_values(tags, TAG_ATTEMPTS)
+              if value.isdigit() and len(value) < 10]
+    return max(counts, default=0)
+
+
+class _Fields:
+    """Typed access to one untrusted task object; every failure raises :class:`_BadTask`."""
+
+    def __init__(self, raw: dict, task_id: str) -> None:
+        self.raw, self.task_id = raw, task_id
+
+    def bad(self, field: str, value: object, rule: str) -> _BadTask:
+        return _BadTask(self.task_id, field, value, rule)
+
+    def text(self, field: str, nullable: bool = False) -> str | None:
+        value = self.raw.get(field)
+        if value is None and nullable:
+            return None
+        if not isinstance(value, str):
+            raise self.bad(field, value, "expected a string" + (" or null" * nullable))
+        return value
+
+    def name(self, field: str) -> str | None:
+        value = self.text(field, nullable=True)
+        if value is not None and not is_valid_name(value):
+            raise self.bad(field, value, f"expected {NAME_RULE}")
+        return value
+
+    def number(self, field: str) -> int:
+        value = self.raw.get(field, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.bad(field, value, "expected a number")
+        try:
+            return int(value)
+        except (OverflowError, ValueError):  # inf, nan
+            raise self.bad(field, value, "expected a finite number") from None
+
+    def flag(self, field: str) -> bool:
+        value = self.raw.get(field, False)
+        if not isinstance(value, bool):
+            raise self.bad(field, value, "expected a boolean")
+        return value
+
+    def tags(self) -> list[str]:
+        value = self.raw.get("tags")
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+            raise self.bad("tags", value, "expected an array of strings")
+        return value
+
+    def blocked_by(self) -> tuple[str, ...]:
+        value = self.raw.get("blocked_by_task_id")
+        if value is None:
+            return ()
+        number = _positive_int(value)
+        if number is None:
+            raise self.bad("blocked_by_task_id", value, "expected a task id or null")
+        return (str(number),)
+
+    def time(self, field: str) -> datetime | None:
+        value = self.raw.get(field)
+        if value is None:
+            return None
+        try:
+            return from_iso(value)
+        except ValueError:
+            raise self.bad(field, value, "expected an ISO 8601 time") from None
+
+
+def _retry_after(task_id: str, tags: list[str]) -> datetime | None:
+    """The latest well-formed retry-after tag; malformed ones are logged and ignored."""
+    latest: datetime | None = None
+    for value in _tag_values(tags, TAG_RETRY_AFTER):
+        try:
+            moment = from_iso(value)
+        except ValueError:
+            log.warning("TinyTask task %s: ignoring malformed tag %r", task_id,
+                        (TAG_RETRY_AFTER + value)[:120])
+            continue
+        latest = moment if latest is None else max(latest, moment)
+    return latest
+
+
+def to_task(raw: object) -> Task:
+    """Convert one ParsedTask object into a :class:`Task`; raise :class:`_BadTask`."""
+    if not isinstance(raw, dict):
+        raise _BadTask(None, "task", raw, "expected a JSON object")
+    number = _positive_int(raw.get("id"))
+    if number is None:
+        raise _BadTask(raw.get("id"), "id", raw.get("id"), "expected a positive integer")
+    fields = _Fields(raw, str(number))
+    status = raw.get("status")
+    if status not in STATUSES:
+        raise fields.bad("status", status, "expected one of " + "|".join(STATUSES))
+    tags = fields.tags()
+    recipes = _tag_values(tags, TAG_RECIPE)
+    if recipes and not is_valid_name(recipes[0]):
+        raise fields.bad("recipe", recipes[0], f"expected {NAME_RULE}")
+    return Task(
+        id=fields.task_id,
+        title=fields.text("title") or "",
+        description=fields.text("description", nullable=True) or "",
+        queue=fields.name("queue_name"),
+        assignee=fields.name("assigned_to"),
+        status=status,
+        priority=fields.number("priority"),
+        created_at=fields.time("created_at"),
+        blocked_by=fields.blocked_by(),
+        is_blocked=fields.flag("is_currently_blocked"),
+        recipe=recipes[0] if recipes else None,
+        attempts=_attempts_of(tags),
+        tags=tuple(tags),
+        not_before=_retry_after(fields.task_id, tags),
+        parked=TAG_PARKED in tags,
+    )
+
+
+class TinyTaskSource:
+    """The TaskSource over TinyTask's REST API. See the module docstring for the tags."""
+
+    name = "tinytask"
+
+    def __init__(
+        self,
+        endpoint: str,
+        token: str = "",
+        *,
+        timeout: float = 10.0,
+        retry_attempts: int = 4,
+        retry_initial: float = 0.2,
+        retry_max: float = 2.0,
+        sleep=time.sleep,
+        clock=now,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        endpoint = (endpoint or "").strip().rstrip("/")
+        if not endpoint.startswith(("http://", "https://")):
+            raise SourceError(f"TinyTask endpoint {endpoint!r} is not an http:// or https:// URL")
+        if retry_attempts < 1 or page_size < 1:
+            raise ValueError("retry_attempts and page_size must be >= 1")
+        self.endpoint = endpoint
+        self._token = token or ""
+        self.timeout = timeout
+        self.retry_attempts = retry_attempts
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.page_size = page_size
+        self._sleep = sleep
+        self._clock = clock
+        self._client: Any = None
+        self._client_pid = 0
+        self._retrying: Any = None
+        #: tasks left out of the last listing because their data was unusable
+        self.skipped = 0
+
+    @classmethod
+    def from_settings(cls, settings) -> TinyTaskSource:
+        return cls(settings.mcp_endpoint, settings.mcp_token)
+
+    def __repr__(self) -> str:
+        return f"TinyTaskSource({self.endpoint!r})"
+
+    def __enter__(self) -> TinyTaskSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _http(self):
+        """The one httpx client of this process, built on first use."""
+        if self._client is not None and self._client_pid == os.getpid():
+            return self._client
+        # A forked child never reuses (or closes) its parent's connections.
+        import httpx
+        import tenacity
+
+        headers = {"User-Agent": f"tinyscheduler/{__version__}", "Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        self._client = httpx.Client(
+            base_url=self.endpoint + API_PREFIX,
+            headers=headers,
+            timeout=httpx.Timeout(connect=min(self.timeout, 5.0), read=self.timeout,
+                                  write=self.timeout, pool=self.timeout),
+            # Plain http never uses TLS: skip building an SSL context and loading the CA
+            # bundle (~50 ms). https keeps full verification. Redirects are not followed.
+            verify=not self.endpoint.startswith("http://"),
+            follow_redirects=False,
+        )
+        self._client_pid = os.getpid()
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry_attempts),
+            wait=tenacity.wait_exponential_jitter(
+                initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial),
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return self._client
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._token, "********") if self._token else text
+
+    def _call(self, method: str, path: str, *, params: dict | None = None,
+              body: dict | None = None, root: bool = False, allow_404: bool = False) -> Any:
+        """One API call with retries; the decoded JSON body, or None for an allowed 404."""
+        import httpx
+
+        client = self._http()
+        url = (self.endpoint + path) if root else path
+        shown = self.endpoint + ("" if root else API_PREFIX) + path
+        if params:
+            shown += "?" + urlencode(params)
+        attempts = 0
+
+        def attempt():
+            nonlocal attempts
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                response = client.request(method, url, params=params, json=body)
+            except httpx.TransportError as exc:
+                log.debug("TinyTask %s %s -> %s after %.1f ms", method, path,
+                          type(exc).__name__, (time.perf_counter() - started) * 1000)
+                raise _Retryable(f"{type(exc).__name__}: {exc}" if str(exc)
+                                 else type(exc).__name__) from exc
+            log.debug("TinyTask %s %s -> %d in %.1f ms", method, path, response.status_code,
+                      (time.perf_counter() - started) * 1000)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}{self._error_text(response)}")
+            return response
+
+        try:
+            response = self._retrying(attempt)
+        except _Retryable as exc:
+            times = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+            raise SourceError(self._redact(
+                f"TinyTask {method} {shown} failed after {times}: {exc}")) from None
+        status = response.status_code
+        if status == 404 and allow_404:
+            return None
+        if status >= 400:
+            hint = " (check TINYSCHEDULER_MCP_TOKEN)" if status in (401, 403) else ""
+            raise SourceError(self._redact(
+                f"TinyTask {method} {shown} failed: HTTP {status}"
+                f"{self._error_text(response)}{hint}"))
+        if status < 200 or status >= 300:
+            raise SourceError(f"TinyTask {method} {shown} failed: unexpected HTTP {status}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise SourceError(
+                f"TinyTask {method} {shown} returned HTTP {status} with a body that is not "
+                f"JSON ({exc}): {response.text[:80]!r}") from None
+
+    @staticmethod
+    def _error_text(response) -> str:
+        """The ErrorResponse message of a failed call, if the body has one (short)."""
+        try:
+            data = response.json()
+        except ValueError:
+            return ""
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            return f" ({data['error'][:200]})"
+        return ""
+
+    def _list(self, path: str, params: dict) -> list:
+        """Every item of a paginated TaskList (a bare JSON array, no total)."""
+        items: list = []
+        offset = 0
+        while True:
+            page = self._call("GET", path, params={**params, "limit": self.page_size,
+                                                   "offset": offset})
+            if not isinstance(page, list):
+                raise SourceError(
+                    f"TinyTask GET {self.endpoint}{API_PREFIX}{path} returned "
+                    f"{type(page).__name__}, expected a TaskList (JSON array)")
+            items.extend(page)
+            if len(page) < self.page_size:
+                return items
+            offset += len(page)
+
+    def _tasks(self, raws: list, wanted) -> list[Task]:
+        """Convert a listing; skip (count and log) unusable tasks and duplicates."""
+        self.skipped = 0
+        tasks: list[Task] = []
+        seen: set[str] = set()
+        for raw in raws:
+            try:
+                task = to_task(raw)
+            except _BadTask as exc:
+                self.skipped += 1
+                log.warning("skipping TinyTask %s", exc)
+                continue
+            if task.id not in seen and wanted(task):
+                seen.add(task.id)
+                tasks.append(task)
+        return tasks
+
+    def _get_raw(self, task_id: str) -> dict | None:
+        number = _id_number(task_id)
+        raw = self._call("GET", f"/tasks/{number}", allow_404=True)
+        if raw is not None and (not isinstance(raw, dict) or _positive_int(raw.get("id"))
+                                != number):
+            raise SourceError(f"TinyTask GET /tasks/{number} returned something that is not "
+                              f"task {number}: {str(raw)[:80]!r}")
+        return raw
+
+    @staticmethod
+    def _tags_of(raw: dict) -> list[str]:
+        tags = raw.get("tags")
+        if tags is None:
+            return []
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise SourceError(f"TinyTask task {raw.get('id')}: tags is not an array of strings")
+        return tags
+
+    # --- TaskSource -----------------------------------------------------------------------
+
+    def assigned_idle(self, agent: str) -> list[Task]:
+        raws = self._list("/tasks", {"assigned_to": agent, "status": IDLE})
+        return self._tasks(raws, lambda t: t.status == IDLE and t.assignee == agent)
+
+    def queue_idle_unassigned(self, queue: str) -> list[Task]:
+        raws = self._list(f"/queues/{quote(queue, safe='')}/tasks", {"status": IDLE})
+        return self._tasks(
+            raws, lambda t: t.status == IDLE and t.assignee is None and t.queue == queue)
+
+    def current(self, task_ids: list[str]) -> dict[str, Task | None]:
+        """Each task's state; None when the server says 404. A task whose data is unusable
+        raises SourceError (it must not be mistaken for a deleted one)."""
+        found: dict[str, Task | None] = {}
+        for task_id in task_ids:
+            raw = self._get_raw(task_id)
+            try:
+                found[task_id] = None if raw is None else to_task(raw)
+            except _BadTask as exc:
+                raise SourceError(f"TinyTask returned unusable data for {exc}") from None
+        return found
+
+    def claim(self, task_id: str, agent: str, token: str) -> None:
+        raw = self._get_raw(task_id)
+        if raw is None:
+            raise InvalidTransition(f"task {task_id} no longer exists in TinyTask")
+        status, owner = raw.get("status"), raw.get("assigned_to")
+        if status != IDLE:
+            raise InvalidTransition(f"task {task_id} is {status}, not idle: cannot claim it")
+        if owner not in (None, agent):
+            raise InvalidTransition(f"task {task_id} is assigned to {owner!r}, not {agent!r}")
+        tags = _without(self._tags_of(raw), TAG_LEASE, TAG_APPLIED) + [TAG_LEASE + token]
+        self._patch(task_id, {"status": WORKING, "assigned_to": agent, "tags": tags})
+
+    def report(self, result: Result, policy: RetryPolicy) -> Applied:
+        raw = self._get_raw(result.task_id)
+        if raw is None:
+            return Applied("ignored", f"task {result.task_id} no longer exists")
+        tags = self._tags_of(raw)
+        lease, applied = TAG_LEASE + result.token, TAG_APPLIED + result.token
+        if raw.get("status") != WORKING or lease not in tags:
+            if applied in tags:
+                return self._redeliver(raw, result)
+            return Applied("ignored", f"task {result.task_id} is {raw.get('status')} and not "
+                                      f"under lease {result.token}: stale result")
+        kept = _without(tags, TAG_LEASE, TAG_APPLIED) + [applied]
+        if result.outcome == SUCCEEDED:
+            self._patch(result.task_id, {"status": COMPLETE,
+                                         "tags": _without(kept, TAG_RETRY_AFTER)})
+            action, text = "complete", result.summary
+        elif result.outcome == OUTCOME_CANCELLED:
+            self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
+            action, text = "cancelled", f"cancelled: {result.summary}"
+        else:
+            attempts = _attempts_of(tags) + 1
+            kept = _without(kept, TAG_ATTEMPTS, TAG_RETRY_AFTER) + [f"{TAG_ATTEMPTS}{attempts}"]
+            if attempts >= policy.max_attempts:
+                self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
+                action = "parked"
+                text = (f"parked after {attempts} attempts ({result.outcome}); "
+                        f"a human decides: {result.summary}")
+            else:
+                delay = policy.delay_after(attempts)
+                retry_at = to_iso(self._clock() + timedelta(seconds=delay))
+                # The contract cannot null assigned_to (PATCH takes a string), so a queue
+                # task stays with its agent; the retry-after tag delays it.
+                self._patch(result.task_id, {"status": IDLE,
+                                             "tags": kept + [TAG_RETRY_AFTER + retry_at]})
+                action = "requeued"
+                text = (f"attempt {attempts} of {policy.max_attempts} {result.outcome}; "
+                        f"retry after {retry_at}: {result.summary}")
+        # State first, then the note: if we die in between, a re-delivery finds the
+        # applied tag and writes the missing comment (see _redeliver).
+        self._comment(result.task_id, _with_token(text, result.token))
+        return Applied(action, text[:200])
+
+    def _redeliver(self, raw: dict, result: Result) -> Applied:
+        """The result was applied already; write its comment if a crash lost it."""
+        comments = raw.get("comments")
+        note = f"result for lease {result.token} already applied"
+        if isinstance(comments, list) and not any(
+            isinstance(c, dict) and isinstance(c.get("content"), str)
+            and c["content"].endswith(_token_footer(result.token)) for c in comments
+        ):
+            self._comment(result.task_id,
+                          _with_token(f"{result.outcome}: {result.summary}", result.token))
+            note += "; its missing comment was written"
+        return Applied("ignored", note)
+
+    def _patch(self, task_id: str, body: dict) -> None:
+        data = self._call("PATCH", f"/tasks/{_id_number(task_id)}", body=body, allow_404=True)
+        if data is None:
+            raise SourceError(f"TinyTask task {task_id} disappeared while being updated")
+        if not isinstance(data, dict):
+            raise SourceError(f"TinyTask PATCH /tasks/{task_id} returned a "
+                              f"{type(data).__name__}, expected a ParsedTask object")
+
+    def _comment(self, task_id: str, content: str) -> None:
+        data = self._call("POST", f"/tasks/{_id_number(task_id)}/comments",
+                          body={"content": content, "created_by": ACTOR_SCHEDULER})
+        if not isinstance(data, dict):
+            raise SourceError(f"TinyTask POST /tasks/{task_id}/comments returned a "
+                              f"{type(data).__name__}, expected a CommentData object")
+
+    def health(self) -> Health:
+        """GET /health at the server root; when the server has none (404), GET /queues."""
+        try:
+            data = self._call("GET", "/health", root=True, allow_404=True)
+            if data is None:
+                names = self._call("GET", "/queues")
+                if not isinstance(names, list):
+                    return Health(False, f"TinyTask {self.endpoint}: GET /queues returned "
+                                         f"{type(names).__name__}, expected a JSON array")
+                return Health(True, f"TinyTask {self.endpoint}: API reachable "
+                                    f"({len(names)} queues)")
+        except SourceError as exc:
+            return Health(False, str(exc))
+        status = data.get("status") if isinstance(data, dict) else None
+        if status is not None and str(status).lower() not in ("ok", "healthy", "up"):
+            return Health(False, f"TinyTask {self.endpoint}: status {str(status)[:80]!r}")
+        return Health(True, f"TinyTask {self.endpoint}: {status or 'ok'}")
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._client_pid == os.getpid():
+            client.close()
+
+
+def _with_parked(tags: list[str]) -> list[str]:
+    return tags if TAG_PARKED in tags else tags + [TAG_PARKED]
+
+
+def _token_footer(token: str) -> str:
+    return f"[tinyscheduler lease {token}]"
+
+
+def _with_token(text: str, token: str) -> str:
+    return f"{text}\n\n{_token_footer(token)}"
