@@ -430,9 +430,8 @@ def _derive_defaults(values: dict[str, Any], cwd: Path) -> None:
     if values["TASK_SOURCE"] is None:
         values["TASK_SOURCE"] = "tinytask" if values["MCP_ENDPOINT"] else "local"
     if values["HOSTNAME"] is None:
-        import socket
-
-        values["HOSTNAME"] = socket.gethostname().split(".")[0] or "localhost"
+        # os.uname() is what socket.gethostname() returns on Linux, without importing socket
+        values["HOSTNAME"] = os.uname().nodename.split(".")[0] or "localhost"
     for option in OPTIONS:
         if values[option.name] is None:
             values[option.name] = "" if option.default == "" else option.parse(option.default)
