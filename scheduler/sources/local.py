@@ -1,0 +1,826 @@
+"""The embedded task source (``TASK_SOURCE=local``): SQLite at ``TASKS_DB``.
+
+Tasks have a queue, an assignee, a priority, any number of blockers, an attempt counter,
+a retry time (``not_before``) and a result; every status change is validated against a
+small state machine, runs in one ``BEGIN IMMEDIATE`` transaction and appends a row to the
+``history`` table, which is append-only (triggers refuse UPDATE and DELETE).
+
+Allowed changes: idle -> working (claim); working -> complete, idle (requeued with a
+retry time), failed (parked after the last attempt) or cancelled; idle -> cancelled;
+failed or cancelled -> idle (retry, attempts reset).
+
+One :class:`LocalStore` holds one connection, opened lazily in the process that uses it;
+a forked child never reuses its parent's connection (it opens its own).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from scheduler import clock as _clock
+from scheduler.errors import InputError, InvalidTransition, SourceError, TaskNotFound
+from scheduler.fsutil import FILE_MODE, ensure_private_dir
+from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.sources.base import (
+    ACTOR_SCHEDULER,
+    CANCELLED,
+    COMPLETE,
+    FAILED,
+    IDLE,
+    OUTCOME_CANCELLED,
+    SUCCEEDED,
+    WORKING,
+    Applied,
+    Health,
+    Result,
+    RetryPolicy,
+    Task,
+)
+
+STATUSES = (IDLE, WORKING, COMPLETE, FAILED, CANCELLED)
+
+MAX_TITLE_CHARS = 500
+MAX_DESCRIPTION_BYTES = 64 * 1024
+MAX_DETAIL_BYTES = 4 * 1024
+MAX_ERROR_CHARS = 500
+BUSY_TIMEOUT_MS = 5000
+#: Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
+CHUNK = 500
+
+RECIPE_RULE = "1-64 characters from A-Z a-z 0-9 _ . - (no '/', not starting with '.')"
+IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe")
+
+#: Allowed status changes and what each one is called.
+TRANSITIONS = {
+    (IDLE, WORKING): "claim",
+    (WORKING, COMPLETE): "complete",
+    (WORKING, IDLE): "requeue",
+    (WORKING, FAILED): "park",
+    (WORKING, CANCELLED): "cancel",
+    (IDLE, CANCELLED): "cancel",
+    (FAILED, IDLE): "retry",
+    (CANCELLED, IDLE): "retry",
+}
+
+#: Why a change into a status is refused, given where the task is now.
+_WHY = {
+    WORKING: "only idle tasks can be claimed",
+    COMPLETE: "only working tasks can be completed",
+    FAILED: "only working tasks can fail",
+    CANCELLED: "only idle or working tasks can be cancelled",
+}
+
+
+def check_transition(task_id: str, from_status: str, to_status: str,
+                     action: str | None = None) -> str:
+    """Return the name of the change ``from_status`` -> ``to_status`` (which must be
+    ``action`` when given), or raise :class:`InvalidTransition` naming the task, both
+    statuses and why."""
+    name = TRANSITIONS.get((from_status, to_status))
+    if name is not None and action in (None, name):
+        return name
+    if to_status == IDLE:
+        if action == "requeue":
+            why = "only working tasks can be requeued"
+        else:
+            why = "only failed or cancelled tasks can be retried"
+    else:
+        why = _WHY.get(to_status, f"{to_status!r} is not a status")
+    by = f" by {action}" if name is not None else ""
+    raise InvalidTransition(
+        f"task {task_id} is {from_status}; {why} "
+        f"({from_status} -> {to_status}{by} is not allowed)"
+    )
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+def _migration_1(conn: sqlite3.Connection) -> None:
+    statuses = ", ".join(f"'{status}'" for status in STATUSES)
+    for statement in (
+        f"""CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            title TEXT NOT NULL CHECK (length(title) BETWEEN 1 AND {MAX_TITLE_CHARS}),
+            description TEXT NOT NULL DEFAULT '',
+            queue TEXT,
+            assignee TEXT,
+            status TEXT NOT NULL DEFAULT 'idle' CHECK (status IN ({statuses})),
+            priority INTEGER NOT NULL DEFAULT 0,
+            recipe TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            last_error TEXT,
+            result_summary TEXT,
+            lease_token TEXT,
+            not_before TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        # The primary key serves "what does this task wait for" (the ready query);
+        # the blocker index serves "what waits for this task".
+        """CREATE TABLE blockers (
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            blocker_id INTEGER NOT NULL REFERENCES tasks(id),
+            PRIMARY KEY (task_id, blocker_id),
+            CHECK (task_id != blocker_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX idx_blockers_blocker ON blockers(blocker_id)",
+        "CREATE INDEX idx_tasks_status_queue_assignee ON tasks(status, queue, assignee)",
+        "CREATE INDEX idx_tasks_assignee_status ON tasks(assignee, status)",
+        """CREATE TABLE history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id INTEGER NOT NULL REFERENCES tasks(id),
+            at TEXT NOT NULL,
+            from_status TEXT,
+            to_status TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX idx_history_task ON history(task_id, id)",
+        """CREATE TRIGGER history_append_only_update BEFORE UPDATE ON history
+           BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""",
+        """CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+           BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""",
+    ):
+        conn.execute(statement)
+
+
+#: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# --- queries ----------------------------------------------------------------------------
+
+_COLUMNS = """
+    t.id, t.title, t.description, t.queue, t.assignee, t.status, t.priority, t.recipe,
+    t.attempts, t.last_error, t.not_before, t.created_at,
+    (SELECT group_concat(b.blocker_id) FROM blockers b WHERE b.task_id = t.id) AS blocker_ids,
+    EXISTS (SELECT 1 FROM blockers b JOIN tasks bt ON bt.id = b.blocker_id
+            WHERE b.task_id = t.id AND bt.status != 'complete') AS blocked
+"""
+SELECT_TASKS = f"SELECT {_COLUMNS} FROM tasks t"
+READY_QUEUE_SQL = (
+    f"{SELECT_TASKS} WHERE t.status = 'idle' AND t.queue = ? AND t.assignee IS NULL"
+    " ORDER BY t.id"
+)
+READY_ASSIGNED_SQL = (
+    f"{SELECT_TASKS} WHERE t.assignee = ? AND t.status = 'idle' ORDER BY t.id"
+)
+BLOCKING_SQL = "SELECT task_id FROM blockers WHERE blocker_id = ? ORDER BY task_id"
+BLOCKERS_OF_SQL = "SELECT blocker_id FROM blockers WHERE task_id = ? ORDER BY blocker_id"
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return _clock.from_iso(text) if text else None
+
+
+def _row_to_task(row: sqlite3.Row) -> Task:
+    blockers = row["blocker_ids"]
+    blocked_by = tuple(str(i) for i in sorted(int(x) for x in blockers.split(","))) \
+        if blockers else ()
+    return Task(
+        id=str(row["id"]),
+        title=row["title"],
+        description=row["description"],
+        queue=row["queue"],
+        assignee=row["assignee"],
+        status=row["status"],
+        priority=row["priority"],
+        created_at=_parse_time(row["created_at"]),
+        blocked_by=blocked_by,
+        is_blocked=bool(row["blocked"]),
+        recipe=row["recipe"],
+        attempts=row["attempts"],
+        not_before=_parse_time(row["not_before"]),
+        parked=row["status"] == FAILED,
+        last_error=row["last_error"],
+    )
+
+
+def _truncate_bytes(text: str, limit: int) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", errors="ignore") + "..."
+
+
+def _int_id(task_id: object) -> int | None:
+    """The integer id behind ``task_id`` ("12", 12), or None when it cannot be one."""
+    if isinstance(task_id, bool):
+        return None
+    if isinstance(task_id, int):
+        return task_id if task_id > 0 else None
+    if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit() \
+            and len(task_id) <= 18:
+        value = int(task_id)
+        return value if value > 0 else None
+    return None
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def is_valid_recipe(value: object) -> bool:
+    """A recipe name or a relative file name in RECIPES_DIR such as ``dev.yaml``."""
+    return is_valid_name(value) and not value.startswith(".")  # type: ignore[union-attr]
+
+
+def _field_errors(
+    *, title: object, description: object, queue: object, assignee: object,
+    priority: object, recipe: object, agent_field: str = "agent",
+) -> list[str]:
+    """Every problem with these task fields, each naming the field, value and rule."""
+    errors = []
+    if not isinstance(title, str) or not title.strip():
+        shown = "missing" if title is None else f"{title!r}"
+        errors.append(f"title is {shown}; accepted: a non-empty string of at most "
+                      f"{MAX_TITLE_CHARS} characters")
+    elif len(title.strip()) > MAX_TITLE_CHARS:
+        errors.append(f"title is {len(title.strip())} characters long; accepted: at most "
+                      f"{MAX_TITLE_CHARS}")
+    if not isinstance(description, str):
+        errors.append(f"description is {description!r}; accepted: a string")
+    elif len(description.encode("utf-8")) > MAX_DESCRIPTION_BYTES:
+        errors.append(f"description is {len(description.encode('utf-8'))} bytes; accepted: "
+                      f"at most {MAX_DESCRIPTION_BYTES} bytes")
+    for name, value in (("queue", queue), (agent_field, assignee)):
+        if value is not None and not is_valid_name(value):
+            errors.append(f"{name} is {value!r}; accepted: {NAME_RULE}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        errors.append(f"priority is {priority!r}; accepted: an integer")
+    elif not -(2**63) <= priority < 2**63:
+        errors.append(f"priority is {priority}; accepted: a 64-bit integer")
+    if recipe is not None and not is_valid_recipe(recipe):
+        errors.append(f"recipe is {recipe!r}; accepted: {RECIPE_RULE}")
+    return errors
+
+
+# --- the store --------------------------------------------------------------------------
+
+#: Connections inherited through fork: kept referenced so a child never finalizes
+#: (closes) its parent's connection; the child opens its own.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class LocalStore:
+    """The local task source and its management API (``tinyscheduler task ...``)."""
+
+    name = "local"
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] = _clock.now) -> None:
+        self.path = Path(path)
+        self._now = clock
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> LocalStore:
+        return cls(settings.tasks_db)
+
+    def __enter__(self) -> LocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.path)!r})"
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid != os.getpid():
+            _INHERITED.append(self._conn)
+            self._conn = None
+        if self._conn is None:
+            try:
+                self._conn = self._open()
+            except sqlite3.Error as exc:
+                raise SourceError(f"local store {self.path}: cannot open: {exc}") from None
+            self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            ensure_private_dir(self.path.parent)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             FILE_MODE)
+                os.close(fd)
+        except OSError as exc:
+            raise SourceError(f"local store {self.path}: cannot create: {exc}") from None
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SourceError(f"local store {self.path}: cannot enable WAL (mode {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]  # re-read, locked
+            if version > SCHEMA_VERSION:
+                raise SourceError(
+                    f"local store {self.path}: schema v{version} is newer than this "
+                    f"tinyscheduler supports (v{SCHEMA_VERSION}); upgrade tinyscheduler"
+                )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[number - 1](conn)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; SQLite errors become :class:`SourceError`."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise SourceError(f"local store {self.path}: {exc}") from None
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several statements."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+
+    # -- helpers used inside transactions ------------------------------------------------
+
+    def _iso_now(self) -> str:
+        return _clock.to_iso(self._now())
+
+    @staticmethod
+    def _status_row(conn: sqlite3.Connection, task_id: object) -> sqlite3.Row:
+        number = _int_id(task_id)
+        row = None
+        if number is not None:
+            row = conn.execute(
+                "SELECT id, status, queue, assignee, attempts, lease_token, last_error "
+                "FROM tasks WHERE id = ?", (number,)).fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return row
+
+    def _move(self, conn: sqlite3.Connection, row: sqlite3.Row, to_status: str, *,
+              action: str, actor: str, detail: str, **fields: Any) -> str:
+        """Validate and apply one status change with its field updates and history row."""
+        check_transition(str(row["id"]), row["status"], to_status, action)
+        now = self._iso_now()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        sql = "UPDATE tasks SET status = ?, updated_at = ?"
+        sql += f", {assignments}" if assignments else ""
+        conn.execute(sql + " WHERE id = ?", (to_status, now, *fields.values(), row["id"]))
+        self._log(conn, row["id"], row["status"], to_status, actor, detail, now)
+        return now
+
+    @staticmethod
+    def _log(conn: sqlite3.Connection, task_id: int, from_status: str | None,
+             to_status: str, actor: str, detail: str, at: str) -> None:
+        conn.execute(
+            "INSERT INTO history (task_id, at, from_status, to_status, actor, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (task_id, at, from_status, to_status, actor,
+             _truncate_bytes(detail or "", MAX_DETAIL_BYTES)),
+        )
+
+    def _fetch(self, conn: sqlite3.Connection, number: int) -> Task:
+        row = conn.execute(f"{SELECT_TASKS} WHERE t.id = ?", (number,)).fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task with id {number}")
+        return _row_to_task(row)
+
+    # -- TaskSource protocol -------------------------------------------------------------
+
+    def assigned_idle(self, agent: str) -> list[Task]:
+        return [_row_to_task(row) for row in self._query(READY_ASSIGNED_SQL, (agent,))]
+
+    def queue_idle_unassigned(self, queue: str) -> list[Task]:
+        return [_row_to_task(row) for row in self._query(READY_QUEUE_SQL, (queue,))]
+
+    def current(self, task_ids: list[str]) -> dict[str, Task | None]:
+        found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
+        numbers = sorted({n for n in (_int_id(t) for t in task_ids) if n is not None})
+        if not numbers:
+            return found
+        by_number: dict[int, Task] = {}
+        with self._read() as conn:
+            for start in range(0, len(numbers), CHUNK):
+                chunk = numbers[start:start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(f"{SELECT_TASKS} WHERE t.id IN ({marks})", chunk):
+                    by_number[row["id"]] = _row_to_task(row)
+        for key in found:
+            number = _int_id(key)
+            if number is not None:
+                found[key] = by_number.get(number)
+        return found
+
+    def claim(self, task_id: str, agent: str, token: str) -> None:
+        if not is_valid_name(agent):
+            raise InputError(f"agent is {agent!r}; accepted: {NAME_RULE}")
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            self._move(conn, row, WORKING, action="claim", actor=ACTOR_SCHEDULER,
+                       detail=f"claimed by {agent}",
+                       assignee=agent, lease_token=token)
+
+    def report(self, result: Result, policy: RetryPolicy) -> Applied:
+        with self._write() as conn:
+            try:
+                row = self._status_row(conn, result.task_id)
+            except TaskNotFound:
+                return Applied("ignored", f"no task with id {result.task_id}")
+            if row["status"] != WORKING:
+                return Applied("ignored", f"task {row['id']} is {row['status']}, not working")
+            if row["lease_token"] != result.token:
+                return Applied("ignored", f"task {row['id']} is working under another lease")
+            summary = result.summary or result.outcome
+            task = row["id"]
+            if result.outcome == SUCCEEDED:
+                self._move(conn, row, COMPLETE, action="complete", actor=ACTOR_SCHEDULER,
+                           detail=summary, result_summary=summary, lease_token=None,
+                           not_before=None)
+                return Applied("complete", f"task {task} complete")
+            if result.outcome == OUTCOME_CANCELLED:
+                self._move(conn, row, CANCELLED, action="cancel", actor=ACTOR_SCHEDULER,
+                           detail=summary, result_summary=summary, lease_token=None)
+                return Applied("cancelled", f"task {task} cancelled")
+            attempts = row["attempts"] + 1
+            error = _error_reason(result, attempts)
+            if attempts >= policy.max_attempts:
+                self._move(conn, row, FAILED, action="park", actor=ACTOR_SCHEDULER,
+                           detail=summary, attempts=attempts, last_error=error,
+                           lease_token=None, not_before=None)
+                return Applied("parked", f"task {task} parked after {attempts} attempt(s): "
+                                         f"{error}")
+            delay = policy.delay_after(attempts)
+            not_before = _clock.to_iso(self._now() + timedelta(seconds=delay))
+            # A queued task goes back to its pool (rebalanced); a directly assigned one
+            # can only run on its agent.
+            assignee = None if row["queue"] is not None else row["assignee"]
+            self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
+                       detail=summary, attempts=attempts, last_error=error, lease_token=None,
+                       not_before=not_before, assignee=assignee)
+            return Applied("requeued", f"task {task} requeued (attempt {attempts} of "
+                                       f"{policy.max_attempts}), not before {not_before}")
+
+    def health(self) -> Health:
+        try:
+            with self._read() as conn:
+                count = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except (SourceError, OSError) as exc:
+            return Health(False, str(exc))
+        return Health(True, f"local store {self.path}: {count} tasks, schema v{version}")
+
+    # -- management API ------------------------------------------------------------------
+
+    def add_task(
+        self, title: str, *, description: str = "", queue: str | None = None,
+        assignee: str | None = None, priority: int = 0, blocked_by: Iterable[str] = (),
+        recipe: str | None = None, actor: str = "cli",
+    ) -> Task:
+        """Add one idle task; raises :class:`InputError` naming the bad field."""
+        errors = _field_errors(title=title, description=description, queue=queue,
+                               assignee=assignee, priority=priority, recipe=recipe)
+        blocker_numbers, bad = _parse_blocker_ids(blocked_by)
+        errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
+                   "task" for value in bad]
+        if errors:
+            raise InputError("; ".join(errors))
+        with self._write() as conn:
+            self._check_exist(conn, blocker_numbers, "blocked_by")
+            number = self._insert(conn, title=title.strip(), description=description,
+                                  queue=queue, assignee=assignee, priority=priority,
+                                  recipe=recipe, actor=actor)
+            for blocker in sorted(blocker_numbers):
+                conn.execute("INSERT INTO blockers (task_id, blocker_id) VALUES (?, ?)",
+                             (number, blocker))
+            return self._fetch(conn, number)
+
+    def add_blockers(self, task_id: str, blocker_ids: Iterable[str],
+                     actor: str = "cli") -> Task:
+        """Make ``task_id`` also wait for ``blocker_ids``; unknown ids and cycles rejected."""
+        numbers, bad = _parse_blocker_ids(blocker_ids)
+        if bad:
+            raise InputError(f"blocked_by {bad[0]!r} is not a task id; accepted: the id of an "
+                             "existing task")
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            self._check_exist(conn, numbers, "blocked_by")
+            for blocker in sorted(numbers):
+                if blocker == row["id"] or self._reaches(conn, blocker, row["id"]):
+                    raise InputError(
+                        f"task {blocker} cannot block task {row['id']}: task {row['id']} "
+                        f"would (transitively) block itself"
+                    )
+                conn.execute("INSERT OR IGNORE INTO blockers (task_id, blocker_id) "
+                             "VALUES (?, ?)", (row["id"], blocker))
+            self._log(conn, row["id"], row["status"], row["status"], actor,
+                      "now blocked by " + ", ".join(str(n) for n in sorted(numbers)),
+                      self._iso_now())
+            return self._fetch(conn, row["id"])
+
+    @staticmethod
+    def _reaches(conn: sqlite3.Connection, start: int, target: int) -> bool:
+        """True when ``start`` waits, directly or transitively, for ``target``."""
+        row = conn.execute(
+            "WITH RECURSIVE up(id) AS (SELECT ? UNION "
+            "SELECT b.blocker_id FROM blockers b JOIN up ON b.task_id = up.id) "
+            "SELECT 1 FROM up WHERE id = ? LIMIT 1", (start, target)).fetchone()
+        return row is not None
+
+    @staticmethod
+    def _missing(conn: sqlite3.Connection, numbers: Iterable[int]) -> set[int]:
+        """Which of ``numbers`` are not task ids."""
+        wanted = sorted(set(numbers))
+        known: set[int] = set()
+        for start in range(0, len(wanted), CHUNK):
+            chunk = wanted[start:start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in conn.execute(
+                f"SELECT id FROM tasks WHERE id IN ({marks})", chunk))
+        return set(wanted) - known
+
+    def _check_exist(self, conn: sqlite3.Connection, numbers: Iterable[int],
+                     what: str) -> None:
+        missing = self._missing(conn, numbers)
+        if missing:
+            ids = ", ".join(str(n) for n in sorted(missing))
+            raise InputError(f"{what}: no task with id {ids}")
+
+    def _insert(self, conn: sqlite3.Connection, *, title: str, description: str,
+                queue: str | None, assignee: str | None, priority: int,
+                recipe: str | None, actor: str) -> int:
+        now = self._iso_now()
+        cursor = conn.execute(
+            "INSERT INTO tasks (title, description, queue, assignee, status, priority, "
+            "recipe, attempts, created_at, updated_at) VALUES (?, ?, ?, ?, 'idle', ?, ?, 0, ?, ?)",
+            (title, description, queue, assignee, priority, recipe, now, now),
+        )
+        number = cursor.lastrowid
+        self._log(conn, number, None, IDLE, actor, "added", now)
+        return number
+
+    def get(self, task_id: str) -> Task:
+        number = _int_id(task_id)
+        rows = self._query(f"{SELECT_TASKS} WHERE t.id = ?", (number,)) if number else []
+        if not rows:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return _row_to_task(rows[0])
+
+    def details(self, task_id: str) -> dict[str, Any]:
+        """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``."""
+        number = _int_id(task_id)
+        rows = self._query("SELECT result_summary, updated_at FROM tasks WHERE id = ?",
+                           (number,)) if number else []
+        if not rows:
+            raise TaskNotFound(f"no task with id {task_id}")
+        return {"result_summary": rows[0]["result_summary"],
+                "updated_at": rows[0]["updated_at"]}
+
+    def list_tasks(self, *, status: str | None = None, queue: str | None = None,
+                   assignee: str | None = None) -> list[Task]:
+        if status is not None and status not in STATUSES:
+            raise InputError(f"status is {status!r}; accepted: {', '.join(STATUSES)}")
+        clauses, params = [], []
+        for column, value in (("status", status), ("queue", queue), ("assignee", assignee)):
+            if value is not None:
+                clauses.append(f"t.{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [_row_to_task(row)
+                for row in self._query(f"{SELECT_TASKS}{where} ORDER BY t.id", params)]
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        """The task's transitions, oldest first: ``at`` (ISO text), ``from_status``
+        (None for the creation row), ``to_status``, ``actor``, ``detail``."""
+        number = self.get(task_id).id
+        return [
+            {"at": row["at"], "from_status": row["from_status"],
+             "to_status": row["to_status"], "actor": row["actor"], "detail": row["detail"]}
+            for row in self._query(
+                "SELECT at, from_status, to_status, actor, detail FROM history "
+                "WHERE task_id = ? ORDER BY id", (int(number),))
+        ]
+
+    def blockers_of(self, task_id: str) -> list[str]:
+        """Ids of the tasks ``task_id`` waits for."""
+        number = self.get(task_id).id
+        return [str(row[0]) for row in self._query(BLOCKERS_OF_SQL, (int(number),))]
+
+    def blocking(self, task_id: str) -> list[str]:
+        """Ids of the tasks waiting for ``task_id``."""
+        number = self.get(task_id).id
+        return [str(row[0]) for row in self._query(BLOCKING_SQL, (int(number),))]
+
+    def retry(self, task_id: str, actor: str = "cli") -> Task:
+        """failed/cancelled -> idle: attempts reset, ``not_before`` and ``last_error``
+        cleared (the previous error stays in the history)."""
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            detail = "retried"
+            if row["last_error"]:
+                detail += f"; previous error: {row['last_error']}"
+            self._move(conn, row, IDLE, action="retry", actor=actor, detail=detail,
+                       attempts=0, not_before=None, last_error=None, lease_token=None)
+            return self._fetch(conn, row["id"])
+
+    def cancel(self, task_id: str, actor: str = "cli", detail: str = "") -> Task:
+        """idle/working -> cancelled. A working task's wrapper is not stopped here (see
+        :func:`scheduler.cancel.request_cancel`); its later report is ignored."""
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            self._move(conn, row, CANCELLED, action="cancel", actor=actor,
+                       detail=detail or "cancelled", lease_token=None)
+            return self._fetch(conn, row["id"])
+
+    def import_tasks(self, specs: list, actor: str = "import") -> list[Task]:
+        """Add every task of ``specs`` (a parsed JSON list) or none: all items are
+        validated first; an error names the item index and the field."""
+        if not isinstance(specs, list):
+            raise InputError(f"import expects a JSON list of task objects, got "
+                             f"{type(specs).__name__}")
+        errors: list[str] = []
+        parsed: list[tuple[dict, list[int], list[int]]] = []  # spec, existing ids, #refs
+        for index, spec in enumerate(specs):
+            item_errors, existing, refs = _check_spec(index, spec, len(specs))
+            errors += [f"item {index}: {e}" for e in item_errors]
+            parsed.append((spec if isinstance(spec, dict) else {}, existing, refs))
+        if not errors:
+            errors += _ref_cycles([refs for _, _, refs in parsed])
+        if errors:
+            raise InputError("\n".join(errors))
+        with self._write() as conn:
+            missing = self._missing(conn, (n for _, existing, _ in parsed for n in existing))
+            if missing:
+                raise InputError("\n".join(
+                    f"item {i}: blocked_by {n} is not an existing task id; accepted: ids of "
+                    "existing tasks or '#N' for the N-th item of this file (0-based)"
+                    for i, (_, existing, _) in enumerate(parsed)
+                    for n in existing if n in missing))
+            numbers = [
+                self._insert(conn, title=spec["title"].strip(),
+                             description=spec.get("description") or "",
+                             queue=spec.get("queue"), assignee=spec.get("agent"),
+                             priority=spec.get("priority", 0), recipe=spec.get("recipe"),
+                             actor=actor)
+                for spec, _, _ in parsed
+            ]
+            for number, (_, existing, refs) in zip(numbers, parsed, strict=True):
+                for blocker in sorted(set(existing) | {numbers[r] for r in refs}):
+                    conn.execute("INSERT INTO blockers (task_id, blocker_id) VALUES (?, ?)",
+                                 (number, blocker))
+            return [self._fetch(conn, number) for number in numbers]
+
+
+# --- import helpers ---------------------------------------------------------------------
+
+
+def _parse_blocker_ids(values: Iterable[object]) -> tuple[set[int], list[object]]:
+    numbers, bad = set(), []
+    for value in values:
+        number = _int_id(value)
+        if number is None:
+            bad.append(value)
+        else:
+            numbers.add(number)
+    return numbers, bad
+
+
+def _check_spec(index: int, spec: object, count: int) -> tuple[list[str], list[int], list[int]]:
+    """Problems with one import item, its existing blocker ids and its ``#N`` references."""
+    if not isinstance(spec, dict):
+        return [f"is {type(spec).__name__}; accepted: an object with fields "
+                f"{', '.join(IMPORT_FIELDS)}"], [], []
+    errors = [f"unknown field {key!r}; accepted: {', '.join(IMPORT_FIELDS)}"
+              for key in spec if key not in IMPORT_FIELDS]
+    description = spec.get("description")
+    errors += _field_errors(
+        title=spec.get("title"), description="" if description is None else description,
+        queue=spec.get("queue"), assignee=spec.get("agent"),
+        priority=spec.get("priority", 0), recipe=spec.get("recipe"),
+    )
+    existing: list[int] = []
+    refs: list[int] = []
+    blocked_by = spec.get("blocked_by", [])
+    if blocked_by is None:
+        blocked_by = []
+    if not isinstance(blocked_by, list):
+        errors.append(f"blocked_by is {blocked_by!r}; accepted: a list of task ids or '#N'")
+        return errors, existing, refs
+    for value in blocked_by:
+        if isinstance(value, str) and value.startswith("#"):
+            digits = value[1:]
+            ref = int(digits) if digits.isascii() and digits.isdigit() else None
+            if ref is None or ref >= count:
+                errors.append(f"blocked_by {value!r} does not name an item of this file; "
+                              f"accepted: '#0' to '#{count - 1}'")
+            elif ref == index:
+                errors.append(f"blocked_by {value!r} is the item itself; a task cannot "
+                              "block itself")
+            else:
+                refs.append(ref)
+            continue
+        number = _int_id(value)
+        if number is None:
+            errors.append(f"blocked_by {value!r} is not a task id; accepted: ids of existing "
+                          "tasks or '#N' for the N-th item of this file (0-based)")
+        else:
+            existing.append(number)
+    return errors, existing, refs
+
+
+def _ref_cycles(refs: list[list[int]]) -> list[str]:
+    """Cycles among ``#N`` references (existing tasks cannot wait for new ones)."""
+    state = [0] * len(refs)  # 0 new, 1 on the current path, 2 done
+    errors: list[str] = []
+    for root in range(len(refs)):
+        if state[root]:
+            continue
+        path: list[int] = []
+        stack: list[tuple[int, Iterator[int]]] = [(root, iter(refs[root]))]
+        state[root] = 1
+        path.append(root)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state[child] == 1:
+                cycle = path[path.index(child):] + [child]
+                errors.append("items " + " -> ".join(f"#{i}" for i in cycle)
+                              + ": blocked_by forms a cycle; a task cannot (transitively) "
+                              "block itself")
+            elif state[child] == 0:
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(refs[child])))
+    return errors
+
+
+def _error_reason(result: Result, attempts: int) -> str:
+    """A short reason for ``last_error``: outcome, exit code or signal, first summary line."""
+    parts = [f"attempt {attempts} {result.outcome}"]
+    if result.exit_code is not None:
+        parts.append(f"exit code {result.exit_code}")
+    if result.signal is not None:
+        parts.append(f"signal {result.signal}")
+    reason = ", ".join(parts)
+    first_line = (result.summary or "").strip().splitlines()[:1]
+    if first_line:
+        reason += f": {first_line[0]}"
+    return reason[:MAX_ERROR_CHARS]
