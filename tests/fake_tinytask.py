@@ -31,7 +31,8 @@ logged in ``requests`` before its fault): ``fail_next(n, status=500)`` answers w
 status and an ErrorResponse; ``delay_next(n, seconds)`` sleeps before answering (cut short
 when the server closes); ``garbage_next(n)`` answers 200 with a body that is not JSON.
 ``FakeTinyTask(require_token="s3cr3t")`` answers 401 unless ``Authorization: Bearer
-s3cr3t`` is sent; ``FakeTinyTask(health=False)`` has no ``/health`` (404). ``set_task(task_id, **fields)`` overwrites raw fields (bad data included).
+s3cr3t`` is sent; ``FakeTinyTask(health=False)`` has no ``/health`` (404), as in the
+contract. ``set_task(task_id, **fields)`` overwrites raw fields (bad data included).
 
 Efficiency: the server speaks HTTP/1.1 keep-alive with TCP_NODELAY (about a millisecond per
 request). Tasks live in a dict keyed by id (in id order); a filtered listing is computed
@@ -98,7 +99,8 @@ class FakeTinyTask:
         server.daemon_threads = True
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.01},
                                         name="fake-tinytask", daemon=True)
         self._thread.start()
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 from datetime import datetime, timedelta
@@ -297,13 +298,18 @@ class TinyTaskSource:
         self._client_pid = os.getpid()
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retry_attempts),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.retry_initial, max=self.retry_max, jitter=self.retry_initial),
+            wait=self._backoff,
             retry=tenacity.retry_if_exception_type(_Retryable),
             sleep=self._sleep,
             reraise=True,
         )
         return self._client
+
+    def _backoff(self, retry_state) -> float:
+        """Seconds before the next attempt: initial x 2^(n-1), plus up to ``initial`` of
+        jitter, at most ``retry_max``."""
+        base = self.retry_initial * 2 ** (retry_state.attempt_number - 1)
+        return min(self.retry_max, base + random.uniform(0, self.retry_initial))
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "********") if self._token else text
