@@ -1,12 +1,297 @@
-"""``task add|list|show|retry|cancel|import`` (placeholder until the local store lands)."""
+"""``task add|list|show|retry|cancel|import``: manage the embedded local task store.
+
+The store (and sqlite3) is imported inside the command bodies so ``--help`` stays fast.
+Every change nudges a running daemon through its wake-up socket.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
 
-from scheduler.cli import SubGroup
+from scheduler.cli import AppContext, SubGroup
+from scheduler.errors import ConfigError, InputError
+
+STATUSES = ("idle", "working", "complete", "failed", "cancelled")
+TITLE_WIDTH = 50
 
 
 @click.group(cls=SubGroup)
 def task() -> None:
-    """Manage tasks in the embedded local store."""
+    """Manage tasks in the embedded local store (TASK_SOURCE=local)."""
+
+
+@contextmanager
+def _open_store(app: AppContext) -> Iterator[tuple[Any, Any]]:
+    """The settings and an open local store; refuses when TASK_SOURCE is tinytask."""
+    settings = app.settings()
+    if settings.task_source == "tinytask":
+        raise ConfigError(
+            "task commands manage the embedded local store; TASK_SOURCE is tinytask — "
+            "manage tasks on the TinyTask server"
+        )
+    from scheduler.sources.local import LocalStore
+
+    store = LocalStore.from_settings(settings)
+    try:
+        yield settings, store
+    finally:
+        store.close()
+
+
+def _nudge(settings: Any) -> None:
+    from scheduler.wake import nudge
+
+    nudge(settings.wake_socket)
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    from scheduler.clock import to_iso
+
+    return to_iso(value)
+
+
+def task_to_dict(task_obj: Any) -> dict[str, Any]:
+    """The stable JSON shape of a task."""
+    return {
+        "id": task_obj.id,
+        "title": task_obj.title,
+        "description": task_obj.description,
+        "queue": task_obj.queue,
+        "assignee": task_obj.assignee,
+        "status": task_obj.status,
+        "priority": task_obj.priority,
+        "created_at": _iso(task_obj.created_at),
+        "blocked_by": list(task_obj.blocked_by),
+        "is_blocked": task_obj.is_blocked,
+        "recipe": task_obj.recipe,
+        "attempts": task_obj.attempts,
+        "not_before": _iso(task_obj.not_before),
+        "last_error": task_obj.last_error,
+    }
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _describe(task_obj: Any) -> str:
+    parts = [f"task {task_obj.id}: {task_obj.title!r}", f"[{task_obj.status}]"]
+    if task_obj.queue:
+        parts.append(f"queue {task_obj.queue}")
+    if task_obj.assignee:
+        parts.append(f"agent {task_obj.assignee}")
+    if task_obj.priority:
+        parts.append(f"priority {task_obj.priority}")
+    if task_obj.blocked_by:
+        state = "blocked" if task_obj.is_blocked else "unblocked"
+        parts.append(f"{state} by {', '.join(task_obj.blocked_by)}")
+    return " ".join(parts)
+
+
+# --- add ---------------------------------------------------------------------------------
+
+
+@task.command()
+@click.argument("title")
+@click.option("--description", default="", help="Longer text handed to the agent.")
+@click.option("--queue", help="Queue (agent type) whose pool runs the task.")
+@click.option("--agent", help="Assign to this agent directly.")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="Higher runs first.")
+@click.option("--blocked-by", "blocked_by", multiple=True, metavar="ID",
+              help="Wait for this task to complete first (repeatable).")
+@click.option("--recipe", help="Recipe name or file in RECIPES_DIR, e.g. dev.yaml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
+@click.pass_obj
+def add(app: AppContext, title: str, description: str, queue: str | None,
+        agent: str | None, priority: int, blocked_by: tuple[str, ...], recipe: str | None,
+        as_json: bool) -> None:
+    """Add a task."""
+    with _open_store(app) as (settings, store):
+        added = store.add_task(title, description=description, queue=queue, assignee=agent,
+                               priority=priority, blocked_by=blocked_by, recipe=recipe)
+    _nudge(settings)
+    if as_json:
+        _echo_json(task_to_dict(added))
+    else:
+        click.echo(f"added {_describe(added)}")
+
+
+# --- list --------------------------------------------------------------------------------
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+@task.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only tasks in this status.")
+@click.option("--queue", help="Only tasks of this queue.")
+@click.option("--agent", help="Only tasks assigned to this agent.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def list_(app: AppContext, status: str | None, queue: str | None, agent: str | None,
+          as_json: bool) -> None:
+    """List tasks, oldest first."""
+    with _open_store(app) as (_, store):
+        tasks = store.list_tasks(status=status, queue=queue, assignee=agent)
+    if as_json:
+        _echo_json([task_to_dict(t) for t in tasks])
+        return
+    if not tasks:
+        click.echo("no tasks")
+        return
+    header = ("ID", "STATUS", "QUEUE", "AGENT", "PRI", "ATTEMPTS", "BLOCKED", "TITLE")
+    rows = [
+        (t.id, t.status, t.queue or "-", t.assignee or "-", str(t.priority), str(t.attempts),
+         ",".join(t.blocked_by) if t.is_blocked else "no", _clip(t.title, TITLE_WIDTH))
+        for t in tasks
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]))
+
+
+# --- show --------------------------------------------------------------------------------
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
+@click.pass_obj
+def show(app: AppContext, task_id: str, as_json: bool) -> None:
+    """Show a task: every field, its blockers, the tasks it blocks and its history."""
+    with _open_store(app) as (_, store):
+        found = store.get(task_id)
+        details = store.details(task_id)
+        history = store.history(task_id)
+        blocking_ids = store.blocking(task_id)
+        related = store.current([*found.blocked_by, *blocking_ids])
+    if as_json:
+        data = task_to_dict(found)
+        data.update(
+            result_summary=details["result_summary"],
+            updated_at=details["updated_at"],
+            blockers=[_brief(i, related[i]) for i in found.blocked_by],
+            blocking=[_brief(i, related[i]) for i in blocking_ids],
+            history=history,
+        )
+        _echo_json(data)
+        return
+    fields = (
+        ("status", found.status + (" (parked)" if found.parked else "")),
+        ("queue", found.queue), ("assignee", found.assignee),
+        ("priority", found.priority), ("recipe", found.recipe),
+        ("attempts", found.attempts), ("not before", _iso(found.not_before)),
+        ("created", _iso(found.created_at)), ("updated", details["updated_at"]),
+        ("blocked", "yes" if found.is_blocked else "no"),
+        ("last error", found.last_error), ("result", details["result_summary"]),
+    )
+    click.echo(f"task {found.id}: {found.title}")
+    for label, value in fields:
+        text = "-" if value is None or value == "" else str(value)
+        lines = text.splitlines() or ["-"]
+        click.echo(f"  {label:<11} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"  {'':<11} {line}")
+    if found.description:
+        click.echo("  description:")
+        for line in found.description.splitlines():
+            click.echo(f"    {line}")
+    for label, ids in (("blocked by", found.blocked_by), ("blocking", blocking_ids)):
+        click.echo(f"{label}:" if ids else f"{label}: none")
+        for item in ids:
+            other = related[item]
+            status = other.status if other else "?"
+            title = _clip(other.title, TITLE_WIDTH) if other else ""
+            click.echo(f"  {item}  {status:<9}  {title}")
+    click.echo("history:")
+    for entry in history:
+        detail = (entry["detail"] or "").strip().splitlines()
+        click.echo(f"  {entry['at']}  {entry['from_status'] or '-'} -> {entry['to_status']}"
+                   f"  {entry['actor']}  {detail[0] if detail else ''}".rstrip())
+
+
+def _brief(task_id: str, other: Any) -> dict[str, Any]:
+    if other is None:
+        return {"id": task_id, "status": None, "title": None}
+    return {"id": task_id, "status": other.status, "title": other.title}
+
+
+# --- retry / cancel ----------------------------------------------------------------------
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.pass_obj
+def retry(app: AppContext, task_id: str) -> None:
+    """Put a failed or cancelled task back to idle (attempts reset to 0)."""
+    with _open_store(app) as (settings, store):
+        retried = store.retry(task_id)
+    _nudge(settings)
+    click.echo(f"task {retried.id} is idle again (attempts reset)")
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.pass_obj
+def cancel(app: AppContext, task_id: str) -> None:
+    """Cancel an idle task, or stop a working one through its wrapper."""
+    with _open_store(app) as (settings, store):
+        found = store.get(task_id)
+        if found.status == "working":
+            from scheduler.cancel import request_cancel
+
+            if request_cancel(settings, found.id):
+                click.echo(f"asked the wrapper of task {found.id} to stop; it will be "
+                           "marked cancelled when it reports")
+                return
+            store.cancel(found.id, detail="no live wrapper")
+        else:
+            store.cancel(found.id)
+    _nudge(settings)
+    click.echo(f"task {found.id} cancelled")
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+@task.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the added tasks as JSON.")
+@click.pass_obj
+def import_(app: AppContext, file: Path, as_json: bool) -> None:
+    """Add every task of a JSON file, or none.
+
+    \b
+    The file is a list of objects: {"title": "...", "description": "...",
+    "queue": "dev", "agent": "alice", "priority": 5, "recipe": "dev.yaml",
+    "blocked_by": [12, "#0"]} -- "#N" is the N-th item of the same file (0-based).
+    """
+    try:
+        specs = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read import file {file}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"import file {file} is not valid JSON: {exc}") from None
+    with _open_store(app) as (settings, store):
+        try:
+            added = store.import_tasks(specs)
+        except InputError as exc:
+            raise InputError(f"{file}: nothing imported:\n{exc}") from None
+    _nudge(settings)
+    if as_json:
+        _echo_json([task_to_dict(t) for t in added])
+    else:
+        click.echo(f"imported {len(added)} task{'s' if len(added) != 1 else ''}"
+                   + (f" ({added[0].id}-{added[-1].id})" if added else ""))

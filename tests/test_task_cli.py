@@ -1,0 +1,348 @@
+"""``tinyscheduler task ...`` on the embedded local store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler import cli
+from scheduler.sources.base import Result, RetryPolicy
+from scheduler.sources.local import LocalStore
+
+TASK_KEYS = {"id", "title", "description", "queue", "assignee", "status", "priority",
+             "created_at", "blocked_by", "is_blocked", "recipe", "attempts", "not_before",
+             "last_error"}
+CONSOLE_SCRIPT = Path(sys.executable).parent / "tinyscheduler"
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    """A clean base path: no env file, no TINYSCHEDULER_* variables from the caller."""
+    for name in list(os.environ):
+        if name.startswith("TINYSCHEDULER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def run(base, capsys):
+    """``run(*args)`` -> (exit code, stdout, stderr) of ``tinyscheduler --base-path B ...``."""
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        code = cli.main(["--base-path", str(base), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def store(base):
+    opened = LocalStore(base / "state" / "tasks.db")
+    yield opened
+    opened.close()
+
+
+def add_json(run, *args: str) -> dict:
+    code, out, err = run("task", "add", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+# --- add --------------------------------------------------------------------------------
+
+
+def test_add_prints_a_line(run, base):
+    code, out, _ = run("task", "add", "Fix login bug", "--queue", "dev", "--priority", "5")
+    assert code == 0
+    assert out.startswith("added task 1: 'Fix login bug' [idle] queue dev priority 5")
+    assert (base / "state" / "tasks.db").is_file()
+
+
+def test_add_json_has_the_stable_keys(run):
+    first = add_json(run, "first")
+    data = add_json(run, "second", "--description", "more", "--agent", "alice",
+                    "--priority", "-1", "--blocked-by", first["id"], "--recipe", "dev.yaml")
+    assert set(data) == TASK_KEYS
+    assert data["id"] == "2"
+    assert (data["title"], data["description"], data["assignee"], data["queue"],
+            data["priority"], data["recipe"], data["status"]) == (
+        "second", "more", "alice", None, -1, "dev.yaml", "idle")
+    assert data["blocked_by"] == ["1"] and data["is_blocked"] is True
+    assert data["created_at"].endswith("Z")
+    assert (data["attempts"], data["not_before"], data["last_error"]) == (0, None, None)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["", "--queue", "dev"], "title"),
+    (["t", "--queue", "a b"], "queue"),
+    (["t", "--agent", "../x"], "agent"),
+    (["t", "--recipe", "../dev.yaml"], "recipe"),
+    (["t", "--priority", "high"], "--priority"),
+    (["t", "--blocked-by", "99"], "blocked_by"),
+    (["t", "--blocked-by", "abc"], "blocked_by"),
+])
+def test_add_bad_input_exits_2_naming_the_field(run, args, field):
+    code, out, err = run("task", "add", *args)
+    assert code == 2
+    assert field in err
+    assert run("task", "list")[1] == "no tasks\n"
+
+
+def test_add_wakes_a_listening_daemon(run, base):
+    from scheduler.wake import WakeSocket
+
+    state = base / "state"
+    state.mkdir(mode=0o700)
+    waker = WakeSocket(state / "wake.sock")
+    try:
+        assert run("task", "add", "t")[0] == 0
+        assert waker.wait(0)
+    finally:
+        waker.close()
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+def test_list_empty(run):
+    assert run("task", "list") == (0, "no tasks\n", "")
+    assert run("task", "list", "--json") == (0, "[]\n", "")
+
+
+def test_list_table_and_filters(run):
+    add_json(run, "a" * 80, "--queue", "dev", "--priority", "3")
+    add_json(run, "waits", "--agent", "alice", "--blocked-by", "1")
+    code, out, _ = run("task", "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "STATUS", "QUEUE", "AGENT", "PRI", "ATTEMPTS",
+                                "BLOCKED", "TITLE"]
+    assert lines[1].split()[:7] == ["1", "idle", "dev", "-", "3", "0", "no"]
+    assert lines[1].rstrip().endswith("...")
+    assert lines[2].split() == ["2", "idle", "-", "alice", "0", "0", "1", "waits"]
+
+    code, out, _ = run("task", "list", "--agent", "alice", "--json")
+    assert [t["title"] for t in json.loads(out)] == ["waits"]
+    assert set(json.loads(out)[0]) == TASK_KEYS
+    assert run("task", "list", "--queue", "ops")[1] == "no tasks\n"
+    assert run("task", "list", "--status", "complete")[1] == "no tasks\n"
+
+
+def test_list_bad_status_exits_2(run):
+    code, _, err = run("task", "list", "--status", "bogus")
+    assert code == 2
+    assert "--status" in err
+
+
+# --- show -------------------------------------------------------------------------------
+
+
+def test_show_text(run, store):
+    add_json(run, "blocker")
+    add_json(run, "the task", "--queue", "dev", "--description", "line one\nline two",
+             "--blocked-by", "1")
+    add_json(run, "after", "--blocked-by", "2")
+    code, out, _ = run("task", "show", "2")
+    assert code == 0
+    assert out.startswith("task 2: the task\n")
+    assert "  status      idle" in out
+    assert "  blocked     yes" in out
+    assert "    line two" in out
+    assert "blocked by:\n  1  idle       blocker" in out
+    assert "blocking:\n  3  idle       after" in out
+    assert "history:\n" in out and "- -> idle  cli  added" in out
+
+
+def test_show_json_with_result_history_and_blocking(run, store):
+    add_json(run, "t", "--queue", "dev")
+    add_json(run, "after", "--blocked-by", "1")
+    store.claim("1", "alice", "tok")
+    store.report(Result("1", "alice", 1, "succeeded", "tok", "done\nfine"),
+                 RetryPolicy(3, 60))
+    code, out, _ = run("task", "show", "1", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert TASK_KEYS | {"result_summary", "history", "blocking"} <= set(data)
+    assert data["status"] == "complete"
+    assert data["result_summary"] == "done\nfine"
+    assert data["blocking"] == [{"id": "2", "status": "idle", "title": "after"}]
+    assert [(h["from_status"], h["to_status"]) for h in data["history"]] == [
+        (None, "idle"), ("idle", "working"), ("working", "complete")]
+    code, out, _ = run("task", "show", "1")
+    assert "working -> complete  tinyscheduler  done" in out
+
+
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_unknown_id_exits_2(run, command):
+    code, out, err = run("task", command, "99")
+    assert code == 2
+    assert "no task with id 99" in err
+    assert out == ""
+
+
+# --- retry / cancel ---------------------------------------------------------------------
+
+
+def test_cancel_idle_then_retry(run, store):
+    add_json(run, "t")
+    code, out, _ = run("task", "cancel", "1")
+    assert (code, out) == (0, "task 1 cancelled\n")
+    assert store.get("1").status == "cancelled"
+    code, out, _ = run("task", "retry", "1")
+    assert (code, out) == (0, "task 1 is idle again (attempts reset)\n")
+    assert store.get("1").status == "idle"
+
+
+def test_retry_refused_exits_2_naming_statuses(run):
+    add_json(run, "t")
+    code, _, err = run("task", "retry", "1")
+    assert code == 2
+    assert "task 1 is idle; only failed or cancelled tasks can be retried" in err
+
+
+def test_retry_parked_task(run, store):
+    add_json(run, "t", "--queue", "dev")
+    store.claim("1", "alice", "tok")
+    store.report(Result("1", "alice", 1, "failed", "tok", "boom"), RetryPolicy(1, 60))
+    assert store.get("1").status == "failed"
+    assert run("task", "retry", "1")[0] == 0
+    got = store.get("1")
+    assert (got.status, got.attempts, got.last_error) == ("idle", 0, None)
+
+
+def test_cancel_working_without_live_wrapper_cancels_in_store(run, store):
+    add_json(run, "t")
+    store.claim("1", "alice", "tok")
+    code, out, _ = run("task", "cancel", "1")
+    assert (code, out) == (0, "task 1 cancelled\n")
+    assert store.get("1").status == "cancelled"
+    assert store.history("1")[-1]["detail"] == "no live wrapper"
+
+
+def test_cancel_working_with_live_wrapper_leaves_it_to_the_wrapper(run, store, monkeypatch):
+    import scheduler.cancel
+
+    asked = []
+    monkeypatch.setattr(scheduler.cancel, "request_cancel",
+                        lambda settings, task_id: asked.append(task_id) or True)
+    add_json(run, "t")
+    store.claim("1", "alice", "tok")
+    code, out, _ = run("task", "cancel", "1")
+    assert code == 0
+    assert out == ("asked the wrapper of task 1 to stop; it will be marked cancelled when "
+                   "it reports\n")
+    assert asked == ["1"]
+    assert store.get("1").status == "working"
+
+
+def test_cancel_complete_exits_2(run, store):
+    add_json(run, "t")
+    store.claim("1", "alice", "tok")
+    store.report(Result("1", "alice", 1, "succeeded", "tok", "ok"), RetryPolicy(3, 60))
+    code, _, err = run("task", "cancel", "1")
+    assert code == 2
+    assert "task 1 is complete; only idle or working tasks can be cancelled" in err
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+def test_import(run, base):
+    add_json(run, "existing")
+    spec = [
+        {"title": "design", "queue": "dev", "priority": 2},
+        {"title": "build", "queue": "dev", "blocked_by": ["#0", 1], "recipe": "dev.yaml"},
+    ]
+    (base / "tasks.json").write_text(json.dumps(spec))
+    code, out, _ = run("task", "import", str(base / "tasks.json"))
+    assert code == 0
+    assert out.startswith("imported 2 tasks")
+    code, out, _ = run("task", "import", str(base / "tasks.json"), "--json")
+    data = json.loads(out)
+    assert [t["id"] for t in data] == ["4", "5"]
+    assert data[1]["blocked_by"] == ["1", "4"]
+    assert set(data[0]) == TASK_KEYS
+
+
+def test_import_bad_item_changes_nothing(run, base):
+    (base / "tasks.json").write_text(json.dumps([
+        {"title": "ok"}, {"title": "ok"}, {"title": "ok"}, {"title": "x", "priority": "high"},
+    ]))
+    code, out, err = run("task", "import", str(base / "tasks.json"))
+    assert code == 2
+    assert "item 3: priority is 'high'; accepted: an integer" in err
+    assert "nothing imported" in err
+    assert run("task", "list")[1] == "no tasks\n"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "not valid JSON"),
+    ('{"title": "x"}', "JSON list"),
+])
+def test_import_bad_file_exits_2(run, base, content, message):
+    (base / "tasks.json").write_text(content)
+    code, _, err = run("task", "import", str(base / "tasks.json"))
+    assert code == 2
+    assert message in err
+
+
+def test_import_missing_file_exits_2(run, base):
+    code, _, err = run("task", "import", str(base / "missing.json"))
+    assert code == 2
+    assert "missing.json" in err
+
+
+# --- source selection and start-up ------------------------------------------------------
+
+
+def test_refused_when_the_source_is_tinytask(run, monkeypatch):
+    monkeypatch.setenv("TINYSCHEDULER_TASK_SOURCE", "tinytask")
+    monkeypatch.setenv("TINYSCHEDULER_MCP_ENDPOINT", "http://127.0.0.1:9")
+    code, _, err = run("task", "list")
+    assert code == 2
+    assert "TASK_SOURCE is tinytask" in err
+    assert "TinyTask server" in err
+
+
+def test_task_module_does_not_import_sqlite():
+    code = ("import sys, scheduler.cli; "
+            "print(sorted(m for m in ('sqlite3', 'scheduler.sources.local') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.processes
+def test_console_script_round_trip(base):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(CONSOLE_SCRIPT), "--base-path", str(base), *args],
+                              capture_output=True, text=True, env=env, cwd=base, timeout=60)
+
+    added = script("task", "add", "from a shell", "--queue", "dev", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["id"] == "1"
+    listed = script("task", "list")
+    assert "from a shell" in listed.stdout
+    missing = script("task", "show", "99")
+    assert missing.returncode == 2
+    assert "no task with id 99" in missing.stderr
+    bad = script("task", "add", "t", "--priority", "high")
+    assert bad.returncode == 2
+    assert "--priority" in bad.stderr
+
+
+def test_nudge_without_daemon_is_harmless(run, base):
+    # no socket: add still succeeds; a stale non-socket file is not a problem either
+    (base / "state").mkdir(mode=0o700)
+    (base / "state" / "wake.sock").write_text("")
+    assert run("task", "add", "t")[0] == 0
