@@ -343,7 +343,7 @@ class LeaseStore:
                             f"more than {MUTEX_WAIT_SEC:.0f} s"
                         ) from None
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.02)
+                    delay = min(delay * 2, 0.005)
             yield
         finally:
             os.close(fd)
@@ -371,7 +371,7 @@ class LeaseStore:
             os.close(fd)
         try:
             lease = Lease.from_json(json.loads(raw))
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError/UnicodeDecodeError too
+        except (ValueError, RecursionError, LeaseDecodeError) as exc:  # JSON, UTF-8, schema
             reason = exc.reason if isinstance(exc, LeaseDecodeError) else f"invalid JSON: {exc}"
             self._quarantine(path, reason, info)
             return None

@@ -1,0 +1,36 @@
+"""Shared fixtures, kept generic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+
+@pytest.fixture
+def spawn_python() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start ``python -c CODE`` (this venv's interpreter) as a real child process.
+
+    Extra keyword arguments go to :class:`subprocess.Popen` (text mode, stdin/stdout piped
+    by default). Children still running at teardown are killed and reaped.
+    """
+    children: list[subprocess.Popen] = []
+
+    def spawn(code: str, *args: str, **kwargs: object) -> subprocess.Popen:
+        kwargs.setdefault("stdin", subprocess.PIPE)
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        child = subprocess.Popen([sys.executable, "-c", code, *args], **kwargs)  # type: ignore[call-overload]
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        for stream in (child.stdin, child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
