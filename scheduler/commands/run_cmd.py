@@ -1,31 +1,106 @@
-"""``run``, ``status``, ``pause``, ``resume`` (placeholder until the reconciler lands)."""
+"""``run``, ``status``, ``pause``, ``resume``."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
-from scheduler.cli import SubCommand
+from scheduler.cli import AppContext, SubCommand
+from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
+
+
+def _agent_limit(_ctx, _param, values: tuple[str, ...]) -> dict[str, int] | None:
+    if not values:
+        return None
+    from scheduler.settings import parse_agent_limits
+
+    try:
+        return parse_agent_limits(",".join(values))
+    except ValueError as exc:
+        raise click.BadParameter(f"{exc} (expected NAME=N)") from None
 
 
 @click.command(cls=SubCommand)
-def run() -> int:
-    """Run reconciliation passes."""
-    return 0
+@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit "
+              "(default; for a systemd timer or cron).")
+@click.option("--daemon", "mode", flag_value="daemon", help="Passes in a loop (systemd service).")
+@click.option("--dry-run", is_flag=True, default=None,
+              help="Print the plan; change nothing (no lease, no source write, no process).")
+@click.option("--json", "as_json", is_flag=True, help="Print the pass summary (and plan) as JSON.")
+@click.option("--agent-limit", multiple=True, callback=_agent_limit, metavar="NAME=N",
+              help="Override one agent's limit (repeatable).")
+@click.option("--mcp-endpoint", help="Overrides TINYSCHEDULER_MCP_ENDPOINT.")
+@click.option("--loop-interval", type=click.IntRange(min=1),
+              help="Overrides TINYSCHEDULER_LOOP_INTERVAL_SEC.")
+@click.pass_obj
+def run(app: AppContext, mode: str, dry_run: bool | None, as_json: bool,
+        agent_limit: dict | None, mcp_endpoint: str | None, loop_interval: int | None) -> int:
+    """Reconcile: reclaim dead leases, fill free slots, spawn wrappers.
+
+    Exit 0 clean (also when another scheduler holds the lock), 1 if anything in the pass
+    failed, 2 on a configuration error.
+    """
+    flags = {"AGENT_LIMITS": agent_limit, "MCP_ENDPOINT": mcp_endpoint,
+             "LOOP_INTERVAL_SEC": loop_interval, "DRY_RUN": "true" if dry_run else None}
+    settings = app.settings(**flags)
+    from scheduler import runner
+
+    return runner.run(settings, daemon=(mode == "daemon"), dry_run=settings.dry_run,
+                      as_json=as_json, reload=lambda: _reload(app, flags))
+
+
+def _reload(app: AppContext, flags: dict):
+    from scheduler.settings import load_settings
+
+    merged = {**app.flags, **{k: v for k, v in flags.items() if v is not None}}
+    return load_settings(env_file=app.env_file, flags=merged)
 
 
 @click.command(cls=SubCommand)
-def status() -> int:
-    """Show agents, running leases and the last pass."""
-    return 0
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_obj
+def status(app: AppContext, as_json: bool) -> int:
+    """Agents, running leases, outbox, last pass, source health (exit 1 if unhealthy)."""
+    from scheduler import status as status_mod
+
+    report = status_mod.collect(app.settings())
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo(status_mod.render(report))
+    return EXIT_OK if report["healthy"] else EXIT_PASS_ERRORS
 
 
-@click.command(cls=SubCommand)
-def pause() -> int:
-    """Pause dispatch."""
-    return 0
+def _pause_command(pause: bool):
+    verb = "pause" if pause else "resume"
+
+    @click.command(verb, cls=SubCommand)
+    @click.option("--agent", help=f"{verb.capitalize()} one agent only.")
+    @click.option("--queue", help=f"{verb.capitalize()} one queue only.")
+    @click.pass_obj
+    def command(app: AppContext, agent: str | None, queue: str | None) -> int:
+        from scheduler import pauses
+        from scheduler.names import check_name
+        from scheduler.wake import nudge
+
+        if agent and queue:
+            raise click.UsageError("give --agent or --queue, not both")
+        for value, what in ((agent, "agent name"), (queue, "queue name")):
+            if value:
+                check_name(value, what)
+        settings = app.settings()
+        current = pauses.load(settings.pause_file)
+        updated = pauses.change(current, pause=pause, agent=agent, queue=queue)
+        pauses.save(settings.pause_file, updated)
+        nudge(settings.wake_socket)
+        click.echo(f"{updated.describe()} (running tasks continue; reclaims still happen)")
+        return EXIT_OK
+
+    command.__doc__ = (f"{verb.capitalize()} dispatch: everything, one agent or one queue. "
+                       "Persists across restarts.")
+    return command
 
 
-@click.command(cls=SubCommand)
-def resume() -> int:
-    """Resume dispatch."""
-    return 0
+pause = _pause_command(True)
+resume = _pause_command(False)

@@ -1,0 +1,115 @@
+"""``run --daemon``: passes in a loop, woken early by wrappers and task changes.
+
+Holds the scheduler lock for its whole life. Sleeps LOOP_INTERVAL_SEC between passes but
+wakes within a moment when a wrapper exits or a local task changes (a datagram on the
+wake socket). SIGTERM/SIGINT: finish the current pass, release the lock, exit 0, leave
+running agents alone. SIGHUP: re-read the configuration at the next pass boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from collections.abc import Callable
+
+from scheduler import sdnotify
+from scheduler.errors import ConfigError
+from scheduler.logs import get_logger
+from scheduler.wake import WakeSocket
+
+log = get_logger("daemon")
+
+#: Shortest pause between passes, so a burst of wake-ups is coalesced into one pass.
+MIN_GAP_SEC = 0.02
+
+
+class Daemon:
+    def __init__(self, build: Callable, run_pass: Callable, settings) -> None:
+        """``build(settings)`` makes a reconciler; ``run_pass(reconciler)`` runs one pass and
+        returns its summary (or raises)."""
+        self.build = build
+        self.run_pass = run_pass
+        self.settings = settings
+        self._stop = False
+        self._reload = False
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def serve(self, reload_settings: Callable) -> int:
+        wake = WakeSocket(self.settings.wake_socket)
+        signal_r, signal_w = os.pipe()
+        os.set_blocking(signal_r, False)
+        os.set_blocking(signal_w, False)
+        old_wakeup = signal.set_wakeup_fd(signal_w)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        reconciler = self.build(self.settings)
+        failures = 0
+        ready = False
+        try:
+            while not self._stop:
+                if self._reload:
+                    self._reload = False
+                    reconciler = self._reloaded(reconciler, reload_settings)
+                try:
+                    summary = self.run_pass(reconciler)
+                    failures = 0 if not summary.errors else failures + 1
+                    status = summary.line()
+                except Exception:
+                    failures += 1
+                    log.exception("pass failed")
+                    status = "last pass failed; see the log"
+                if not ready:
+                    sdnotify.notify("READY=1")
+                    ready = True
+                sdnotify.notify(f"WATCHDOG=1\nSTATUS={status}")
+                if self._stop:
+                    break
+                self._sleep(wake, signal_r, self._interval(failures))
+        finally:
+            sdnotify.notify("STOPPING=1")
+            signal.set_wakeup_fd(old_wakeup)
+            for fd in (signal_r, signal_w):
+                os.close(fd)
+            wake.close()
+            reconciler.close()
+            log.info("daemon stopped; running agents left alone")
+        return 0
+
+    def _interval(self, failures: int) -> float:
+        """The interval, or while the source keeps failing, a backoff up to it."""
+        interval = self.settings.loop_interval_sec
+        if failures:
+            return min(interval, 2 ** min(failures, 10))
+        return interval
+
+    def _sleep(self, wake: WakeSocket, signal_r: int, seconds: float) -> None:
+        ready, _, _ = select.select([wake, signal_r], [], [], seconds)
+        if wake in ready:
+            wake.drain()
+            select.select([], [], [], MIN_GAP_SEC)
+            wake.drain()
+        if signal_r in ready:
+            try:
+                os.read(signal_r, 64)
+            except BlockingIOError:
+                pass
+
+    def _reloaded(self, reconciler, reload_settings: Callable):
+        try:
+            settings = reload_settings()
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration invalid, keeping the old one",
+                      extra={"fields": {"error": str(exc)}})
+            return reconciler
+        changed = {name: item.value for name, item in settings.resolved().items()
+                   if self.settings.resolved()[name].value != item.value}
+        log.info("SIGHUP: configuration re-read", extra={"fields": {"changed": changed}})
+        reconciler.close()
+        self.settings = settings
+        return self.build(settings)

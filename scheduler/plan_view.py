@@ -1,0 +1,40 @@
+"""Showing a plan to people (``run --dry-run``) and to scripts (``--json``)."""
+
+from __future__ import annotations
+
+from scheduler.planner import Plan
+
+
+def plan_to_json(the_plan: Plan) -> dict:
+    return {
+        "legacy": the_plan.legacy,
+        "reclaims": [{"task": r.task_id, "agent": r.agent, "reason": r.reason}
+                     for r in the_plan.reclaims],
+        "spawns": [{"task": s.task.id, "title": s.task.title, "agent": s.agent, "why": s.why,
+                    "priority": s.task.priority} for s in the_plan.spawns],
+        "skips": [{"task": s.task_id, "kind": s.kind, "reason": s.reason}
+                  for s in the_plan.skips],
+        "agents": [{"agent": a.name, "queue": a.queue, "used": a.used, "limit": a.limit,
+                    "planned": a.planned, "paused": a.paused} for a in the_plan.agents],
+    }
+
+
+def render_plan(the_plan: Plan, summary) -> str:
+    lines = ["DRY RUN: nothing was changed", ""]
+    lines.append("agents" + (" (legacy mode: assigned tasks only)" if the_plan.legacy else ""))
+    for a in the_plan.agents:
+        paused = "  paused" if a.paused else ""
+        lines.append(f"  {a.name:<16} queue {a.queue or '-':<14} {a.used}/{a.limit} used, "
+                     f"+{a.planned} planned{paused}")
+    lines.append("")
+    lines.append(f"would reclaim {len(the_plan.reclaims)}")
+    lines += [f"  task {r.task_id} ({r.agent}): {r.reason}" for r in the_plan.reclaims]
+    lines.append(f"would spawn {len(the_plan.spawns)}")
+    lines += [f"  task {s.task.id} -> {s.agent}: {s.task.title[:50]!r} ({s.why})"
+              for s in the_plan.spawns]
+    lines.append(f"would skip {len(the_plan.skips)}")
+    lines += [f"  task {s.task_id}: {s.reason}" for s in the_plan.skips]
+    if summary.errors:
+        lines.append("")
+        lines += [f"error: {e}" for e in summary.errors]
+    return "\n".join(lines)

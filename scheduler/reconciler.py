@@ -1,0 +1,357 @@
+"""One reconciliation pass: the imperative shell around the pure planner.
+
+    deliver outbox -> scan leases, reclaim the dead -> stop runs the source no longer wants
+    -> list idle work -> plan -> for each spawn: exclusive `starting` lease, claim in the
+    source, start the wrapper -> write the pass summary.
+
+Every step's failures are counted in the summary (exit 1), never raised past the pass,
+except configuration errors (exit 2). ``dry_run`` computes the same plan and changes
+nothing anywhere: no lease, no source write, no process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+
+from scheduler import clock, faults, liveness, outbox
+from scheduler.errors import AlreadyLeased, InvalidTransition, LeaseError, SourceError
+from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
+from scheduler.logs import get_logger
+from scheduler.names import is_valid_name
+from scheduler.planner import LeaseView, Pauses, Plan, plan
+from scheduler.registry import Registry
+from scheduler.sources.base import RECLAIMED, WORKING, Result, RetryPolicy, Task
+
+log = get_logger("pass")
+
+
+@dataclass
+class PassSummary:
+    """What one pass did; written to ``last-pass.json`` and one line of ``metrics.jsonl``."""
+
+    time: str
+    mode: str
+    dry_run: bool
+    source: str
+    duration_sec: float = 0.0
+    leases_scanned: int = 0
+    reclaimed: dict = field(default_factory=dict)
+    stopped: int = 0
+    spawned: int = 0
+    blocked_skipped: int = 0
+    skipped: dict = field(default_factory=dict)
+    outbox_delivered: int = 0
+    outbox_pending: int = 0
+    paused: str = "not paused"
+    agents: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        reclaimed = sum(self.reclaimed.values())
+        return (f"pass: {self.spawned} spawned, {reclaimed} reclaimed, {self.stopped} stopped, "
+                f"{self.blocked_skipped} blocked, {self.leases_scanned} leases, "
+                f"{len(self.errors)} errors, {self.duration_sec * 1000:.0f} ms")
+
+
+@dataclass
+class PassResult:
+    summary: PassSummary
+    plan: Plan | None
+
+
+class Reconciler:
+    """Runs passes against one state directory. Reuses its task source across passes."""
+
+    def __init__(self, settings, registry: Registry, *, source=None, launcher=None,
+                 store: LeaseStore | None = None, probe=None, mode: str = "once") -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store or LeaseStore(settings.running_dir)
+        self.probe = probe or liveness.SystemProbe(self.store)
+        self._source = source
+        self._launcher = launcher
+        self.mode = mode
+        self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_sec)
+
+    @property
+    def source(self):
+        if self._source is None:
+            from scheduler.sources import open_source
+
+            self._source = open_source(self.settings)
+        return self._source
+
+    @property
+    def launcher(self):
+        if self._launcher is None:
+            from scheduler.launcher import make_launcher
+
+            self._launcher = make_launcher(self.settings)
+        return self._launcher
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    # --- the pass -----------------------------------------------------------------------
+
+    def run_pass(self, *, dry_run: bool = False, pauses: Pauses | None = None) -> PassResult:
+        pauses = pauses or Pauses()
+        started = time.monotonic()
+        now = clock.now()
+        summary = PassSummary(time=clock.to_iso(now), mode=self.mode, dry_run=dry_run,
+                              source=self.settings.task_source, paused=pauses.describe())
+        if not dry_run:
+            self._deliver_outbox(summary)
+        leases = self.store.list()
+        summary.leases_scanned = len(leases)
+        verdicts = {lease.task_id: self._judge(lease, now) for lease in leases}
+        if not dry_run:
+            leases = self._reclaim(leases, verdicts, summary)
+            verdicts = {lease.task_id: None for lease in leases}
+            self.store.remove_stale_lock_files({lease.task_id for lease in leases})
+            self._stop_unwanted(leases, summary)
+        tasks = self._list_tasks(summary)
+        views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
+                 for lease in leases]
+        the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
+                        disable_blocking=self.settings.disable_blocking, pauses=pauses)
+        if dry_run:
+            summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
+        elif tasks is not None:
+            self._spawn_all(the_plan, now, summary)
+        self._summarise(the_plan, summary, started)
+        return PassResult(summary, the_plan)
+
+    # --- step 1: the outbox ----------------------------------------------------------------
+
+    def _deliver_outbox(self, summary: PassSummary) -> None:
+        for path in outbox.pending(self.settings.outbox_dir):
+            try:
+                result = outbox.load(path)
+            except (ValueError, OSError) as exc:
+                moved = outbox.quarantine(path, str(exc))
+                summary.errors.append(f"outbox entry {path.name} unreadable ({exc}); "
+                                      f"moved to {moved}")
+                continue
+            try:
+                applied = self.source.report(result, self.policy)
+            except SourceError as exc:
+                summary.errors.append(f"outbox delivery failed: {exc}")
+                break
+            path.unlink(missing_ok=True)
+            summary.outbox_delivered += 1
+            log.info("delivered outbox result", extra={"fields": {
+                "task": result.task_id, "outcome": result.outcome, "action": applied.action}})
+        summary.outbox_pending = len(outbox.pending(self.settings.outbox_dir))
+
+    # --- step 2: leases ----------------------------------------------------------------------
+
+    def _judge(self, lease: Lease, now) -> str | None:
+        s = self.settings
+        return liveness.classify(lease, now=now, this_host=s.hostname,
+                                 max_runtime_sec=s.max_runtime_sec,
+                                 spawn_timeout_sec=s.spawn_timeout_sec,
+                                 kill_grace_sec=s.kill_grace_sec, probe=self.probe)
+
+    def _reclaim(self, leases: list[Lease], verdicts: dict, summary: PassSummary) -> list[Lease]:
+        """Reclaim every dead lease; returns the leases still alive."""
+        alive = []
+        for lease in leases:
+            reason = verdicts.get(lease.task_id)
+            if reason is None:
+                alive.append(lease)
+                continue
+            try:
+                if self._reclaim_one(lease, reason):
+                    summary.reclaimed[reason] = summary.reclaimed.get(reason, 0) + 1
+                else:
+                    alive.append(lease)
+                    summary.errors.append(f"task {lease.task_id}: could not stop its process "
+                                          f"({reason}); lease kept")
+            except (LeaseError, OSError) as exc:
+                alive.append(lease)
+                summary.errors.append(f"task {lease.task_id}: reclaim failed: {exc}")
+        return alive
+
+    def _reclaim_one(self, lease: Lease, reason: str) -> bool:
+        """Fence, kill if needed, requeue (or outbox), then drop the lease."""
+        log.warning("reclaiming lease", extra={"fields": {
+            "task": lease.task_id, "agent": lease.agent, "reason": reason,
+            "pid": lease.pid, "agent_pid": lease.agent_pid}})
+        token = lease.spawn_token
+        if liveness.needs_kill(reason) and lease.host == self.settings.hostname:
+            fence = secrets.token_hex(8)
+            self.store.update(replace(lease, spawn_token=fence))  # the wrapper sees it re-owned
+            token = fence
+            grace = self.settings.kill_grace_sec
+            for pid, started in ((lease.agent_pid, lease.agent_started_at),
+                                 (lease.pid, lease.pid_started_at)):
+                if (pid and started and not liveness.terminate_group(pid, started, grace)
+                        and self.probe.start_time(pid) is not None):
+                    return False
+            if self.probe.lock_held(lease.task_id):
+                return False  # something still holds the task: never requeue under it
+        result = Result(
+            task_id=lease.task_id, agent=lease.agent, attempt=lease.attempt,
+            outcome=RECLAIMED, token=lease.spawn_token,
+            summary=f"reclaimed: {reason} (attempt {lease.attempt}, host {lease.host}, "
+                    f"pid {lease.pid})",
+            host=lease.host, finished_at=clock.now(), detail={"reason": reason},
+        )
+        self._report_or_keep(result)
+        faults.crash_point("after-reclaim-report")
+        self.store.delete(lease.task_id, token)
+        return True
+
+    def _report_or_keep(self, result: Result) -> None:
+        try:
+            applied = self.source.report(result, self.policy)
+            log.info("requeued after reclaim", extra={"fields": {
+                "task": result.task_id, "action": applied.action}})
+        except SourceError as exc:
+            path = outbox.write(self.settings.outbox_dir, result)
+            log.warning("source unreachable; reclaim result kept in the outbox",
+                        extra={"fields": {"task": result.task_id, "path": str(path),
+                                          "error": str(exc)}})
+
+    def _stop_unwanted(self, leases: list[Lease], summary: PassSummary) -> None:
+        """Both sides reconciled: a run whose task the source no longer has working on that
+        agent (completed, cancelled, deleted, reassigned) is told to stop."""
+        running = [lease for lease in leases
+                   if lease.state == RUNNING and lease.host == self.settings.hostname]
+        if not running:
+            return
+        try:
+            current = self.source.current([lease.task_id for lease in running])
+        except SourceError as exc:
+            summary.errors.append(f"checking running tasks failed: {exc}")
+            return
+        for lease in running:
+            task = current.get(lease.task_id)
+            if task is not None and task.status == WORKING and task.assignee == lease.agent:
+                continue
+            state = "deleted" if task is None else f"{task.status}, assigned to {task.assignee}"
+            if lease.pid and lease.pid_started_at and signal_wrapper(lease):
+                summary.stopped += 1
+                log.warning("stopping run the source no longer wants", extra={"fields": {
+                    "task": lease.task_id, "agent": lease.agent, "source_state": state}})
+
+    # --- step 3: the source -----------------------------------------------------------------
+
+    def _list_tasks(self, summary: PassSummary) -> list[Task] | None:
+        tasks: list[Task] = []
+        try:
+            for agent in self.registry.agents:
+                tasks += self.source.assigned_idle(agent.name)
+            if not self.registry.legacy:
+                for queue in self.registry.queues():
+                    tasks += self.source.queue_idle_unassigned(queue)
+        except SourceError as exc:
+            summary.errors.append(str(exc))
+            log.error("task source failed; no spawns this pass",
+                      extra={"fields": {"error": str(exc)}})
+            return None
+        skipped = getattr(self.source, "skipped", 0)
+        if skipped:
+            summary.errors.append(f"{skipped} task(s) from the source had invalid data")
+        return tasks
+
+    # --- step 5: spawning ---------------------------------------------------------------------
+
+    def _spawn_all(self, the_plan: Plan, now, summary: PassSummary) -> None:
+        for spawn in the_plan.spawns:
+            try:
+                if self._spawn(spawn.task, spawn.agent, now):
+                    summary.spawned += 1
+                    log.info("spawned", extra={"fields": {
+                        "task": spawn.task.id, "agent": spawn.agent, "why": spawn.why,
+                        "attempt": spawn.task.attempts + 1}})
+            except SourceError as exc:
+                summary.errors.append(f"task {spawn.task.id}: {exc}")
+                break  # the source is down: stop spawning, keep the pass going
+            except (OSError, LeaseError) as exc:
+                summary.errors.append(f"task {spawn.task.id}: spawn failed: {exc}")
+
+    def _spawn(self, task: Task, agent: str, now) -> bool:
+        """The crash-safe spawn protocol. False when the task was taken meanwhile."""
+        if not is_valid_name(task.id) or (task.recipe and not is_valid_name(task.recipe)):
+            log.warning("skipping task with an invalid id or recipe",
+                        extra={"fields": {"task": repr(task.id), "recipe": repr(task.recipe)}})
+            return False
+        s = self.settings
+        token = secrets.token_hex(8)
+        lease = Lease(
+            task_id=task.id, agent=agent, state=STARTING, spawn_token=token, started_at=now,
+            heartbeat=now, host=s.hostname, attempt=task.attempts + 1, queue=task.queue,
+            recipe=task.recipe, scheduler_pid=os.getpid(), heartbeat_sec=s.heartbeat_sec,
+            stale_multiplier=s.stale_multiplier, metadata={"title": task.title[:200]},
+        )
+        try:
+            self.store.create(lease)
+        except AlreadyLeased:
+            return False
+        faults.crash_point("after-lease")
+        try:
+            self.source.claim(task.id, agent, token)
+        except InvalidTransition as exc:
+            self.store.delete(task.id, token)
+            log.info("task taken meanwhile", extra={"fields": {"task": task.id,
+                                                               "why": str(exc)}})
+            return False
+        except BaseException:
+            self.store.delete(task.id, token)
+            raise
+        faults.crash_point("after-claim")
+        from wrapper.supervisor import write_task_file
+
+        try:
+            write_task_file(s.task_log_dir, task)
+            self.launcher.launch(task.id, token, str(s.running_dir / f"task_{task.id}.json"))
+        except OSError as exc:
+            self._report_or_keep(Result(
+                task_id=task.id, agent=agent, attempt=lease.attempt, outcome="launch_failed",
+                token=token, summary=f"launch_failed: the wrapper could not start: {exc}",
+                host=s.hostname, finished_at=clock.now(), detail={"reason": str(exc)}))
+            self.store.delete(task.id, token)
+            raise
+        faults.crash_point("after-spawn")
+        return True
+
+    # --- step 6: the summary ----------------------------------------------------------------
+
+    def _summarise(self, the_plan: Plan, summary: PassSummary, started: float) -> None:
+        if summary.dry_run:
+            summary.spawned = len(the_plan.spawns)
+        summary.blocked_skipped = the_plan.skipped("blocked")
+        summary.skipped = dict(Counter(skip.kind for skip in the_plan.skips))
+        summary.agents = [
+            {"agent": a.name, "queue": a.queue, "used": a.used, "limit": a.limit,
+             "planned": a.planned, "paused": a.paused}
+            for a in the_plan.agents
+        ]
+        summary.duration_sec = round(time.monotonic() - started, 4)
+
+
+def signal_wrapper(lease: Lease) -> bool:
+    """SIGTERM the lease's wrapper if it is still the same process; True if signalled."""
+    import signal
+
+    if lease.pid is None or lease.pid_started_at is None:
+        return False
+    started = liveness.process_start_time(lease.pid)
+    if started is None or abs(started - lease.pid_started_at) > liveness.START_TIME_TOLERANCE:
+        return False
+    try:
+        os.kill(lease.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""Running passes for the ``run`` command: lock, registry, one pass or the daemon loop."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from scheduler import pauses as pauses_mod
+from scheduler import records
+from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
+from scheduler.fsutil import ensure_private_dir
+from scheduler.logs import get_logger, setup_logging
+from scheduler.registry import load_registry
+
+log = get_logger("run")
+
+
+def prepare_state(settings) -> None:
+    """The directories a pass writes to (0700). The rest of the configuration is untouched."""
+    for path in (settings.state_dir, settings.running_dir, settings.log_dir,
+                 settings.outbox_dir, settings.lock_file.parent):
+        ensure_private_dir(path)
+
+
+def build_reconciler(settings, mode: str):
+    from scheduler.reconciler import Reconciler
+
+    registry = load_registry(settings.agent_control_file, settings.agent_limits,
+                             settings.default_agent_limit)
+    return Reconciler(settings, registry, mode=mode)
+
+
+def one_pass(reconciler, *, dry_run: bool, as_json: bool = False):
+    settings = reconciler.settings
+    the_pauses = pauses_mod.load(settings.pause_file)
+    result = reconciler.run_pass(dry_run=dry_run, pauses=the_pauses)
+    summary = result.summary
+    if not dry_run:
+        records.write_pass(settings, summary.to_json())
+    level = log.warning if summary.errors else log.info
+    level(summary.line(), extra={"fields": {"errors": summary.errors} if summary.errors else {}})
+    if dry_run and not as_json:
+        from scheduler.plan_view import render_plan
+
+        click.echo(render_plan(result.plan, summary))
+    if as_json:
+        from scheduler.plan_view import plan_to_json
+
+        data = {"summary": summary.to_json()}
+        if dry_run:
+            data["plan"] = plan_to_json(result.plan)
+        click.echo(json.dumps(data, indent=2, default=str))
+    return summary
+
+
+def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
+    if not dry_run:
+        prepare_state(settings)
+    setup_logging(settings.log_level, settings.log_format,
+                  None if dry_run else settings.log_dir)
+    from scheduler.lock import SchedulerLock
+
+    lock = SchedulerLock(settings.lock_file, settings.hostname)
+    if not dry_run and not lock.try_acquire():  # a dry run only reads: no lock needed
+        click.echo(f"another scheduler is reconciling: {lock.describe_holder()}; "
+                   "nothing to do", err=True)
+        return EXIT_OK
+    try:
+        if daemon:
+            from scheduler.daemon import Daemon
+
+            return Daemon(
+                lambda s: build_reconciler(s, "daemon"),
+                lambda r: one_pass(r, dry_run=dry_run, as_json=as_json), settings,
+            ).serve(reload)
+        reconciler = build_reconciler(settings, "once")
+        try:
+            summary = one_pass(reconciler, dry_run=dry_run, as_json=as_json)
+        finally:
+            reconciler.close()
+        return EXIT_PASS_ERRORS if summary.errors else EXIT_OK
+    finally:
+        lock.release()

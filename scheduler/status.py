@@ -1,0 +1,99 @@
+"""``tinyscheduler status``: what runs now, how the last pass went, whether it is healthy."""
+
+from __future__ import annotations
+
+from scheduler import clock, outbox, records
+from scheduler.errors import ConfigError
+from scheduler.leases import LeaseStore
+from scheduler.registry import load_registry
+
+#: A daemon's last pass older than this many intervals makes the status unhealthy.
+STALE_INTERVALS = 3
+
+
+def collect(settings) -> dict:
+    now = clock.now()
+    problems: list[str] = []
+    leases = LeaseStore(settings.running_dir).list() if settings.running_dir.is_dir() else []
+    used: dict[str, int] = {}
+    for lease in leases:
+        used[lease.agent] = used.get(lease.agent, 0) + 1
+    try:
+        registry = load_registry(settings.agent_control_file, settings.agent_limits,
+                                 settings.default_agent_limit)
+        agents = [{"agent": a.name, "queue": a.queue, "used": used.get(a.name, 0),
+                   "limit": a.limit} for a in registry.agents]
+    except ConfigError as exc:
+        agents = []
+        problems.append(str(exc))
+    last = records.read_last_pass(settings)
+    if last is None:
+        problems.append("no pass has run yet")
+    else:
+        if last.get("errors"):
+            problems.append(f"last pass had {len(last['errors'])} error(s)")
+        age = (now - clock.from_iso(last["time"])).total_seconds()
+        last["age_sec"] = round(age, 1)
+        if last.get("mode") == "daemon" and age > STALE_INTERVALS * settings.loop_interval_sec:
+            problems.append(f"last daemon pass is {age:.0f} s old (more than "
+                            f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
+    from scheduler import pauses
+    from scheduler.sources import open_source
+
+    try:
+        source = open_source(settings)
+        try:
+            health = source.health()
+        finally:
+            source.close()
+        source_health = {"ok": health.ok, "detail": health.detail}
+    except Exception as exc:
+        source_health = {"ok": False, "detail": str(exc)}
+    if not source_health["ok"]:
+        problems.append(f"task source unhealthy: {source_health['detail']}")
+    return {
+        "healthy": not problems,
+        "problems": problems,
+        "agents": agents,
+        "leases": [_lease_row(lease, now) for lease in leases],
+        "outbox_pending": len(outbox.pending(settings.outbox_dir)),
+        "paused": pauses.load(settings.pause_file).describe(),
+        "last_pass": last,
+        "source": {"kind": settings.task_source, **source_health},
+    }
+
+
+def _lease_row(lease, now) -> dict:
+    return {
+        "task": lease.task_id, "agent": lease.agent, "state": lease.state, "pid": lease.pid,
+        "attempt": lease.attempt, "host": lease.host,
+        "age_sec": round((now - lease.started_at).total_seconds(), 1),
+        "heartbeat_age_sec": round((now - lease.heartbeat).total_seconds(), 1),
+    }
+
+
+def render(report: dict) -> str:
+    lines = ["AGENTS"]
+    if not report["agents"]:
+        lines.append("  (none configured)")
+    for a in report["agents"]:
+        lines.append(f"  {a['agent']:<16} queue {a['queue'] or '-':<14} {a['used']}/{a['limit']}")
+    lines += ["", f"RUNNING ({len(report['leases'])})"]
+    for row in report["leases"]:
+        lines.append(f"  task {row['task']:<8} {row['agent']:<14} {row['state']:<9} "
+                     f"pid {row['pid'] or '-':<7} age {row['age_sec']:>7.1f}s  "
+                     f"heartbeat {row['heartbeat_age_sec']:>6.1f}s ago  attempt {row['attempt']}")
+    lines += ["", f"OUTBOX   {report['outbox_pending']} result(s) waiting",
+              f"DISPATCH {report['paused']}"]
+    last = report["last_pass"]
+    if last:
+        lines.append(f"LAST PASS {last['time']} ({last['age_sec']:.0f} s ago, {last['mode']}): "
+                     f"{last['spawned']} spawned, {sum(last['reclaimed'].values())} reclaimed, "
+                     f"{last['blocked_skipped']} blocked, {len(last['errors'])} errors, "
+                     f"{last['duration_sec'] * 1000:.0f} ms")
+        lines += [f"  error: {e}" for e in last["errors"][:10]]
+    src = report["source"]
+    lines.append(f"SOURCE   {src['kind']}: {'ok' if src['ok'] else 'FAILING'} - {src['detail']}")
+    lines.append("")
+    lines.append("healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"]))
+    return "\n".join(lines)

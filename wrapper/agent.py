@@ -1,0 +1,147 @@
+"""Starting the agent process and waiting for it, without a shell.
+
+The agent is forked, starts its own session (its own process group), and then waits on a
+gate pipe: the wrapper records the agent's pid in the lease first and only then opens
+the gate, so an agent never works unrecorded. A close-on-exec error pipe tells the
+wrapper whether the exec succeeded. The agent inherits one duplicate of the lease's
+liveness-lock descriptor (same open file description, same flock), so a wrapper killed
+with SIGKILL leaves the lock held for as long as its agent lives.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                    signal.SIGXFSZ, signal.SIGCHLD)
+
+
+class AgentProcess:
+    """A forked, gated agent. ``start`` -> ``release`` -> ``wait``/``poll``."""
+
+    def __init__(self, argv: list[str], *, env: dict, cwd, output_fd: int,
+                 lock_fd: int | None) -> None:
+        self.argv = argv
+        self.returncode: int | None = None
+        gate_r, self._gate_w = os.pipe()
+        self._error_r, error_w = os.pipe()  # both ends close-on-exec
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._gate_w)
+            os.close(self._error_r)
+            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w)
+        os.close(gate_r)
+        os.close(error_w)
+        self._pidfd = _pidfd(self.pid)
+
+    def release(self) -> str | None:
+        """Open the gate; None once the agent has exec'd, else why it could not start."""
+        os.write(self._gate_w, b"g")
+        os.close(self._gate_w)
+        self._gate_w = -1
+        with os.fdopen(self._error_r, "rb") as pipe:
+            error = pipe.read()
+        if error:
+            self.wait()
+            return error.decode(errors="replace")
+        return None
+
+    def abort(self) -> None:
+        """Never open the gate: the child exits without running anything."""
+        if self._gate_w >= 0:
+            os.close(self._gate_w)
+            self._gate_w = -1
+        os.close(self._error_r)
+        self.wait()
+
+    def fileno(self) -> int | None:
+        """A descriptor that becomes readable when the agent exits (pidfd), if available."""
+        return self._pidfd
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._reaped(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` seconds (None = forever); the return code or None."""
+        if timeout is None:
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self._reaped(status)
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self._pidfd is not None:
+                select.select([self._pidfd], [], [], remaining)
+            else:
+                time.sleep(min(remaining, 0.02))
+        return self.returncode
+
+    def _reaped(self, status: int) -> None:
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the agent's whole process group (it leads its own session)."""
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
+    """In the forked child: detach, wait for the gate, exec. Never returns."""
+    try:
+        os.setsid()
+        for signum in _DEFAULT_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        keep = {gate_r, error_w}
+        if lock_fd is not None:
+            os.set_inheritable(lock_fd, True)
+            keep.add(lock_fd)
+        for fd in _open_fds():
+            if fd > 2 and fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.chdir(cwd)
+        if not os.read(gate_r, 1):  # the wrapper died before recording us
+            os._exit(127)
+        os.close(gate_r)
+        os.execvpe(argv[0], argv, env)
+    except BaseException as exc:  # report why, then leave
+        try:
+            os.write(error_w, f"cannot start {argv[0]!r}: {exc}".encode()[:500])
+        except BaseException:
+            pass
+    os._exit(127)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 256))
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None

@@ -1,0 +1,347 @@
+"""Supervise one attempt: adopt the lease, run the agent, heartbeat, enforce limits, report.
+
+The loop is event-driven and single-threaded: it waits on the agent's pidfd and on a
+signal wake-up pipe with a timeout set to the next due event (heartbeat, runtime limit,
+idle check), so it costs nothing while it waits and reacts at once when the agent exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler import clock, outbox
+from scheduler.fsutil import atomic_write_json, ensure_private_dir
+from scheduler.leases import FINISHING, LeaseStore
+from scheduler.sources import base
+from scheduler.sources.base import Result, RetryPolicy
+from wrapper.agent import AgentProcess
+from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
+
+#: At most this much of the agent's output tail goes into the result summary.
+SUMMARY_TAIL_BYTES = 2048
+SUMMARY_MAX_BYTES = 4096
+#: How often output growth is checked for the idle timeout.
+IDLE_CHECK_SEC = 1.0
+
+
+@dataclass
+class Attempt:
+    """What the loop learned about the agent's end."""
+
+    outcome: str
+    exit_code: int | None = None
+    signal: int | None = None
+    fenced: bool = False
+    note: str = ""
+
+
+class Supervisor:
+    """Runs one attempt of one task. ``run()`` returns the wrapper's exit code."""
+
+    def __init__(self, settings, task_id: str, token: str) -> None:
+        self.settings = settings
+        self.task_id = task_id
+        self.token = token
+        self.store = LeaseStore(settings.running_dir)
+        self.task_dir = settings.task_log_dir / task_id
+        self.log = None
+        self._signal_r = self._signal_w = -1
+        self._stop_signal: int | None = None
+
+    # --- the whole life ------------------------------------------------------------------
+
+    def run(self) -> int:
+        start_time = _own_start_time()
+        adopted = self.store.adopt(self.task_id, self.token, os.getpid(), start_time, clock.now())
+        if adopted is None:
+            return 0  # someone else owns it, or it was reclaimed: run nothing
+        lease, self.liveness = adopted
+        started = time.monotonic()
+        ensure_private_dir(self.task_dir)
+        log_path = self.task_dir / f"attempt-{lease.attempt}.log"
+        self.log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives for the attempt
+        os.chmod(log_path, 0o600)
+        try:
+            attempt = self._launch_and_wait(lease, log_path)
+        except Exception as exc:  # a bug here must still leave a result behind
+            attempt = Attempt(base.LAUNCH_FAILED, note=f"wrapper error: {exc!r}")
+        duration = time.monotonic() - started
+        self._footer(attempt, duration)
+        if attempt.fenced:
+            self._line(f"lease of task {self.task_id} was reclaimed or re-owned: "
+                       "agent stopped, nothing reported")
+            return 0
+        result = self._result(lease, attempt, duration, log_path)
+        if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) is None:
+            self._line("lease vanished before reporting: nothing reported")
+            return 0
+        self._deliver(result)
+        self.store.delete(self.task_id, self.token)
+        self.liveness.release()
+        from scheduler.wake import nudge
+
+        nudge(self.settings.wake_socket)
+        return 0
+
+    # --- launching ----------------------------------------------------------------------
+
+    def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
+        task = self._task_snapshot()
+        values = {
+            "task_id": self.task_id, "agent": lease.agent, "queue": lease.queue or "",
+            "attempt": str(lease.attempt), "recipe": "", "recipe_path": "",
+            "title": task.get("title", ""), "task_file": str(self.task_dir / "task.json"),
+            "base_path": str(self.settings.base_path), "goose_bin": self.settings.goose_bin,
+        }
+        template = self.settings.agent_command
+        try:
+            if uses_recipe(template):
+                recipe = lease.recipe or f"{lease.agent}.yaml"
+                values["recipe"] = recipe
+                values["recipe_path"] = str(resolve_recipe(self.settings.recipes_dir, recipe))
+            argv = build_argv(template, values)
+        except (LaunchError, ValueError) as exc:
+            self._header(lease, [])
+            return Attempt(base.LAUNCH_FAILED, note=str(exc))
+        self._header(lease, argv)
+        env = dict(os.environ)
+        env.update({
+            "TINYSCHEDULER_TASK_ID": self.task_id,
+            "TINYSCHEDULER_AGENT": lease.agent,
+            "TINYSCHEDULER_ATTEMPT": str(lease.attempt),
+            "TINYSCHEDULER_TASK_FILE": values["task_file"],
+        })
+        return self._supervise(lease, argv, env)
+
+    def _task_snapshot(self) -> dict:
+        try:
+            with open(self.task_dir / "task.json", encoding="utf-8") as handle:
+                data = json.load(handle)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _supervise(self, lease, argv: list[str], env: dict) -> Attempt:
+        """Start the agent gated, record it in the lease, open the gate, wait."""
+        lock_fd = os.dup(self.liveness.fileno())  # filelock's at-fork hook closes its own
+        try:
+            agent = AgentProcess(argv, env=env, cwd=self.settings.work_dir,
+                                 output_fd=self.log.fileno(), lock_fd=lock_fd)
+        finally:
+            os.close(lock_fd)
+        recorded = self.store.heartbeat(self.task_id, self.token, clock.now(),
+                                        agent_pid=agent.pid,
+                                        agent_started_at=_start_time_of(agent.pid))
+        if recorded is None:
+            agent.abort()
+            return Attempt(base.OUTCOME_CANCELLED, fenced=True)
+        error = agent.release()
+        if error is not None:
+            return Attempt(base.LAUNCH_FAILED, note=error)
+        self._install_signal_handlers()
+        try:
+            return self._wait(agent)
+        finally:
+            self._restore_signal_handlers()
+
+    # --- waiting ------------------------------------------------------------------------
+
+    def _wait(self, agent: AgentProcess) -> Attempt:
+        settings = self.settings
+        now = time.monotonic()
+        runtime_deadline = now + settings.max_runtime_sec
+        next_heartbeat = now + settings.heartbeat_sec
+        next_idle_check = now + IDLE_CHECK_SEC if settings.idle_timeout_sec else float("inf")
+        last_size, last_growth = self._log_size(), now
+        while True:
+            now = time.monotonic()
+            timeout = max(0.0, min(runtime_deadline, next_heartbeat, next_idle_check) - now)
+            pidfd = agent.fileno()
+            if pidfd is None:
+                timeout = min(timeout, 0.05)
+            watched = [self._signal_r] + ([pidfd] if pidfd is not None else [])
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if agent.poll() is not None:
+                return _ended(agent.returncode)
+            now = time.monotonic()
+            if self._signal_r in readable:
+                _drain(self._signal_r)
+            if self._stop_signal is not None:
+                return self._stop(agent, base.OUTCOME_CANCELLED,
+                                  f"wrapper got signal {self._stop_signal}")
+            if now >= runtime_deadline:
+                return self._stop(agent, base.TIMED_OUT,
+                                  f"ran longer than {settings.max_runtime_sec} s")
+            if now >= next_heartbeat:
+                next_heartbeat = now + settings.heartbeat_sec
+                if self.store.heartbeat(self.task_id, self.token, clock.now()) is None:
+                    attempt = self._stop(agent, base.OUTCOME_CANCELLED, "fenced")
+                    attempt.fenced = True
+                    return attempt
+            if now >= next_idle_check:
+                next_idle_check = now + IDLE_CHECK_SEC
+                size = self._log_size()
+                if size != last_size:
+                    last_size, last_growth = size, now
+                elif now - last_growth >= settings.idle_timeout_sec:
+                    return self._stop(agent, base.STALLED,
+                                      f"no output for {settings.idle_timeout_sec} s")
+
+    def _stop(self, agent: AgentProcess, outcome: str, why: str) -> Attempt:
+        """SIGTERM the agent's group, SIGKILL after the grace period; record why."""
+        self._line(f"stopping agent (pid {agent.pid}): {why}")
+        agent.signal_group(signal.SIGTERM)
+        if agent.wait(timeout=self.settings.kill_grace_sec) is None:
+            self._line(f"agent ignored SIGTERM for {self.settings.kill_grace_sec} s: SIGKILL")
+            agent.signal_group(signal.SIGKILL)
+            agent.wait()
+        agent.signal_group(signal.SIGKILL)  # stragglers left in the group
+        ended = _ended(agent.returncode)
+        return Attempt(outcome, ended.exit_code, ended.signal, note=why)
+
+    def _log_size(self) -> int:
+        try:
+            return os.fstat(self.log.fileno()).st_size
+        except (OSError, AttributeError):
+            return 0
+
+    # --- signals ------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._signal_r, self._signal_w = os.pipe()
+        os.set_blocking(self._signal_w, False)
+        os.set_blocking(self._signal_r, False)
+        self._old_wakeup = signal.set_wakeup_fd(self._signal_w)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def _restore_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self._signal_r)
+        os.close(self._signal_w)
+
+    # --- the attempt log -----------------------------------------------------------------
+
+    def _line(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n".encode())
+
+    def _header(self, lease, argv: list[str]) -> None:
+        self._line(f"task {self.task_id} agent {lease.agent} attempt {lease.attempt} "
+                   f"host {self.settings.hostname}")
+        self._line(f"argv {json.dumps(argv)}")
+        self._line(f"started {clock.to_iso(clock.now())}")
+
+    def _footer(self, attempt: Attempt, duration: float) -> None:
+        code = (f"signal {attempt.signal}" if attempt.signal is not None
+                else f"exit code {attempt.exit_code}")
+        note = f" ({attempt.note})" if attempt.note else ""
+        self._line(f"outcome {attempt.outcome}, {code}, {duration:.2f} s{note}")
+
+    # --- the result ---------------------------------------------------------------------
+
+    def _result(self, lease, attempt: Attempt, duration: float, log_path: Path) -> Result:
+        tail = _tail(log_path, SUMMARY_TAIL_BYTES)
+        code = (f"signal {attempt.signal}" if attempt.signal is not None
+                else f"exit code {attempt.exit_code}")
+        summary = (f"{attempt.outcome}: {code}, {duration:.1f} s, attempt {lease.attempt}, "
+                   f"host {self.settings.hostname}, log {log_path}"
+                   + (f"\nreason: {attempt.note}" if attempt.note else "")
+                   + (f"\n--- last output ---\n{tail}" if tail else ""))
+        return Result(
+            task_id=self.task_id, agent=lease.agent, attempt=lease.attempt,
+            outcome=attempt.outcome, token=self.token,
+            summary=summary.encode()[:SUMMARY_MAX_BYTES].decode(errors="ignore"),
+            exit_code=attempt.exit_code, signal=attempt.signal, duration_sec=round(duration, 3),
+            host=self.settings.hostname, log_path=str(log_path), finished_at=clock.now(),
+            detail={"reason": attempt.note} if attempt.note else {},
+        )
+
+    def _deliver(self, result: Result) -> None:
+        """Report to the source; if it cannot be reached, keep the result in the outbox."""
+        from scheduler.sources import open_source
+
+        policy = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_sec)
+        try:
+            source = open_source(self.settings)
+            try:
+                applied = source.report(result, policy)
+            finally:
+                source.close()
+            self._line(f"reported {result.outcome}: {applied.action} {applied.note}".rstrip())
+        except Exception as exc:
+            path = outbox.write(self.settings.outbox_dir, result)
+            self._line(f"task source unreachable ({exc}); result kept in {path}")
+
+
+def write_task_file(task_log_dir: Path, task: base.Task) -> Path:
+    """Write the task's fields for the agent (TINYSCHEDULER_TASK_FILE); called at spawn."""
+    directory = task_log_dir / task.id
+    ensure_private_dir(directory)
+    path = directory / "task.json"
+    data = {
+        "id": task.id, "title": task.title, "description": task.description,
+        "queue": task.queue, "assignee": task.assignee, "priority": task.priority,
+        "created_at": clock.to_iso(task.created_at) if task.created_at else None,
+        "blocked_by": list(task.blocked_by), "recipe": task.recipe,
+        "attempts": task.attempts, "tags": list(task.tags),
+    }
+    atomic_write_json(path, data, durable=False)
+    return path
+
+
+# --- process helpers -----------------------------------------------------------------------
+
+
+def _own_start_time() -> float | None:
+    return _start_time_of(os.getpid())
+
+
+def _start_time_of(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _ended(returncode: int) -> Attempt:
+    if returncode < 0:
+        return Attempt(base.KILLED, signal=-returncode)
+    if returncode == 0:
+        return Attempt(base.SUCCEEDED, exit_code=0)
+    return Attempt(base.OUTCOME_FAILED, exit_code=returncode)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            data = handle.read()
+    except OSError:
+        return ""
+    lines = [line for line in data.decode(errors="replace").splitlines()
+             if not line.startswith("[tinyscheduler ")]
+    return "\n".join(lines[-20:])
