@@ -408,6 +408,24 @@ def test_body_of_the_wrong_shape_is_a_source_error(fake, source, monkeypatch):
         source.assigned_idle("bob")
 
 
+def test_a_server_ignoring_offset_is_an_error_not_a_loop(fake, source, monkeypatch):
+    for n in range(100):
+        fake.add_task(f"t{n}", queue="dev")
+    original = fake._select
+    monkeypatch.setattr(fake, "_select", lambda queue, query: original(
+        queue, {**query, "offset": "0"}))
+    with pytest.raises(SourceError, match="pagination"):
+        source.queue_idle_unassigned("dev")
+    assert fake.count("GET") == 2
+
+
+def test_a_404_that_is_not_tinytask_s_is_not_a_deleted_task(fake, source, monkeypatch):
+    task_id = fake.add_task("t")
+    monkeypatch.setattr(fake, "_route", lambda *a: (404, "<html>Not Found</html>"))
+    with pytest.raises(SourceError, match="HTTP 404"):
+        source.current([str(task_id)])
+
+
 def test_token_is_sent_and_never_in_errors(sleeps):
     secret = "s3cr3t-token-value"
     with FakeTinyTask(require_token=secret) as server:
@@ -453,14 +471,30 @@ def test_debug_log_has_no_token(fake, caplog, sleeps):
 
 
 def test_health(fake, source):
-    assert source.health().ok is True
+    health = source.health()
+    assert health.ok is True and fake.url in health.detail
+    assert fake.requests == [("GET", "/health"), ("GET", "/api/v1/queues")]
     fake.fail_next(10, status=500)
     health = source.health()
-    assert health.ok is False and "HTTP 500" in health.detail
-    assert fake.requests[0] == ("GET", "/health")
+    assert health.ok is False and "GET" in health.detail and "HTTP 500" in health.detail
 
 
-def test_health_without_a_health_route_falls_back_to_the_api(sleeps):
+def test_health_accepts_a_plain_text_health_body(fake, source):
+    fake.garbage_next(1)
+    assert source.health().ok is True
+
+
+def test_health_reports_a_bad_token(sleeps):
+    with FakeTinyTask(require_token="right") as server:
+        src = make_source(server.url, sleeps, token="wrong")
+        try:
+            health = src.health()
+        finally:
+            src.close()
+    assert health.ok is False and "HTTP 401" in health.detail and "wrong" not in health.detail
+
+
+def test_health_without_a_health_route_uses_the_api(sleeps):
     with FakeTinyTask(health=False) as server:
         src = make_source(server.url, sleeps)
         try:

@@ -315,8 +315,10 @@ class TinyTaskSource:
         return text.replace(self._token, "********") if self._token else text
 
     def _call(self, method: str, path: str, *, params: dict | None = None,
-              body: dict | None = None, root: bool = False, allow_404: bool = False) -> Any:
-        """One API call with retries; the decoded JSON body, or None for an allowed 404."""
+              body: dict | None = None, root: bool = False, allow_404: bool = False,
+              lenient: bool = False) -> Any:
+        """One API call with retries; the decoded JSON body, or None for an allowed 404.
+        ``lenient``: a 2xx body that is not JSON is returned as text."""
         import httpx
 
         client = self._http()
@@ -350,7 +352,9 @@ class TinyTaskSource:
             raise SourceError(self._redact(
                 f"TinyTask {method} {shown} failed after {times}: {exc}")) from None
         status = response.status_code
-        if status == 404 and allow_404:
+        # A 404 means "no such task" only when TinyTask itself says so (ErrorResponse);
+        # a 404 page from a wrong endpoint or a proxy must not make tasks look deleted.
+        if status == 404 and allow_404 and (lenient or self._error_text(response)):
             return None
         if status >= 400:
             hint = " (check TINYSCHEDULER_MCP_TOKEN)" if status in (401, 403) else ""
@@ -362,9 +366,11 @@ class TinyTaskSource:
         try:
             return response.json()
         except ValueError as exc:
-            raise SourceError(
+            if lenient:
+                return response.text
+            raise SourceError(self._redact(
                 f"TinyTask {method} {shown} returned HTTP {status} with a body that is not "
-                f"JSON ({exc}): {response.text[:80]!r}") from None
+                f"JSON ({exc}): {response.text[:80]!r}")) from None
 
     @staticmethod
     def _error_text(response) -> str:
@@ -380,17 +386,22 @@ class TinyTaskSource:
     def _list(self, path: str, params: dict) -> list:
         """Every item of a paginated TaskList (a bare JSON array, no total)."""
         items: list = []
+        seen: set[str] = set()
         offset = 0
         while True:
             page = self._call("GET", path, params={**params, "limit": self.page_size,
                                                    "offset": offset})
+            where = f"TinyTask GET {self.endpoint}{API_PREFIX}{path} (offset {offset})"
             if not isinstance(page, list):
-                raise SourceError(
-                    f"TinyTask GET {self.endpoint}{API_PREFIX}{path} returned "
-                    f"{type(page).__name__}, expected a TaskList (JSON array)")
+                raise SourceError(f"{where} returned {type(page).__name__}, "
+                                  "expected a TaskList (JSON array)")
             items.extend(page)
             if len(page) < self.page_size:
                 return items
+            ids = {str(item.get("id")) if isinstance(item, dict) else "" for item in page}
+            if not ids - seen:  # a server that ignores offset would loop forever
+                raise SourceError(f"{where} repeated the previous page: pagination broken")
+            seen |= ids
             offset += len(page)
 
     def _tasks(self, raws: list, wanted) -> list[Task]:
@@ -534,22 +545,21 @@ class TinyTaskSource:
                               f"{type(data).__name__}, expected a CommentData object")
 
     def health(self) -> Health:
-        """GET /health at the server root; when the server has none (404), GET /queues."""
+        """GET /health at the server root (absent from the contract: a 404 is tolerated),
+        then GET /api/v1/queues, which proves the API and the token work."""
         try:
-            data = self._call("GET", "/health", root=True, allow_404=True)
-            if data is None:
-                names = self._call("GET", "/queues")
-                if not isinstance(names, list):
-                    return Health(False, f"TinyTask {self.endpoint}: GET /queues returned "
-                                         f"{type(names).__name__}, expected a JSON array")
-                return Health(True, f"TinyTask {self.endpoint}: API reachable "
-                                    f"({len(names)} queues)")
+            data = self._call("GET", "/health", root=True, allow_404=True, lenient=True)
+            status = data.get("status") if isinstance(data, dict) else None
+            if status is not None and str(status).lower() not in ("ok", "healthy", "up"):
+                return Health(False, f"TinyTask {self.endpoint}: /health says status "
+                                     f"{str(status)[:80]!r}")
+            names = self._call("GET", "/queues")
         except SourceError as exc:
             return Health(False, str(exc))
-        status = data.get("status") if isinstance(data, dict) else None
-        if status is not None and str(status).lower() not in ("ok", "healthy", "up"):
-            return Health(False, f"TinyTask {self.endpoint}: status {str(status)[:80]!r}")
-        return Health(True, f"TinyTask {self.endpoint}: {status or 'ok'}")
+        if not isinstance(names, list):
+            return Health(False, f"TinyTask {self.endpoint}: GET {API_PREFIX}/queues returned "
+                                 f"{type(names).__name__}, expected a JSON array")
+        return Health(True, f"TinyTask {self.endpoint}: ok ({len(names)} queues)")
 
     def close(self) -> None:
         client, self._client = self._client, None
