@@ -1,0 +1,306 @@
+"""Liveness rules (frozen time, fake probe) and real processes (locks, pids, signals)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+from freezegun import freeze_time
+
+from scheduler import clock
+from scheduler.leases import FINISHING, RUNNING, STARTING, Lease, LeaseStore
+from scheduler.liveness import (
+    ALIVE,
+    HEARTBEAT_STALE,
+    PID_DEAD,
+    PID_REUSED,
+    RUNTIME_EXCEEDED,
+    SPAWN_TIMEOUT,
+    SystemProbe,
+    classify,
+    needs_kill,
+    terminate_group,
+)
+
+HOST = "host-a"
+LIMITS = {"max_runtime_sec": 100, "spawn_timeout_sec": 30, "kill_grace_sec": 5}
+MS = timedelta(milliseconds=1)
+
+
+@dataclass
+class FakeProbe:
+    held: set[str] = field(default_factory=set)
+    start_times: dict[int, float] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def lock_held(self, task_id: str) -> bool:
+        self.calls.append(f"lock_held {task_id}")
+        return task_id in self.held
+
+    def start_time(self, pid: int) -> float | None:
+        self.calls.append(f"start_time {pid}")
+        return self.start_times.get(pid)
+
+
+def lease_at(now, state: str = RUNNING, **changes: object) -> Lease:
+    lease = Lease(task_id="t1", agent="worker", state=state, spawn_token="tok", started_at=now,
+                  heartbeat=now, host=HOST, pid=4242, pid_started_at=1000.0,
+                  heartbeat_sec=10, stale_multiplier=3)
+    return replace(lease, **changes)
+
+
+def judge(lease: Lease, probe: FakeProbe, **limits: float) -> str | None:
+    return classify(lease, now=clock.now(), this_host=HOST, probe=probe, **(LIMITS | limits))
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# --- time rules -------------------------------------------------------------------------
+
+
+def test_heartbeat_stale_boundary_uses_the_recorded_interval() -> None:
+    probe = FakeProbe(held={"t1"})
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        lease = lease_at(clock.now())  # 10 s x 3 recorded in the lease
+        frozen.tick(timedelta(seconds=30))
+        assert judge(lease, probe) is ALIVE
+        frozen.tick(MS)
+        assert judge(lease, probe) == HEARTBEAT_STALE
+        # the same age is fine for a lease recorded with the default 15 s x 4
+        assert judge(replace(lease, heartbeat_sec=15, stale_multiplier=4), probe) is ALIVE
+
+
+def test_runtime_exceeded_boundary_leaves_the_wrapper_its_margin() -> None:
+    probe = FakeProbe(held={"t1"})
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        started = clock.now()
+        limit = timedelta(seconds=100 + 5 + 10)  # max runtime + kill grace + heartbeat_sec
+        frozen.tick(limit)
+        fresh = lease_at(started, heartbeat=clock.now())
+        assert judge(fresh, probe) is ALIVE
+        frozen.tick(MS)
+        assert judge(fresh, probe) == RUNTIME_EXCEEDED
+        assert judge(replace(fresh, state=FINISHING), probe) == RUNTIME_EXCEEDED
+
+
+def test_spawn_timeout_boundary_and_a_live_wrapper() -> None:
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        lease = lease_at(clock.now(), state=STARTING, pid=None, pid_started_at=None)
+        frozen.tick(timedelta(seconds=30))
+        assert judge(lease, FakeProbe()) is ALIVE
+        frozen.tick(MS)
+        assert judge(lease, FakeProbe()) == SPAWN_TIMEOUT
+        frozen.tick(timedelta(hours=5))
+        assert judge(lease, FakeProbe(held={"t1"})) is ALIVE
+
+
+def test_other_host_is_judged_by_heartbeat_only() -> None:
+    probe = FakeProbe()
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        lease = lease_at(clock.now(), host="host-b", pid=1)
+        frozen.tick(timedelta(hours=10))
+        fresh = replace(lease, heartbeat=clock.now() - timedelta(seconds=30))
+        assert judge(fresh, probe) is ALIVE  # far past max runtime, no lock, dead pid
+        assert judge(replace(fresh, heartbeat=fresh.heartbeat - MS), probe) == HEARTBEAT_STALE
+    assert probe.calls == []
+
+
+# --- process rules (fake probe) -----------------------------------------------------------
+
+
+def test_this_host_process_rules() -> None:
+    with freeze_time("2025-01-31 12:00:00"):
+        lease = lease_at(clock.now())
+        assert judge(lease, FakeProbe(held={"t1"})) is ALIVE
+        assert judge(lease, FakeProbe()) == PID_DEAD
+        assert judge(replace(lease, pid=None), FakeProbe()) == PID_DEAD
+        assert judge(lease, FakeProbe(start_times={4242: 1000.02})) == PID_REUSED
+        assert judge(replace(lease, pid_started_at=None),
+                     FakeProbe(start_times={4242: 1000.0})) == PID_REUSED
+        assert judge(lease, FakeProbe(start_times={4242: 1000.01})) is ALIVE
+
+
+def test_a_matching_process_without_the_lock_still_meets_the_time_rules() -> None:
+    probe = FakeProbe(start_times={4242: 1000.0})
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        lease = lease_at(clock.now())
+        frozen.tick(timedelta(seconds=31))
+        assert judge(lease, probe) == HEARTBEAT_STALE
+
+
+def test_needs_kill() -> None:
+    assert needs_kill(RUNTIME_EXCEEDED) and needs_kill(HEARTBEAT_STALE)
+    for reason in (PID_DEAD, PID_REUSED, SPAWN_TIMEOUT, ALIVE):
+        assert not needs_kill(reason)
+
+
+# --- real processes -----------------------------------------------------------------------
+
+WRAPPER = """
+import os, sys
+from pathlib import Path
+import psutil
+from scheduler import clock
+from scheduler.leases import LeaseStore
+store = LeaseStore(Path(sys.argv[1]))
+me = psutil.Process().create_time()
+adopted = store.adopt("t1", "tok", os.getpid(), me, clock.now())
+print("adopted" if adopted else "failed", flush=True)
+sys.stdin.readline()
+"""
+
+WRAPPER_WITH_AGENT = """
+import subprocess, sys
+from pathlib import Path
+from scheduler.leases import LeaseStore
+lock = LeaseStore(Path(sys.argv[1])).liveness_lock("t1")
+assert lock.acquire(2)
+agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                         pass_fds=[lock.fileno()])
+print(agent.pid, flush=True)
+sys.stdin.readline()
+"""
+
+
+def system_judge(store: LeaseStore, lease: Lease) -> str | None:
+    return classify(lease, now=clock.now(), this_host=HOST, probe=SystemProbe(store), **LIMITS)
+
+
+@pytest.mark.processes
+def test_live_wrapper_is_alive_and_dead_once_killed(tmp_path: Path, spawn_python) -> None:
+    store = LeaseStore(tmp_path / "running")
+    now = clock.now()
+    store.create(Lease("t1", "worker", STARTING, "tok", now, now, HOST))
+    wrapper = spawn_python(WRAPPER, str(store.running_dir))
+    assert wrapper.stdout.readline().strip() == "adopted"
+    lease = store.read("t1")
+    assert lease.pid == wrapper.pid
+    assert system_judge(store, lease) is ALIVE
+    wrapper.kill()
+    wrapper.wait()
+    assert not store.is_held("t1")
+    assert system_judge(store, lease) == PID_DEAD
+
+
+@pytest.mark.processes
+def test_live_pid_with_another_start_time_is_reused(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    mine = psutil.Process().create_time()
+    lease = lease_at(clock.now(), pid=os.getpid(), pid_started_at=mine - 5)
+    assert system_judge(store, lease) == PID_REUSED
+    assert system_judge(store, replace(lease, pid_started_at=mine)) is ALIVE
+
+
+@pytest.mark.processes
+def test_zombie_has_no_start_time(tmp_path: Path, spawn_python) -> None:
+    child = spawn_python("pass", stdin=None, stdout=None)
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE)
+    assert SystemProbe(LeaseStore(tmp_path)).start_time(child.pid) is None
+    child.wait()
+    assert SystemProbe(LeaseStore(tmp_path)).start_time(child.pid) is None
+
+
+@pytest.mark.processes
+def test_agent_with_inherited_lock_keeps_it_after_the_wrapper_dies(tmp_path: Path,
+                                                                   spawn_python) -> None:
+    store = LeaseStore(tmp_path / "running")
+    wrapper = spawn_python(WRAPPER_WITH_AGENT, str(store.running_dir))
+    agent_pid = int(wrapper.stdout.readline())
+    try:
+        assert store.is_held("t1")
+        wrapper.send_signal(signal.SIGKILL)
+        wrapper.wait()
+        assert psutil.pid_exists(agent_pid)
+        assert store.is_held("t1")
+    finally:
+        try:
+            os.kill(agent_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not store.is_held("t1"))
+
+
+# --- terminate_group ------------------------------------------------------------------------
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
+STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)")
+LEADER_WITH_STUBBORN_MEMBER = (
+    "import subprocess, sys, time\n"
+    f"member = subprocess.Popen([sys.executable, '-c', {STUBBORN!r}], stdout=subprocess.PIPE)\n"
+    "member.stdout.readline()\n"
+    "print(member.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def start(spawn_python, code: str, **kwargs: object):
+    child = spawn_python(code, stdin=None, **kwargs)
+    child.stdout.readline()
+    return child, psutil.Process(child.pid).create_time()
+
+
+@pytest.mark.processes
+def test_terminate_a_group_that_obeys_sigterm(spawn_python) -> None:
+    child, started = start(spawn_python, SLEEPER, start_new_session=True)
+    began = time.monotonic()
+    assert terminate_group(child.pid, started, 5.0, poll=0.01) is True
+    assert time.monotonic() - began < 4.0
+    assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+@pytest.mark.processes
+def test_terminate_a_group_that_ignores_sigterm(spawn_python) -> None:
+    child, started = start(spawn_python, STUBBORN, start_new_session=True)
+    began = time.monotonic()
+    assert terminate_group(child.pid, started, 0.5, poll=0.01) is True
+    assert time.monotonic() - began >= 0.5
+    assert child.wait(timeout=5) == -signal.SIGKILL
+
+
+@pytest.mark.processes
+def test_terminate_kills_a_stubborn_member_after_the_leader_left(spawn_python) -> None:
+    leader = spawn_python(LEADER_WITH_STUBBORN_MEMBER, stdin=None, start_new_session=True)
+    member_pid = int(leader.stdout.readline())
+    started = psutil.Process(leader.pid).create_time()
+    try:
+        assert terminate_group(leader.pid, started, 0.5, poll=0.01) is True
+        assert leader.wait(timeout=5) == -signal.SIGTERM
+        wait_for(lambda: not psutil.pid_exists(member_pid)
+                 or psutil.Process(member_pid).status() == psutil.STATUS_ZOMBIE)
+    finally:
+        try:
+            os.kill(member_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.processes
+def test_terminate_signals_only_the_process_when_it_shares_our_group(spawn_python) -> None:
+    child, started = start(spawn_python, SLEEPER)
+    assert os.getpgid(child.pid) == os.getpgrp()
+    assert terminate_group(child.pid, started, 5.0, poll=0.01) is True
+    assert child.wait(timeout=5) == -signal.SIGTERM
+
+
+@pytest.mark.processes
+def test_identity_mismatch_is_never_signalled(spawn_python) -> None:
+    child, started = start(spawn_python, SLEEPER, start_new_session=True)
+    assert terminate_group(child.pid, started + 5, 0.2, poll=0.01) is False
+    assert child.poll() is None
+    assert psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_terminate_a_gone_process_is_done() -> None:
+    assert terminate_group(2**22 + 12345, 0.0, 0.1) is True
