@@ -485,6 +485,9 @@ class TinyTaskSource:
                 return self._redeliver(raw, result)
             return Applied("ignored", f"task {result.task_id} is {raw.get('status')} and not "
                                       f"under lease {result.token}: stale result")
+        if raw.get("assigned_to") != result.agent:
+            return Applied("ignored", f"task {result.task_id} was reassigned to "
+                                      f"{raw.get('assigned_to')}: stale result")
         kept = _without(tags, TAG_LEASE, TAG_APPLIED) + [applied]
         if result.outcome == SUCCEEDED:
             self._patch(result.task_id, {"status": COMPLETE,
