@@ -128,6 +128,6 @@ class ExecLauncher:
 
 
 def make_launcher(settings) -> Launcher:
-    if getattr(settings, "spawn_mode", "fork") == "exec":
+    if settings.spawn_mode == "exec":
         return ExecLauncher(settings)
     return ForkLauncher(settings)

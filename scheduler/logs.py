@@ -102,3 +102,5 @@ def setup_logging(level: str, fmt: str, log_dir: Path | None) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    for noisy in ("httpx", "httpcore"):  # one INFO line per request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)

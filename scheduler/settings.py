@@ -225,6 +225,9 @@ OPTIONS: tuple[Option, ...] = (
            "5"),
     Option("RETRY_BACKOFF_SEC", "60", _int_parser(0),
            "Retry delay: this x 2^(attempt-1) after a failed attempt.", "120"),
+    Option("SPAWN_MODE", "fork", _choice_parser("fork", "exec"),
+           "How wrappers start: fork (from the scheduler, ~1 ms) or exec (a fresh "
+           "tinyscheduler-wrapper process, ~150 ms).", "exec"),
     Option("HOSTNAME", "", _parse_hostname, "This host's name in leases.", "worker-01",
            default_note="the machine's host name"),
     Option("LOG_LEVEL", "INFO", _parse_log_level, "DEBUG, INFO, WARNING or ERROR.", "DEBUG"),
@@ -281,6 +284,7 @@ class Settings:
     spawn_timeout_sec: int = 30
     max_attempts: int = 3
     retry_backoff_sec: int = 60
+    spawn_mode: str = "fork"
     hostname: str = "localhost"
     log_level: str = "INFO"
     log_format: str = "text"
