@@ -19,7 +19,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +178,7 @@ BLOCKERS_OF_SQL = "SELECT blocker_id FROM blockers WHERE task_id = ? ORDER BY bl
 
 
 def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    if len(text) == 24 and text[-1] == "Z":  # what clock.to_iso wrote: the fast path
-        try:
-            return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass
-    return _clock.from_iso(text)
+    return _clock.from_iso(text) if text else None
 
 
 def _row_to_task(row: sqlite3.Row) -> Task:
