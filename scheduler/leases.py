@@ -57,6 +57,7 @@ _KNOWN_FIELDS = (
     "queue", "recipe", "pid", "pid_started_at", "agent_pid", "agent_started_at",
     "scheduler_pid", "heartbeat_sec", "stale_multiplier", "metadata", "version",
 )
+_KNOWN_SET = frozenset(_KNOWN_FIELDS)
 
 
 class LeaseDecodeError(LeaseError):
@@ -140,7 +141,8 @@ class Lease:
             raise _bad("metadata", metadata, "a JSON object")
         values["metadata"] = metadata
         values["version"] = _int(data, "version", LEASE_VERSION, minimum=1)
-        values["extra"] = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
+        unknown = data.keys() - _KNOWN_SET
+        values["extra"] = {k: data[k] for k in data if k in unknown} if unknown else {}
         return cls(**values)
 
 
@@ -270,7 +272,7 @@ class LivenessLock:
         self.release()
 
 
-def probe_lock(path: Path) -> bool:
+def probe_lock(path: str | Path) -> bool:
     """True when some process holds a flock on ``path``; False when free or missing.
 
     Uses fcntl directly: this is a one-shot test run once per lease per pass (~15 µs),
@@ -303,6 +305,7 @@ class LeaseStore:
 
     def __init__(self, running_dir: Path) -> None:
         self.running_dir = Path(running_dir)
+        self._dir_str = str(self.running_dir)
         self._dir_ready = False
 
     # paths
@@ -350,7 +353,7 @@ class LeaseStore:
 
     # reading
 
-    def _load(self, path: Path) -> Lease | None:
+    def _load(self, path: str) -> Lease | None:
         """Read and decode one lease file; quarantine it when it is not a valid lease."""
         try:
             fd = os.open(path, _OPEN_READ)
@@ -375,7 +378,7 @@ class LeaseStore:
             reason = exc.reason if isinstance(exc, LeaseDecodeError) else f"invalid JSON: {exc}"
             self._quarantine(path, reason, info)
             return None
-        if path.name != f"task_{lease.task_id}.json":
+        if os.path.basename(path) != f"task_{lease.task_id}.json":
             self._quarantine(path, f"field 'task_id' is {lease.task_id!r}, which does not "
                                    f"match the file name", info)
             return None
@@ -383,7 +386,7 @@ class LeaseStore:
 
     def read(self, task_id: str) -> Lease | None:
         """The task's lease, or None when there is none (or it was corrupt: quarantined)."""
-        return self._load(self._lease_path(task_id))
+        return self._load(str(self._lease_path(task_id)))
 
     def list(self) -> list[Lease]:
         """Every valid lease, sorted by task id. One directory scan, one read per file;
@@ -399,7 +402,7 @@ class LeaseStore:
                 if match is None or not is_valid_name(match.group(1)):
                     continue
                 try:
-                    lease = self._load(Path(entry.path))
+                    lease = self._load(entry.path)
                 except OSError as exc:
                     log.warning("lease %s could not be read: %s", entry.path, exc)
                     continue
@@ -408,8 +411,9 @@ class LeaseStore:
         leases.sort(key=lambda lease: lease.task_id)
         return leases
 
-    def _quarantine(self, path: Path, reason: str, info: os.stat_result | None) -> None:
+    def _quarantine(self, name: str, reason: str, info: os.stat_result | None) -> None:
         """Move a bad lease file to ``corrupt/<name>.<timestamp>`` with a ``.reason`` file."""
+        path = Path(name)
         try:
             current = os.lstat(path)
         except FileNotFoundError:
@@ -503,7 +507,7 @@ class LeaseStore:
         ``token``; None when it is gone or names another owner (the caller was fenced)."""
         path = self._lease_path(task_id)
         with self._mutex():
-            current = self._load(path)
+            current = self._load(str(path))
             if current is None or not token or current.spawn_token != token:
                 return None
             updated = replace(current, heartbeat=_to_ms(now), **changes)
@@ -518,7 +522,7 @@ class LeaseStore:
         The liveness lock file is left alone (see :meth:`remove_stale_lock_files`)."""
         path = self._lease_path(task_id)
         with self._mutex():
-            current = self._load(path)
+            current = self._load(str(path))
             if current is None or not token or current.spawn_token != token:
                 return False
             os.unlink(path)
@@ -533,7 +537,8 @@ class LeaseStore:
 
     def is_held(self, task_id: str) -> bool:
         """True when some process holds the task's liveness lock."""
-        return probe_lock(self.lock_path(task_id))
+        # a str path, not a Path: this runs once per lease per pass
+        return probe_lock(os.path.join(self._dir_str, f"task_{check_name(task_id)}.lock"))
 
     def remove_stale_lock_files(self, live_task_ids: set[str]) -> int:
         """Remove ``task_<id>.lock`` files with no lease whose lock nobody holds.
