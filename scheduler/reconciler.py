@@ -268,25 +268,52 @@ class Reconciler:
     # --- step 5: spawning ---------------------------------------------------------------------
 
     def _spawn_all(self, the_plan: Plan, now, summary: PassSummary) -> None:
+        """Lease and claim every planned task, then start their wrappers.
+
+        The two halves are separate because wrappers are forked from this process, and
+        SQLite forbids carrying an open connection across fork(): the local store's
+        connection is closed before the first fork (it reopens lazily next pass)."""
+        claimed: list[tuple[Task, str, str]] = []
         for spawn in the_plan.spawns:
             try:
-                if self._spawn(spawn.task, spawn.agent, now):
-                    summary.spawned += 1
-                    log.info("spawned", extra={"fields": {
-                        "task": spawn.task.id, "agent": spawn.agent, "why": spawn.why,
-                        "attempt": spawn.task.attempts + 1}})
+                token = self._lease_and_claim(spawn.task, spawn.agent, now)
             except SourceError as exc:
                 summary.errors.append(f"task {spawn.task.id}: {exc}")
                 break  # the source is down: stop spawning, keep the pass going
             except (OSError, LeaseError) as exc:
-                summary.errors.append(f"task {spawn.task.id}: spawn failed: {exc}")
+                summary.errors.append(f"task {spawn.task.id}: lease failed: {exc}")
+                continue
+            if token is not None:
+                claimed.append((spawn.task, spawn.agent, token))
+                log.info("spawning", extra={"fields": {
+                    "task": spawn.task.id, "agent": spawn.agent, "why": spawn.why,
+                    "attempt": spawn.task.attempts + 1}})
+        if claimed and self.settings.spawn_mode == "fork" and self.source.name == "local":
+            self.close()
+        failed: list[tuple[Task, str, str, OSError]] = []
+        for task, agent, token in claimed:
+            try:
+                self._launch(task, token)
+                summary.spawned += 1
+            except OSError as exc:
+                failed.append((task, agent, token, exc))
+        for task, agent, token, exc in failed:
+            summary.errors.append(f"task {task.id}: wrapper could not start: {exc}")
+            self._report_or_keep(Result(
+                task_id=task.id, agent=agent, attempt=task.attempts + 1,
+                outcome="launch_failed", token=token,
+                summary=f"launch_failed: the wrapper could not start: {exc}",
+                host=self.settings.hostname, finished_at=clock.now(),
+                detail={"reason": str(exc)}))
+            self.store.delete(task.id, token)
 
-    def _spawn(self, task: Task, agent: str, now) -> bool:
-        """The crash-safe spawn protocol. False when the task was taken meanwhile."""
+    def _lease_and_claim(self, task: Task, agent: str, now) -> str | None:
+        """Steps 1-2 of the spawn protocol; the spawn token, or None when the task was
+        taken meanwhile or cannot run here."""
         if not is_valid_name(task.id) or (task.recipe and not is_valid_name(task.recipe)):
             log.warning("skipping task with an invalid id or recipe",
                         extra={"fields": {"task": repr(task.id), "recipe": repr(task.recipe)}})
-            return False
+            return None
         s = self.settings
         token = secrets.token_hex(8)
         lease = Lease(
@@ -298,7 +325,7 @@ class Reconciler:
         try:
             self.store.create(lease)
         except AlreadyLeased:
-            return False
+            return None
         faults.crash_point("after-lease")
         try:
             self.source.claim(task.id, agent, token)
@@ -306,25 +333,21 @@ class Reconciler:
             self.store.delete(task.id, token)
             log.info("task taken meanwhile", extra={"fields": {"task": task.id,
                                                                "why": str(exc)}})
-            return False
+            return None
         except BaseException:
             self.store.delete(task.id, token)
             raise
         faults.crash_point("after-claim")
+        return token
+
+    def _launch(self, task: Task, token: str) -> None:
+        """Step 3: the task file for the agent, then the wrapper, detached."""
         from wrapper.supervisor import write_task_file
 
-        try:
-            write_task_file(s.task_log_dir, task)
-            self.launcher.launch(task.id, token, str(s.running_dir / f"task_{task.id}.json"))
-        except OSError as exc:
-            self._report_or_keep(Result(
-                task_id=task.id, agent=agent, attempt=lease.attempt, outcome="launch_failed",
-                token=token, summary=f"launch_failed: the wrapper could not start: {exc}",
-                host=s.hostname, finished_at=clock.now(), detail={"reason": str(exc)}))
-            self.store.delete(task.id, token)
-            raise
+        write_task_file(self.settings.task_log_dir, task)
+        self.launcher.launch(task.id, token,
+                             str(self.settings.running_dir / f"task_{task.id}.json"))
         faults.crash_point("after-spawn")
-        return True
 
     # --- step 6: the summary ----------------------------------------------------------------
 
