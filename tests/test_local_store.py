@@ -255,16 +255,20 @@ def test_retry_of_parked_task_resets_attempts_and_keeps_error_in_history(store):
     assert (parked.status, parked.parked, parked.attempts) == (FAILED, True, 1)
     error = parked.last_error
     assert "boom" in error
+    assert parked.assignee == "alice"
     retried = store.retry(task_id)
     assert (retried.status, retried.attempts, retried.not_before, retried.last_error) == (
         IDLE, 0, None, None)
+    assert retried.assignee is None  # back to the queue's pool
+    assert [t.id for t in store.queue_idle_unassigned("dev")] == [task_id]
     assert error in store.history(task_id)[-1]["detail"]
 
 
-def test_retry_of_cancelled_task(store):
-    added = store.add_task("t")
+def test_retry_of_cancelled_task_keeps_a_direct_assignment(store):
+    added = store.add_task("t", assignee="bob")
     store.cancel(added.id)
-    assert store.retry(added.id).status == IDLE
+    retried = store.retry(added.id)
+    assert (retried.status, retried.assignee) == (IDLE, "bob")
 
 
 def test_history_rows_for_a_whole_life(store):

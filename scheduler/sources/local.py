@@ -667,14 +667,17 @@ class LocalStore:
 
     def retry(self, task_id: str, actor: str = "cli") -> Task:
         """failed/cancelled -> idle: attempts reset, ``not_before`` and ``last_error``
-        cleared (the previous error stays in the history)."""
+        cleared (the previous error stays in the history). Like a requeue, a task with a
+        queue goes back to its pool; one without keeps its agent."""
         with self._write() as conn:
             row = self._status_row(conn, task_id)
             detail = "retried"
             if row["last_error"]:
                 detail += f"; previous error: {row['last_error']}"
+            assignee = None if row["queue"] is not None else row["assignee"]
             self._move(conn, row, IDLE, action="retry", actor=actor, detail=detail,
-                       attempts=0, not_before=None, last_error=None, lease_token=None)
+                       attempts=0, not_before=None, last_error=None, lease_token=None,
+                       assignee=assignee)
             return self._fetch(conn, row["id"])
 
     def cancel(self, task_id: str, actor: str = "cli", detail: str = "") -> Task:
