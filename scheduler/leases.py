@@ -132,8 +132,9 @@ class Lease:
             values[name] = _opt_int(data, name)
         for name in ("pid_started_at", "agent_started_at"):
             values[name] = _opt_float(data, name)
-        values["heartbeat_sec"] = _int(data, "heartbeat_sec", 15, minimum=1)
-        values["stale_multiplier"] = _int(data, "stale_multiplier", 4, minimum=1)
+        # bounded so that interval x multiplier stays a valid timedelta
+        values["heartbeat_sec"] = _int(data, "heartbeat_sec", 15, minimum=1, maximum=10**6)
+        values["stale_multiplier"] = _int(data, "stale_multiplier", 4, minimum=1, maximum=10**3)
         metadata = data.get("metadata", {})
         if metadata is None:
             metadata = {}
@@ -170,10 +171,10 @@ def _opt_str(data: dict, name: str) -> str | None:
     return value
 
 
-def _int(data: dict, name: str, default: int, *, minimum: int) -> int:
+def _int(data: dict, name: str, default: int, *, minimum: int, maximum: int = 2**31) -> int:
     value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(name, value, f"a whole number >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise _bad(name, value, f"a whole number from {minimum} to {maximum}")
     return value
 
 
@@ -301,7 +302,7 @@ def probe_lock(path: str | Path) -> bool:
 
 
 class LeaseStore:
-    """Leases of RUNNING_DIR. Safe to share between processes; one instance per thread."""
+    """Leases of RUNNING_DIR. Safe to use from many processes and threads at once."""
 
     def __init__(self, running_dir: Path) -> None:
         self.running_dir = Path(running_dir)

@@ -107,6 +107,8 @@ def test_legacy_lease_without_new_fields_decodes() -> None:
     ("pid", -1),
     ("pid_started_at", "soon"),
     ("heartbeat_sec", 0),
+    ("heartbeat_sec", 10**20),
+    ("stale_multiplier", 10**6),
     ("metadata", []),
     ("queue", 3),
     ("version", "1"),
@@ -392,3 +394,19 @@ def test_sigkilled_writers_never_leave_a_torn_or_missing_lease(tmp_path: Path,
         assert not (store.running_dir / "corrupt").exists()
         # still usable: a writer killed inside the store mutex left no lock behind
         assert store.heartbeat(task_id, "tok-1", T0) is not None
+
+
+def test_threads_sharing_one_store_never_collide(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LeaseStore(tmp_path / "running")
+    store.create(make_lease(state=RUNNING))
+
+    def beat(n: int) -> int:
+        return sum(store.heartbeat("t1", "tok-1", T0, metadata={"n": n}) is not None
+                   for _ in range(25))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(beat, range(8))) == 200
+    assert store.read("t1").metadata["n"] in range(8)
+    assert sorted(os.listdir(tmp_path / "running")) == [".store.lock", "task_t1.json"]
