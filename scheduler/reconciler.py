@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 from scheduler import clock, faults, liveness, outbox
+from scheduler.cancel import signal_wrapper
 from scheduler.errors import AlreadyLeased, InvalidTransition, LeaseError, SourceError
 from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.logs import get_logger
@@ -362,19 +363,3 @@ class Reconciler:
             for a in the_plan.agents
         ]
         summary.duration_sec = round(time.monotonic() - started, 4)
-
-
-def signal_wrapper(lease: Lease) -> bool:
-    """SIGTERM the lease's wrapper if it is still the same process; True if signalled."""
-    import signal
-
-    if lease.pid is None or lease.pid_started_at is None:
-        return False
-    started = liveness.process_start_time(lease.pid)
-    if started is None or abs(started - lease.pid_started_at) > liveness.START_TIME_TOLERANCE:
-        return False
-    try:
-        os.kill(lease.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
