@@ -45,8 +45,8 @@ def test_timer_and_oneshot_shape():
 
 
 def test_cron_example_puts_env_file_before_the_subcommand():
-    line = next(l for l in (DEPLOY / "tinyscheduler-cron.example").read_text().splitlines()
-                if l and not l.startswith("#"))
+    line = next(text for text in (DEPLOY / "tinyscheduler-cron.example").read_text().splitlines()
+                if text and not text.startswith("#"))
     assert line.index("--env-file") < line.index(" run --once")
 
 
