@@ -601,8 +601,8 @@ def test_a_task_that_cannot_launch_does_not_stop_the_others(make_scheduler):
     task = s.tasks()[bad]
     assert (task.status, task.attempts) == ("idle", 1)
     assert "launch_failed" in task.last_error
-    with s.store() as store:
-        assert "recipe 'missing.yaml' not found" in store.details(bad)["result_summary"]
+    requeued = history_moves(s.history(bad), "working", "idle")
+    assert len(requeued) == 1 and "recipe 'missing.yaml' not found" in requeued[0]["detail"]
     assert {e.task for e in s.events() if e.kind == "end"} == set(good)
 
 
