@@ -243,7 +243,11 @@ def _place_queued(task: Task, pools: Mapping, slots: _Slots, pauses: Pauses):
         return Skip(task.id, f"queue {queue} is paused", "paused")
     best = min(pool, key=lambda a: (-slots.free[a.name], a.name))
     if slots.free[best.name] <= 0:
-        return Skip(task.id, f"queue {queue} has no free slot", "no-slot")
+        paused = [a.name for a in pool if a.name in pauses.agents]
+        if len(paused) == len(pool):
+            return Skip(task.id, f"every agent of queue {queue} is paused", "paused")
+        note = f" (paused: {', '.join(paused)})" if paused else ""
+        return Skip(task.id, f"queue {queue} has no free slot{note}", "no-slot")
     slots.take(best.name)
     return Spawn(task, best.name, f"queue {queue} -> {best.name} "
                                   f"({slots.free[best.name] + 1} free)")

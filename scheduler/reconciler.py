@@ -56,6 +56,10 @@ class PassSummary:
 
     def line(self) -> str:
         reclaimed = sum(self.reclaimed.values())
+        if self.dry_run:
+            return (f"dry run: would spawn {self.spawned}, would reclaim {reclaimed}, "
+                    f"{self.blocked_skipped} blocked, {self.leases_scanned} leases, "
+                    f"{len(self.errors)} errors")
         return (f"pass: {self.spawned} spawned, {reclaimed} reclaimed, {self.stopped} stopped, "
                 f"{self.blocked_skipped} blocked, {self.leases_scanned} leases, "
                 f"{len(self.errors)} errors, {self.duration_sec * 1000:.0f} ms")
@@ -188,11 +192,12 @@ class Reconciler:
         log.warning("reclaiming lease", extra={"fields": {
             "task": lease.task_id, "agent": lease.agent, "reason": reason,
             "pid": lease.pid, "agent_pid": lease.agent_pid}})
-        token = lease.spawn_token
+        # Re-own the lease first: a wrapper that is still alive sees a foreign token and
+        # stops reporting (fencing), and leases without a token (left by older
+        # schedulers) become deletable by compare-and-delete.
+        token = secrets.token_hex(8)
+        self.store.update(replace(lease, spawn_token=token))
         if liveness.needs_kill(reason) and lease.host == self.settings.hostname:
-            fence = secrets.token_hex(8)
-            self.store.update(replace(lease, spawn_token=fence))  # the wrapper sees it re-owned
-            token = fence
             grace = self.settings.kill_grace_sec
             for pid, started in ((lease.agent_pid, lease.agent_started_at),
                                  (lease.pid, lease.pid_started_at)):
@@ -250,18 +255,19 @@ class Reconciler:
 
     def _list_tasks(self, summary: PassSummary) -> list[Task] | None:
         tasks: list[Task] = []
+        listings = [(self.source.assigned_idle, agent.name) for agent in self.registry.agents]
+        if not self.registry.legacy:
+            listings += [(self.source.queue_idle_unassigned, q) for q in self.registry.queues()]
+        skipped = 0
         try:
-            for agent in self.registry.agents:
-                tasks += self.source.assigned_idle(agent.name)
-            if not self.registry.legacy:
-                for queue in self.registry.queues():
-                    tasks += self.source.queue_idle_unassigned(queue)
+            for listing, name in listings:
+                tasks += listing(name)
+                skipped += getattr(self.source, "skipped", 0)  # invalid tasks, per listing
         except SourceError as exc:
             summary.errors.append(str(exc))
             log.error("task source failed; no spawns this pass",
                       extra={"fields": {"error": str(exc)}})
             return None
-        skipped = getattr(self.source, "skipped", 0)
         if skipped:
             summary.errors.append(f"{skipped} task(s) from the source had invalid data")
         return tasks

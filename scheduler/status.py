@@ -38,17 +38,12 @@ def collect(settings) -> dict:
             problems.append(f"last daemon pass is {age:.0f} s old (more than "
                             f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
     from scheduler import pauses
-    from scheduler.sources import open_source
 
-    try:
-        source = open_source(settings)
-        try:
-            health = source.health()
-        finally:
-            source.close()
-        source_health = {"ok": health.ok, "detail": health.detail}
-    except Exception as exc:
-        source_health = {"ok": False, "detail": str(exc)}
+    if settings.task_source == "local" and not settings.tasks_db.exists():
+        source_health = {"ok": False, "detail": f"no task store yet at {settings.tasks_db} "
+                                                "(created by the first 'task add' or pass)"}
+    else:
+        source_health = _source_health(settings)
     if not source_health["ok"]:
         problems.append(f"task source unhealthy: {source_health['detail']}")
     return {
@@ -61,6 +56,20 @@ def collect(settings) -> dict:
         "last_pass": last,
         "source": {"kind": settings.task_source, **source_health},
     }
+
+
+def _source_health(settings) -> dict:
+    from scheduler.sources import open_source
+
+    try:
+        source = open_source(settings)
+        try:
+            health = source.health()
+        finally:
+            source.close()
+        return {"ok": health.ok, "detail": health.detail}
+    except Exception as exc:
+        return {"ok": False, "detail": str(exc)}
 
 
 def _lease_row(lease, now) -> dict:

@@ -74,8 +74,10 @@ def status(app: AppContext, as_json: bool) -> int:
 
 def _pause_command(pause: bool):
     verb = "pause" if pause else "resume"
+    help_text = (f"{verb.capitalize()} dispatch: everything, one agent or one queue. "
+                 "Running tasks go on; persists across restarts.")
 
-    @click.command(verb, cls=SubCommand)
+    @click.command(verb, cls=SubCommand, help=help_text)
     @click.option("--agent", help=f"{verb.capitalize()} one agent only.")
     @click.option("--queue", help=f"{verb.capitalize()} one queue only.")
     @click.pass_obj
@@ -97,8 +99,6 @@ def _pause_command(pause: bool):
         click.echo(f"{updated.describe()} (running tasks continue; reclaims still happen)")
         return EXIT_OK
 
-    command.__doc__ = (f"{verb.capitalize()} dispatch: everything, one agent or one queue. "
-                       "Persists across restarts.")
     return command
 
 
