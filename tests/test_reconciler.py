@@ -107,6 +107,7 @@ class Scheduler:
         self.agent_log = base / "agents.log"
         self.release_dir = base / "release"
         self.release_dir.mkdir(exist_ok=True)
+        self.children: list[subprocess.Popen] = []
         script = base / "agent.py"
         script.write_text(AGENT_SCRIPT.format(log=str(self.agent_log),
                                               release=str(self.release_dir)))
@@ -150,9 +151,11 @@ class Scheduler:
                               stdin=subprocess.DEVNULL)
 
     def popen(self, *args: str, env: dict | None = None, **extra: object) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), env=env or self.environ(**extra),
-                                cwd=self.base, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(self.argv(*args), env=env or self.environ(**extra),
+                                 cwd=self.base, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.children.append(child)
+        return child
 
     def run_once(self, *args: str, expect: int | None = 0, **extra: object):
         proc = self.cli("run", "--once", *args, **extra)
@@ -257,6 +260,11 @@ def make_scheduler(tmp_path):
 
     yield make
     kill_leftovers(tmp_path)
+    for scheduler in made:
+        for child in scheduler.children:
+            if child.poll() is None:
+                child.kill()
+            child.communicate()
 
 
 def history_moves(history: list[dict], from_status: str, to_status: str) -> list[dict]:
