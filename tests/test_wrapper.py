@@ -27,13 +27,14 @@ import pytest
 from fake_tinytask import FakeTinyTask
 
 from scheduler import clock
+from scheduler.launcher import ForkLauncher
 from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.reconciler import Reconciler
 from scheduler.registry import Agent, Registry
 from scheduler.settings import PREFIX, load_settings
 from scheduler.sources.base import CANCELLED, COMPLETE, FAILED, IDLE, WORKING, Task
 from scheduler.sources.local import LocalStore
-from wrapper.supervisor import write_task_file
+from wrapper.supervisor import Supervisor, write_task_file
 
 pytestmark = pytest.mark.processes
 
@@ -150,6 +151,15 @@ class Rig:
                 start_new_session=True)
         self.wrappers.append(child)
         return child
+
+    def fork_wrapper(self, task_id: str, token: str) -> int:
+        """Start the wrapper the default way, forked from this process; its pid.
+
+        This process's SQLite connection is closed first: a forked child that opens the
+        database while it carries SQLite's state for a connection of its parent (whose
+        descriptors the launcher closed) gets its locking wrong."""
+        self.tasks.close()
+        return ForkLauncher(self.settings).launch(task_id, token, str(self.lease_path(task_id)))
 
     def run(self, task_id: str, token: str, **values: object) -> int:
         """One whole wrapper run; its exit code (its stderr must be empty)."""
@@ -379,6 +389,7 @@ def test_a_bad_recipe_fails_the_launch_without_running_anything(
     assert task.status == IDLE and task.attempts == 1
     assert task.last_error.startswith("attempt 1 launch_failed")
     summary = rig.summary(task.id)
+    assert summary.startswith("launch_failed: not started, ")
     assert "reason: recipe " in summary and why in summary
     lines = log_lines(rig.log_path(task.id))
     assert lines[1].endswith("] argv []")
@@ -394,9 +405,43 @@ def test_a_command_that_cannot_start_fails_the_launch(rig: Rig, command: str) ->
     task = rig.tasks.get(task.id)
     assert task.status == IDLE and task.last_error.startswith("attempt 1 launch_failed")
     summary = rig.summary(task.id)
+    assert summary.startswith("launch_failed: not started, ")
     assert f"reason: cannot start {command.split()[0]!r}" in summary
     assert "No such file or directory" in summary
     assert not rig.lease_path(task.id).exists()
+
+
+@pytest.mark.parametrize("spawn_mode", ["exec", "fork"])
+def test_a_missing_work_dir_fails_the_launch(make_rig, spawn_mode: str) -> None:
+    """The agent's chdir fails before the gate opens: the wrapper (exec'd, or forked with
+    SIGPIPE at its default action) must still learn why, and report it."""
+    rig = make_rig(WORK_DIR="no-such-dir")
+    task = rig.add()
+    token = rig.prepare(task)
+    if spawn_mode == "exec":
+        assert rig.run(task.id, token) == 0
+    else:
+        rig.fork_wrapper(task.id, token)
+        wait_for(lambda: rig.tasks.get(task.id).status != WORKING, RUN_TIMEOUT,
+                 "the forked wrapper to report")
+        wait_for(lambda: not rig.leases.is_held(task.id), what="the wrapper to exit")
+    task = rig.tasks.get(task.id)
+    assert task.status == IDLE and task.last_error.startswith("attempt 1 launch_failed")
+    summary = rig.summary(task.id)
+    assert "No such file or directory" in summary and "no-such-dir" in summary
+    assert rig.leases.read(task.id) is None
+
+
+def test_a_forked_wrapper_runs_an_attempt(make_rig) -> None:
+    """SPAWN_MODE=fork: the wrapper is forked from this (initialised) process."""
+    rig = make_rig(AGENT_COMMAND=agent_command("print", "forked fine"))
+    task = rig.add()
+    token = rig.prepare(task)
+    pid = rig.track(rig.fork_wrapper(task.id, token))
+    wait_for(lambda: rig.tasks.get(task.id).status == COMPLETE, RUN_TIMEOUT)
+    wait_for(lambda: gone(pid), what="the forked wrapper to exit")
+    assert "forked fine" in rig.tasks.details(task.id)["result_summary"]
+    assert rig.leases.read(task.id) is None and not rig.leases.is_held(task.id)
 
 
 def test_a_good_recipe_is_resolved_into_the_argv(rig: Rig) -> None:
@@ -408,6 +453,44 @@ def test_a_good_recipe_is_resolved_into_the_argv(rig: Rig) -> None:
     task = rig.attempt(task, "argv", str(out), "--", "{recipe}", "{recipe_path}")
     assert task.status == COMPLETE
     assert json.loads(out.read_text())[-2:] == [f"{AGENT}.yaml", str(recipe.resolve())]
+
+
+def test_processes_an_agent_leaves_behind_end_with_it(rig: Rig) -> None:
+    task = rig.add()
+    grandchild_file = rig.path("gc")
+    task = rig.attempt(task, "grandchild", str(grandchild_file), "print", "bye")
+    assert task.status == COMPLETE
+    grandchild = rig.track(read_pid(grandchild_file))
+    wait_for(lambda: gone(grandchild), 2, "the leftover process to be killed")
+    assert "killed processes left in the agent's process group" in \
+        rig.log_path(task.id).read_text()
+
+
+def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: the lease store fails at the first heartbeat (say, a full disk). The
+    attempt is reported as a wrapper error, and the agent must not outlive it."""
+    task = rig.add()
+    token = rig.prepare(task)
+    ready = rig.path("ready")
+    command = agent_command("ready", str(ready), "sleep", "30")
+    settings = replace(rig.settings, agent_command=command)
+    real_heartbeat = LeaseStore.heartbeat
+
+    def heartbeat(self, task_id, token, now, **changes):
+        if not changes:
+            raise OSError(28, "No space left on device")
+        return real_heartbeat(self, task_id, token, now, **changes)
+
+    monkeypatch.setattr(LeaseStore, "heartbeat", heartbeat)
+    assert Supervisor(settings, task.id, token).run() == 0
+    agent = read_pid(ready)
+    assert gone(agent)
+    task = rig.tasks.get(task.id)
+    assert task.status == IDLE and task.last_error.startswith("attempt 1 launch_failed")
+    assert "wrapper error: OSError(28, 'No space left on device')" in rig.summary(task.id)
+    assert rig.leases.read(task.id) is None
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 # --- what the agent sees ------------------------------------------------------------------
@@ -564,25 +647,53 @@ def test_a_killed_wrapper_leaves_its_agent_holding_the_lease_until_a_pass_reclai
 # --- the outbox ---------------------------------------------------------------------------
 
 
+def start_tinytask_attempt(rig: Rig, fake: FakeTinyTask, number: int):
+    """Claim TinyTask task ``number`` and start its wrapper; the agent prints "shipped" and
+    exits once the returned ``go`` file exists."""
+    from scheduler.sources.tinytask import TinyTaskSource
+
+    with TinyTaskSource(fake.url) as source:
+        task = source.current([str(number)])[str(number)]
+        token = rig.prepare(task, claim=source.claim)
+    ready, go = rig.path("ready"), rig.path("go")
+    wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command(
+        "ready", str(ready), "wait", str(go), "print", "shipped"))
+    rig.track(read_pid(ready))
+    return task, token, wrapper, go
+
+
+def test_sigterm_while_the_result_is_recorded_changes_nothing(tmp_path: Path) -> None:
+    """The agent is done and the wrapper is talking to a slow source when SIGTERM comes:
+    the result is recorded as it was and the lease released; nothing is lost or left."""
+    with FakeTinyTask() as fake:
+        number = fake.add_task("Ship it", assigned_to=AGENT)
+        rig = Rig(tmp_path, TASK_SOURCE="tinytask", MCP_ENDPOINT=fake.url)
+        try:
+            task, token, wrapper, go = start_tinytask_attempt(rig, fake, number)
+            before = len(fake.requests)
+            fake.delay_next(1, 1.0)
+            go.touch()
+            wait_for(lambda: len(fake.requests) > before, what="the wrapper to report")
+            wrapper.send_signal(signal.SIGTERM)
+            assert wrapper.wait(RUN_TIMEOUT) == 0
+            assert fake.task(number)["status"] == "complete"
+            assert rig.leases.read(task.id) is None
+            assert not list(rig.settings.outbox_dir.glob("*.json"))
+        finally:
+            rig.close()
+
+
 def test_an_unreachable_source_leaves_the_result_in_the_outbox_for_the_next_pass(
         tmp_path: Path) -> None:
     """The source is a TinyTask server that answers 503 (down for maintenance) while the
     wrapper reports, and is healthy again when the scheduler's next pass runs. The wrapper
     keeps the result in state/outbox and still releases the lease; the pass delivers it
     through the same source, and a second delivery of the same file changes nothing."""
-    from scheduler.sources.tinytask import TinyTaskSource
-
     with FakeTinyTask() as fake:
         number = fake.add_task("Ship it", assigned_to=AGENT)
         rig = Rig(tmp_path, TASK_SOURCE="tinytask", MCP_ENDPOINT=fake.url)
         try:
-            with TinyTaskSource(fake.url) as source:
-                task = source.current([str(number)])[str(number)]
-                token = rig.prepare(task, claim=source.claim)
-            ready, go = rig.path("ready"), rig.path("go")
-            wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command(
-                "ready", str(ready), "wait", str(go), "print", "shipped"))
-            rig.track(read_pid(ready))
+            task, token, wrapper, go = start_tinytask_attempt(rig, fake, number)
             fake.fail_next(10_000, status=503)
             go.touch()
             assert wrapper.wait(RUN_TIMEOUT) == 0

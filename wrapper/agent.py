@@ -39,7 +39,10 @@ class AgentProcess:
 
     def release(self) -> str | None:
         """Open the gate; None once the agent has exec'd, else why it could not start."""
-        os.write(self._gate_w, b"g")
+        try:
+            os.write(self._gate_w, b"g")
+        except BrokenPipeError:  # the child is gone already; its error pipe says why
+            pass
         os.close(self._gate_w)
         self._gate_w = -1
         with os.fdopen(self._error_r, "rb") as pipe:
@@ -92,16 +95,23 @@ class AgentProcess:
             os.close(self._pidfd)
             self._pidfd = None
 
-    def signal_group(self, signum: int) -> None:
-        """Signal the agent's whole process group (it leads its own session)."""
+    def signal_group(self, signum: int) -> bool:
+        """Signal the agent's whole process group (it leads its own session).
+        True when some process of the group was there to receive it."""
         try:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
-            pass
+            return False
+        return True
 
 
 def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
-    """In the forked child: detach, wait for the gate, exec. Never returns."""
+    """In the forked child: detach, wait for the gate, exec. Never returns.
+
+    A failure before the gate opens is reported only once the wrapper has decided (gate
+    opened or closed): the child never exits while the wrapper may still write the gate.
+    """
+    past_gate = False
     try:
         os.setsid()
         for signum in _DEFAULT_SIGNALS:
@@ -121,6 +131,7 @@ def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
                 except OSError:
                     pass
         os.chdir(cwd)
+        past_gate = True
         if not os.read(gate_r, 1):  # the wrapper died before recording us
             os._exit(127)
         os.close(gate_r)
@@ -128,6 +139,8 @@ def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
     except BaseException as exc:  # report why, then leave
         try:
             os.write(error_w, f"cannot start {argv[0]!r}: {exc}".encode()[:500])
+            if not past_gate:
+                os.read(gate_r, 1)
         except BaseException:
             pass
     os._exit(127)

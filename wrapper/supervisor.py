@@ -57,11 +57,29 @@ class Supervisor:
     # --- the whole life ------------------------------------------------------------------
 
     def run(self) -> int:
+        # A pipe or socket closed by its peer is an error to handle, never a silent death
+        # (a forked wrapper starts with SIGPIPE at its default action).
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         start_time = _own_start_time()
         adopted = self.store.adopt(self.task_id, self.token, os.getpid(), start_time, clock.now())
         if adopted is None:
             return 0  # someone else owns it, or it was reclaimed: run nothing
         lease, self.liveness = adopted
+        # From here to the end, SIGTERM/SIGINT are noted, not fatal: before the agent runs
+        # they cancel the attempt, while it runs they stop it, while the result is being
+        # recorded they change nothing (dying there would lose the attempt's outcome).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            return self._attempt(lease)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+
+    def _attempt(self, lease) -> int:
         started = time.monotonic()
         ensure_private_dir(self.task_dir)
         log_path = self.task_dir / f"attempt-{lease.attempt}.log"
@@ -141,18 +159,34 @@ class Supervisor:
         if recorded is None:
             agent.abort()
             return Attempt(base.OUTCOME_CANCELLED, fenced=True)
-        error = agent.release()
-        if error is not None:
-            return Attempt(base.LAUNCH_FAILED, note=error)
-        self._install_signal_handlers()
         try:
+            if self._stop_signal is not None:
+                agent.abort()
+                return Attempt(base.OUTCOME_CANCELLED,
+                               note=f"wrapper got signal {self._stop_signal} before the agent "
+                                    "started")
+            error = agent.release()
+            if error is not None:
+                return Attempt(base.LAUNCH_FAILED, note=error)
             return self._wait(agent)
-        finally:
-            self._restore_signal_handlers()
+        except BaseException:
+            # Never leave an agent running unsupervised: the attempt is about to be
+            # reported and its lease deleted.
+            if agent.returncode is None:
+                agent.signal_group(signal.SIGKILL)
+                agent.wait()
+            raise
 
     # --- waiting ------------------------------------------------------------------------
 
     def _wait(self, agent: AgentProcess) -> Attempt:
+        self._open_wakeup()
+        try:
+            return self._wait_loop(agent)
+        finally:
+            self._close_wakeup()
+
+    def _wait_loop(self, agent: AgentProcess) -> Attempt:
         settings = self.settings
         now = time.monotonic()
         runtime_deadline = now + settings.max_runtime_sec
@@ -162,12 +196,15 @@ class Supervisor:
         while True:
             now = time.monotonic()
             timeout = max(0.0, min(runtime_deadline, next_heartbeat, next_idle_check) - now)
+            if self._stop_signal is not None:
+                timeout = 0.0  # it arrived before the wake-up pipe existed
             pidfd = agent.fileno()
             if pidfd is None:
                 timeout = min(timeout, 0.05)
             watched = [self._signal_r] + ([pidfd] if pidfd is not None else [])
             readable, _, _ = select.select(watched, [], [], timeout)
             if agent.poll() is not None:
+                self._kill_stragglers(agent)
                 return _ended(agent.returncode)
             now = time.monotonic()
             if self._signal_r in readable:
@@ -201,9 +238,15 @@ class Supervisor:
             self._line(f"agent ignored SIGTERM for {self.settings.kill_grace_sec} s: SIGKILL")
             agent.signal_group(signal.SIGKILL)
             agent.wait()
-        agent.signal_group(signal.SIGKILL)  # stragglers left in the group
+        self._kill_stragglers(agent)
         ended = _ended(agent.returncode)
         return Attempt(outcome, ended.exit_code, ended.signal, note=why)
+
+    def _kill_stragglers(self, agent: AgentProcess) -> None:
+        """The agent has ended: whatever it left in its process group ends with it, so
+        nothing of this attempt outlives its report (or overlaps the next attempt)."""
+        if agent.signal_group(signal.SIGKILL):
+            self._line(f"killed processes left in the agent's process group {agent.pid}")
 
     def _log_size(self) -> int:
         try:
@@ -213,23 +256,23 @@ class Supervisor:
 
     # --- signals ------------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> None:
+    def _open_wakeup(self) -> None:
+        """While the agent runs, a signal wakes the loop through a pipe. (Only then: the
+        pipe is closed before the result is recorded, so the task source's files get the
+        same descriptors as ever.)"""
         self._signal_r, self._signal_w = os.pipe()
         os.set_blocking(self._signal_w, False)
         os.set_blocking(self._signal_r, False)
         self._old_wakeup = signal.set_wakeup_fd(self._signal_w)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, _frame) -> None:
         self._stop_signal = signum
 
-    def _restore_signal_handlers(self) -> None:
+    def _close_wakeup(self) -> None:
         signal.set_wakeup_fd(self._old_wakeup)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_DFL)
         os.close(self._signal_r)
         os.close(self._signal_w)
+        self._signal_r = self._signal_w = -1
 
     # --- the attempt log -----------------------------------------------------------------
 
@@ -244,8 +287,7 @@ class Supervisor:
         self._line(f"started {clock.to_iso(clock.now())}")
 
     def _footer(self, attempt: Attempt, duration: float) -> None:
-        code = (f"signal {attempt.signal}" if attempt.signal is not None
-                else f"exit code {attempt.exit_code}")
+        code = _how_ended(attempt)
         note = f" ({attempt.note})" if attempt.note else ""
         self._line(f"outcome {attempt.outcome}, {code}, {duration:.2f} s{note}")
 
@@ -253,8 +295,7 @@ class Supervisor:
 
     def _result(self, lease, attempt: Attempt, duration: float, log_path: Path) -> Result:
         tail = _tail(log_path, SUMMARY_TAIL_BYTES)
-        code = (f"signal {attempt.signal}" if attempt.signal is not None
-                else f"exit code {attempt.exit_code}")
+        code = _how_ended(attempt)
         summary = (f"{attempt.outcome}: {code}, {duration:.1f} s, attempt {lease.attempt}, "
                    f"host {self.settings.hostname}, log {log_path}"
                    + (f"\nreason: {attempt.note}" if attempt.note else "")
@@ -323,6 +364,14 @@ def _ended(returncode: int) -> Attempt:
     if returncode == 0:
         return Attempt(base.SUCCEEDED, exit_code=0)
     return Attempt(base.OUTCOME_FAILED, exit_code=returncode)
+
+
+def _how_ended(attempt: Attempt) -> str:
+    if attempt.signal is not None:
+        return f"signal {attempt.signal}"
+    if attempt.exit_code is None:
+        return "not started"
+    return f"exit code {attempt.exit_code}"
 
 
 def _drain(fd: int) -> None:
