@@ -15,7 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler import clock, outbox
+# psutil and filelock (the liveness lock) are imported here rather than when first used:
+# the scheduler imports this module (write_task_file) before it forks a wrapper, so every
+# forked wrapper starts with them loaded instead of importing them again per task.
+import filelock  # noqa: F401
+import psutil
+
+from scheduler import clock, outbox, wake
 from scheduler.fsutil import atomic_write_json, ensure_private_dir
 from scheduler.leases import FINISHING, LeaseStore
 from scheduler.sources import base
@@ -102,9 +108,7 @@ class Supervisor:
         self._deliver(result)
         self.store.delete(self.task_id, self.token)
         self.liveness.release()
-        from scheduler.wake import nudge
-
-        nudge(self.settings.wake_socket)
+        wake.nudge(self.settings.wake_socket)
         return 0
 
     # --- launching ----------------------------------------------------------------------
@@ -350,8 +354,6 @@ def _own_start_time() -> float | None:
 
 
 def _start_time_of(pid: int) -> float | None:
-    import psutil
-
     try:
         return psutil.Process(pid).create_time()
     except psutil.Error:
