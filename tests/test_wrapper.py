@@ -483,6 +483,7 @@ def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
         return real_heartbeat(self, task_id, token, now, **changes)
 
     monkeypatch.setattr(LeaseStore, "heartbeat", heartbeat)
+    before = signal.getsignal(signal.SIGTERM)
     assert Supervisor(settings, task.id, token).run() == 0
     agent = read_pid(ready)
     assert gone(agent)
@@ -490,7 +491,7 @@ def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
     assert task.status == IDLE and task.last_error.startswith("attempt 1 launch_failed")
     assert "wrapper error: OSError(28, 'No space left on device')" in rig.summary(task.id)
     assert rig.leases.read(task.id) is None
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 # --- what the agent sees ------------------------------------------------------------------

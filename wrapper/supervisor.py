@@ -74,13 +74,13 @@ class Supervisor:
         # From here to the end, SIGTERM/SIGINT are noted, not fatal: before the agent runs
         # they cancel the attempt, while it runs they stop it, while the result is being
         # recorded they change nothing (dying there would lose the attempt's outcome).
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        previous = {signum: signal.signal(signum, self._on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             return self._attempt(lease)
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             if self.log is not None:
                 self.log.close()
                 self.log = None
