@@ -103,9 +103,10 @@ def test_random_sigkills_of_the_scheduler_lose_nothing(make_scheduler):
     kills = 0
     deadline = time.monotonic() + max(60, TASKS)
     while not s.all_done():
-        assert time.monotonic() < deadline, [(t.id, t.status, t.last_error)
-                                             for t in s.tasks().values()
-                                             if t.status != "complete"]
+        assert time.monotonic() < deadline, [
+            (t.id, t.status, s.history(t.id), s.leases().get(t.id),
+             [e for e in s.events() if e.task == t.id])
+            for t in s.tasks().values() if t.status != "complete"]
         proc = s.popen("run", "--once", env=env)
         if rng.random() < 0.75:
             time.sleep(rng.uniform(0.0, 0.25))
