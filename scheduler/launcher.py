@@ -27,8 +27,9 @@ from typing import Protocol
 
 from scheduler.logs import LOGGER_NAME
 
+#: Handlers the daemon may have set; SIGPIPE stays ignored, as Python sets it up.
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                  signal.SIGPIPE, signal.SIGUSR1, signal.SIGUSR2)
+                  signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Launcher(Protocol):
@@ -114,7 +115,7 @@ class ExecLauncher:
     def launch(self, task_id: str, token: str, lease_path: str) -> int:
         argv = [sys.executable, "-m", "wrapper.main", "--lease", lease_path, "--token", token]
         if self.settings.env_file is not None:
-            argv += ["--env-file", str(self.settings.env_file)]
+            argv += ["--env-file", str(self.settings.env_file.resolve())]
         if self.settings.origins.get("BASE_PATH") == "flag":
             argv += ["--base-path", str(self.settings.base_path)]
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -354,7 +354,7 @@ class LeaseStore:
 
     # reading
 
-    def _load(self, path: str) -> Lease | None:
+    def _load(self, path: str, *, quarantine: bool = True) -> Lease | None:
         """Read and decode one lease file; quarantine it when it is not a valid lease."""
         try:
             fd = os.open(path, _OPEN_READ)
@@ -362,13 +362,14 @@ class LeaseStore:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                self._quarantine(path, "a symbolic link, not a lease file (not followed)", None)
+                self._reject(quarantine, path,
+                             "a symbolic link, not a lease file (not followed)", None)
                 return None
             raise
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                self._quarantine(path, "not a regular file", info)
+                self._reject(quarantine, path, "not a regular file", info)
                 return None
             raw = _read_all(fd, info.st_size)
         finally:
@@ -377,11 +378,11 @@ class LeaseStore:
             lease = Lease.from_json(json.loads(raw))
         except (ValueError, RecursionError, LeaseDecodeError) as exc:  # JSON, UTF-8, schema
             reason = exc.reason if isinstance(exc, LeaseDecodeError) else f"invalid JSON: {exc}"
-            self._quarantine(path, reason, info)
+            self._reject(quarantine, path, reason, info)
             return None
         if os.path.basename(path) != f"task_{lease.task_id}.json":
-            self._quarantine(path, f"field 'task_id' is {lease.task_id!r}, which does not "
-                                   f"match the file name", info)
+            self._reject(quarantine, path, f"field 'task_id' is {lease.task_id!r}, which "
+                         "does not match the file name", info)
             return None
         return lease
 
@@ -389,9 +390,10 @@ class LeaseStore:
         """The task's lease, or None when there is none (or it was corrupt: quarantined)."""
         return self._load(str(self._lease_path(task_id)))
 
-    def list(self) -> list[Lease]:
+    def list(self, *, quarantine: bool = True) -> list[Lease]:
         """Every valid lease, sorted by task id. One directory scan, one read per file;
-        a bad file is quarantined and logged, never raised."""
+        a bad file is quarantined and logged, never raised (``quarantine=False``, for a
+        dry run: only logged, left where it is)."""
         leases: list[Lease] = []
         try:
             scan = os.scandir(self.running_dir)
@@ -403,7 +405,7 @@ class LeaseStore:
                 if match is None or not is_valid_name(match.group(1)):
                     continue
                 try:
-                    lease = self._load(entry.path)
+                    lease = self._load(entry.path, quarantine=quarantine)
                 except OSError as exc:
                     log.warning("lease %s could not be read: %s", entry.path, exc)
                     continue
@@ -411,6 +413,13 @@ class LeaseStore:
                     leases.append(lease)
         leases.sort(key=lambda lease: lease.task_id)
         return leases
+
+    def _reject(self, quarantine: bool, name: str, reason: str,
+                info: os.stat_result | None) -> None:
+        if quarantine:
+            self._quarantine(name, reason, info)
+        else:
+            log.warning("corrupt lease %s left in place (dry run): %s", name, reason)
 
     def _quarantine(self, name: str, reason: str, info: os.stat_result | None) -> None:
         """Move a bad lease file to ``corrupt/<name>.<timestamp>`` with a ``.reason`` file."""
@@ -470,6 +479,23 @@ class LeaseStore:
         path = self._lease_path(lease.task_id)
         with self._mutex():
             atomic_write(path, encode(lease))
+
+    def reown(self, expected: Lease, new_token: str, **changes: Any) -> Lease | None:
+        """Give the lease a new spawn token (plus field ``changes``), only if it is still
+        exactly as ``expected`` (same token, state, pid and heartbeat): the scheduler's
+        fence before a reclaim. A wrapper that adopted or heartbeated meanwhile wins, and
+        None is returned."""
+        path = self._lease_path(expected.task_id)
+        with self._mutex():
+            current = self._load(str(path))
+            if current is None or (current.spawn_token, current.state, current.pid) != (
+                    expected.spawn_token, expected.state, expected.pid):
+                return None
+            if current.heartbeat != expected.heartbeat:
+                return None
+            reowned = replace(current, spawn_token=new_token, **changes)
+            atomic_write(path, encode(reowned))
+        return reowned
 
     def adopt(self, task_id: str, token: str, pid: int, pid_started_at: float,
               now: datetime) -> tuple[Lease, LivenessLock] | None:

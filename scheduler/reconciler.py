@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from scheduler import clock, faults, liveness, outbox
 from scheduler.cancel import signal_wrapper
@@ -25,9 +25,19 @@ from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
 from scheduler.planner import LeaseView, Pauses, Plan, plan
 from scheduler.registry import Registry
-from scheduler.sources.base import RECLAIMED, WORKING, Result, RetryPolicy, Task
+from scheduler.sources.base import (
+    NOT_STARTED,
+    RECLAIMED,
+    WORKING,
+    Result,
+    RetryPolicy,
+    Task,
+)
 
 log = get_logger("pass")
+
+#: Lease metadata key: the spawn token the source was claimed with, kept by a re-own.
+CLAIM_TOKEN_KEY = "claimed_with"
 
 
 @dataclass
@@ -116,7 +126,7 @@ class Reconciler:
                               source=self.settings.task_source, paused=pauses.describe())
         if not dry_run:
             self._deliver_outbox(summary)
-        leases = self.store.list()
+        leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
         verdicts = {lease.task_id: self._judge(lease, now) for lease in leases}
         if not dry_run:
@@ -176,10 +186,12 @@ class Reconciler:
                 alive.append(lease)
                 continue
             try:
-                if self._reclaim_one(lease, reason):
+                outcome = self._reclaim_one(lease, reason)
+                if outcome == "reclaimed":
                     summary.reclaimed[reason] = summary.reclaimed.get(reason, 0) + 1
-                else:
-                    alive.append(lease)
+                    continue
+                alive.append(lease)
+                if outcome == "unkillable":
                     summary.errors.append(f"task {lease.task_id}: could not stop its process "
                                           f"({reason}); lease kept")
             except (LeaseError, OSError) as exc:
@@ -187,28 +199,40 @@ class Reconciler:
                 summary.errors.append(f"task {lease.task_id}: reclaim failed: {exc}")
         return alive
 
-    def _reclaim_one(self, lease: Lease, reason: str) -> bool:
-        """Fence, kill if needed, requeue (or outbox), then drop the lease."""
+    def _reclaim_one(self, lease: Lease, reason: str) -> str:
+        """Fence, kill if needed, requeue (or outbox), then drop the lease.
+
+        Returns ``reclaimed``; ``changed`` when the lease moved on since it was judged (a
+        wrapper adopted or heartbeated: it is alive); ``unkillable`` when its process or
+        the liveness lock outlived the kill (the lease is kept, never requeued under it)."""
         log.warning("reclaiming lease", extra={"fields": {
             "task": lease.task_id, "agent": lease.agent, "reason": reason,
             "pid": lease.pid, "agent_pid": lease.agent_pid}})
         # Re-own the lease first: a wrapper that is still alive sees a foreign token and
         # stops reporting (fencing), and leases without a token (left by older
         # schedulers) become deletable by compare-and-delete.
+        # The source knows the attempt by the token it was claimed with; keep it across
+        # re-owns so a pass that dies after the fence still reports under it.
+        claimed_with = lease.metadata.get(CLAIM_TOKEN_KEY) or lease.spawn_token
         token = secrets.token_hex(8)
-        self.store.update(replace(lease, spawn_token=token))
+        metadata = {**lease.metadata, CLAIM_TOKEN_KEY: claimed_with}
+        if self.store.reown(lease, token, metadata=metadata) is None:
+            log.info("lease changed since it was judged; left for the next pass",
+                     extra={"fields": {"task": lease.task_id, "reason": reason}})
+            return "changed"
         if liveness.needs_kill(reason) and lease.host == self.settings.hostname:
             grace = self.settings.kill_grace_sec
             for pid, started in ((lease.agent_pid, lease.agent_started_at),
                                  (lease.pid, lease.pid_started_at)):
                 if (pid and started and not liveness.terminate_group(pid, started, grace)
                         and self.probe.start_time(pid) is not None):
-                    return False
+                    return "unkillable"
             if self.probe.lock_held(lease.task_id):
-                return False  # something still holds the task: never requeue under it
+                return "unkillable"  # something still holds the task: never requeue under it
+        never_ran = lease.state == STARTING  # no wrapper ever adopted it
         result = Result(
             task_id=lease.task_id, agent=lease.agent, attempt=lease.attempt,
-            outcome=RECLAIMED, token=lease.spawn_token,
+            outcome=NOT_STARTED if never_ran else RECLAIMED, token=claimed_with,
             summary=f"reclaimed: {reason} (attempt {lease.attempt}, host {lease.host}, "
                     f"pid {lease.pid})",
             host=lease.host, finished_at=clock.now(), detail={"reason": reason},
@@ -216,7 +240,7 @@ class Reconciler:
         self._report_or_keep(result)
         faults.crash_point("after-reclaim-report")
         self.store.delete(lease.task_id, token)
-        return True
+        return "reclaimed"
 
     def _report_or_keep(self, result: Result) -> None:
         try:

@@ -410,3 +410,31 @@ def test_threads_sharing_one_store_never_collide(tmp_path: Path) -> None:
         assert sum(pool.map(beat, range(8))) == 200
     assert store.read("t1").metadata["n"] in range(8)
     assert sorted(os.listdir(tmp_path / "running")) == [".store.lock", "task_t1.json"]
+
+
+def test_reown_is_a_compare_and_swap(tmp_path: Path) -> None:
+    """The scheduler's fence before a reclaim loses to a wrapper that moved the lease on."""
+    store = LeaseStore(tmp_path / "running")
+    judged = make_lease()
+    store.create(judged)
+    adopted = store.adopt("t1", "tok-1", os.getpid(), 1.0, T0)
+    assert adopted is not None
+    adopted[1].release()
+    assert store.reown(judged, "fence") is None  # adopted meanwhile: the wrapper wins
+    assert store.read("t1").spawn_token == "tok-1"
+    current = store.read("t1")
+    reowned = store.reown(current, "fence")
+    assert reowned is not None and store.read("t1").spawn_token == "fence"
+    assert store.heartbeat("t1", "tok-1", T0) is None  # the old owner is fenced
+    assert store.delete("t1", "fence")
+
+
+def test_list_without_quarantine_leaves_a_corrupt_lease_in_place(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.create(make_lease("good"))
+    bad = tmp_path / "running" / "task_bad.json"
+    bad.write_bytes(b"{not json")
+    assert [lease.task_id for lease in store.list(quarantine=False)] == ["good"]
+    assert bad.exists() and not (tmp_path / "running" / "corrupt").exists()
+    store.list()
+    assert not bad.exists()

@@ -648,3 +648,22 @@ def test_forked_child_opens_its_own_connection(store):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [t.title for t in store.list_tasks()] == ["parent", "child"]
+
+
+def test_not_started_requeues_without_counting_an_attempt(store):
+    task_id = working(store)
+    applied = store.report(result(task_id, outcome="not_started", summary="reclaimed"),
+                           RetryPolicy(max_attempts=1, backoff_sec=60))
+    task = store.get(task_id)
+    assert applied.action == "requeued"
+    assert (task.status, task.attempts, task.not_before, task.assignee) == ("idle", 0, None,
+                                                                           None)
+
+
+def test_launch_failure_reason_lands_in_last_error(store):
+    task_id = working(store)
+    store.report(result(task_id, outcome="launch_failed",
+                        summary="launch_failed: not started\nreason: recipe 'x.yaml' not found",
+                        detail={"reason": "recipe 'x.yaml' not found"}),
+                 RetryPolicy(max_attempts=3, backoff_sec=0))
+    assert "recipe 'x.yaml' not found" in store.get(task_id).last_error

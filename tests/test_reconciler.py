@@ -534,9 +534,15 @@ def test_dead_leases_are_reclaimed_live_ones_left_alone(make_scheduler, spawn_py
     for task_id, reason in ((dead, "pid-dead"), (reused, "pid-reused"),
                             (stale, "heartbeat-stale"), (starting, "spawn-timeout")):
         assert re.search(rf"reclaiming lease task={task_id} .*reason={reason}", log), log
+    for task_id, reason in ((dead, "pid-dead"), (reused, "pid-reused"),
+                            (stale, "heartbeat-stale")):
         task = s.tasks()[task_id]
-        assert (task.status, task.attempts) == ("idle", 1), task
+        assert (task.status, task.attempts) == ("idle", 1), task  # a reclaim is an attempt
         assert f"reclaimed: {reason}" in (task.last_error or "")
+    # A lease still `starting` means its agent never ran: requeued without counting an
+    # attempt or a backoff, so the same pass runs it again.
+    wait_for(lambda: s.statuses()[starting] == "complete", what="the never-started task to run")
+    assert s.tasks()[starting].attempts == 0
     assert re.search(rf"reclaiming lease task={live}\b", log) is None
     # The garbage file's task was never leased: it ran in the same pass.
     wait_for(lambda: s.statuses()[garbage] == "complete", what="the unleased task to run")

@@ -537,3 +537,21 @@ def test_importing_the_module_does_not_import_httpx():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_not_started_requeues_without_counting_an_attempt(fake, source):
+    task_id = claimed(fake, source)
+    applied = source.report(result(task_id, outcome="not_started", summary="reclaimed"),
+                            RetryPolicy(max_attempts=1, backoff_sec=60))
+    task = source.current([str(task_id)])[str(task_id)]
+    assert applied.action == "requeued"
+    assert (task.status, task.attempts, task.not_before, task.parked) == ("idle", 0, None, False)
+
+
+def test_report_for_a_task_reassigned_meanwhile_is_ignored(fake, source):
+    task_id = claimed(fake, source)
+    fake.set_task(task_id, assigned_to="carol")
+    applied = source.report(result(task_id, outcome="cancelled"), RetryPolicy(3, 60))
+    assert applied.action == "ignored"
+    assert fake.tasks[task_id]["status"] == "working"
+    assert "tinyscheduler:parked" not in fake.tasks[task_id]["tags"]

@@ -23,8 +23,11 @@ STALLED = "stalled"
 OUTCOME_CANCELLED = "cancelled"
 LAUNCH_FAILED = "launch_failed"
 RECLAIMED = "reclaimed"  #: the wrapper died; the scheduler requeues (counts as an attempt)
+#: The wrapper never adopted its lease (the scheduler died mid-spawn): the agent never
+#: ran, so the task is requeued at once and the attempt is not counted.
+NOT_STARTED = "not_started"
 OUTCOMES = (SUCCEEDED, OUTCOME_FAILED, KILLED, TIMED_OUT, STALLED, OUTCOME_CANCELLED,
-            LAUNCH_FAILED, RECLAIMED)
+            LAUNCH_FAILED, RECLAIMED, NOT_STARTED)
 
 #: Actor names written into the audit trail / comments.
 ACTOR_SCHEDULER = "tinyscheduler"

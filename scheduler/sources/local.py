@@ -33,6 +33,7 @@ from scheduler.sources.base import (
     COMPLETE,
     FAILED,
     IDLE,
+    NOT_STARTED,
     OUTCOME_CANCELLED,
     SUCCEEDED,
     WORKING,
@@ -496,6 +497,12 @@ class LocalStore:
                 self._move(conn, row, CANCELLED, action="cancel", actor=ACTOR_SCHEDULER,
                            detail=summary, result_summary=summary, lease_token=None)
                 return Applied("cancelled", f"task {task} cancelled")
+            if result.outcome == NOT_STARTED:  # the agent never ran: not an attempt
+                self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
+                           detail=summary, lease_token=None, not_before=None,
+                           assignee=None if row["queue"] is not None else row["assignee"])
+                return Applied("requeued", f"task {task} requeued; its agent never started, "
+                                           "so no attempt is counted")
             attempts = row["attempts"] + 1
             error = _error_reason(result, attempts)
             if attempts >= policy.max_attempts:
@@ -823,7 +830,8 @@ def _error_reason(result: Result, attempts: int) -> str:
     if result.signal is not None:
         parts.append(f"signal {result.signal}")
     reason = ", ".join(parts)
-    first_line = (result.summary or "").strip().splitlines()[:1]
+    detail = result.detail.get("reason") if isinstance(result.detail, dict) else None
+    first_line = [detail] if detail else (result.summary or "").strip().splitlines()[:1]
     if first_line:
         reason += f": {first_line[0]}"
     return reason[:MAX_ERROR_CHARS]

@@ -34,6 +34,7 @@ from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     COMPLETE,
     IDLE,
+    NOT_STARTED,
     OUTCOME_CANCELLED,
     SUCCEEDED,
     WORKING,
@@ -493,6 +494,10 @@ class TinyTaskSource:
             self._patch(result.task_id, {"status": COMPLETE,
                                          "tags": _without(kept, TAG_RETRY_AFTER)})
             action, text = "complete", result.summary
+        elif result.outcome == NOT_STARTED:  # the agent never ran: not an attempt
+            self._patch(result.task_id, {"status": IDLE,
+                                         "tags": _without(kept, TAG_RETRY_AFTER)})
+            action, text = "requeued", f"requeued, agent never started: {result.summary}"
         elif result.outcome == OUTCOME_CANCELLED:
             self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
             action, text = "cancelled", f"cancelled: {result.summary}"
