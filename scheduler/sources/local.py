@@ -19,7 +19,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,29 +179,30 @@ BLOCKERS_OF_SQL = "SELECT blocker_id FROM blockers WHERE task_id = ? ORDER BY bl
 
 
 def _parse_time(text: str | None) -> datetime | None:
-    return _clock.from_iso(text) if text else None
+    """Times this store wrote itself (``...Z``, see clock.to_iso); anything else via
+    clock.from_iso. The fast path matters: ready lists convert thousands of rows."""
+    if not text:
+        return None
+    if text[-1] == "Z":
+        try:
+            return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+    return _clock.from_iso(text)
 
 
-def _row_to_task(row: sqlite3.Row) -> Task:
-    blockers = row["blocker_ids"]
+def _row_to_task(row: Sequence[Any]) -> Task:
+    """One row of ``SELECT_TASKS`` (a tuple or sqlite3.Row), read by position."""
+    (task_id, title, description, queue, assignee, status, priority, recipe, attempts,
+     last_error, not_before, created_at, blockers, blocked) = row
     blocked_by = tuple(str(i) for i in sorted(int(x) for x in blockers.split(","))) \
         if blockers else ()
     return Task(
-        id=str(row["id"]),
-        title=row["title"],
-        description=row["description"],
-        queue=row["queue"],
-        assignee=row["assignee"],
-        status=row["status"],
-        priority=row["priority"],
-        created_at=_parse_time(row["created_at"]),
-        blocked_by=blocked_by,
-        is_blocked=bool(row["blocked"]),
-        recipe=row["recipe"],
-        attempts=row["attempts"],
-        not_before=_parse_time(row["not_before"]),
-        parked=row["status"] == FAILED,
-        last_error=row["last_error"],
+        id=str(task_id), title=title, description=description, queue=queue,
+        assignee=assignee, status=status, priority=priority,
+        created_at=_parse_time(created_at), blocked_by=blocked_by, is_blocked=bool(blocked),
+        recipe=recipe, attempts=attempts, not_before=_parse_time(not_before),
+        parked=status == FAILED, last_error=last_error,
     )
 
 
@@ -444,10 +445,20 @@ class LocalStore:
     # -- TaskSource protocol -------------------------------------------------------------
 
     def assigned_idle(self, agent: str) -> list[Task]:
-        return [_row_to_task(row) for row in self._query(READY_ASSIGNED_SQL, (agent,))]
+        return self._ready(READY_ASSIGNED_SQL, agent)
 
     def queue_idle_unassigned(self, queue: str) -> list[Task]:
-        return [_row_to_task(row) for row in self._query(READY_QUEUE_SQL, (queue,))]
+        return self._ready(READY_QUEUE_SQL, queue)
+
+    def _ready(self, sql: str, name: str) -> list[Task]:
+        """A ready list, read as plain tuples (no sqlite3.Row: thousands of rows a pass)."""
+        try:
+            cursor = self._connection().cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(sql, (name,)).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+        return [_row_to_task(row) for row in rows]
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
