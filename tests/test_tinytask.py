@@ -555,3 +555,18 @@ def test_report_for_a_task_reassigned_meanwhile_is_ignored(fake, source):
     assert applied.action == "ignored"
     assert fake.tasks[task_id]["status"] == "working"
     assert "tinyscheduler:parked" not in fake.tasks[task_id]["tags"]
+
+
+def test_current_of_many_tasks_uses_one_listing_plus_a_get_per_missing(fake, source):
+    running = [claimed(fake, source, token=f"tok-{i}") for i in range(5)]
+    done = running.pop()
+    fake.set_task(done, status="complete")
+    gone = 9999
+    before = len(fake.requests)
+    states = source.current([str(t) for t in (*running, done, gone)])
+    assert {k: (v.status if v else None) for k, v in states.items()} == {
+        **{str(t): "working" for t in running}, str(done): "complete", str(gone): None}
+    paths = [path for _, path in fake.requests[before:]]
+    assert sum(p.startswith("/api/v1/tasks?") for p in paths) == 1  # one page of working
+    assert sorted(p for p in paths if not p.startswith("/api/v1/tasks?")) == [
+        f"/api/v1/tasks/{done}", f"/api/v1/tasks/{gone}"]

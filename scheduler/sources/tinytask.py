@@ -455,13 +455,23 @@ class TinyTaskSource:
         """Each task's state; None when the server says 404. A task whose data is unusable
         raises SourceError (it must not be mistaken for a deleted one)."""
         found: dict[str, Task | None] = {}
+        wanted = set(task_ids)
+        if len(wanted) > 1:  # one paged listing of working tasks instead of a GET each
+            for raw in self._list("/tasks", {"status": WORKING}):
+                if str(raw.get("id")) in wanted:
+                    found[str(raw["id"])] = self._convert(raw)
         for task_id in task_ids:
-            raw = self._get_raw(task_id)
-            try:
-                found[task_id] = None if raw is None else to_task(raw)
-            except _BadTask as exc:
-                raise SourceError(f"TinyTask returned unusable data for {exc}") from None
+            if task_id not in found:  # not working any more (or deleted): ask for it
+                raw = self._get_raw(task_id)
+                found[task_id] = None if raw is None else self._convert(raw)
         return found
+
+    @staticmethod
+    def _convert(raw: dict) -> Task:
+        try:
+            return to_task(raw)
+        except _BadTask as exc:
+            raise SourceError(f"TinyTask returned unusable data for {exc}") from None
 
     def claim(self, task_id: str, agent: str, token: str) -> None:
         raw = self._get_raw(task_id)
