@@ -134,7 +134,8 @@ class Reconciler:
             verdicts = {lease.task_id: None for lease in leases}
             self.store.remove_stale_lock_files({lease.task_id for lease in leases})
             self._stop_unwanted(leases, summary)
-        tasks = self._list_tasks(summary)
+        no_store_yet = self.settings.task_source == "local" and not self.settings.tasks_db.exists()
+        tasks = [] if dry_run and no_store_yet else self._list_tasks(summary)
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
                  for lease in leases]
         the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
