@@ -515,9 +515,11 @@ def test_the_agent_environment_session_and_recorded_pid(make_rig) -> None:
     rig.settings.work_dir.mkdir()
     task = rig.add("Look around")
     out = rig.path("env.json")
-    task = rig.attempt(task, "env", str(out), str(rig.lease_path(task.id)))
+    task = rig.attempt(task, "env", str(out), str(rig.lease_path(task.id)),
+                       MCP_TOKEN="s3cret-token")
     assert task.status == COMPLETE
     seen = json.loads(out.read_text())
+    assert PREFIX + "MCP_TOKEN" not in seen["env"]  # the scheduler's secret stays with it
     task_file = rig.settings.task_log_dir / task.id / "task.json"
     for name, value in {"TASK_ID": task.id, "AGENT": AGENT, "ATTEMPT": "1",
                         "TASK_FILE": str(task_file)}.items():

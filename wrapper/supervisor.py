@@ -133,6 +133,7 @@ class Supervisor:
             return Attempt(base.LAUNCH_FAILED, note=str(exc))
         self._header(lease, argv)
         env = dict(os.environ)
+        env.pop("TINYSCHEDULER_MCP_TOKEN", None)  # the scheduler's secret, not the agent's
         env.update({
             "TINYSCHEDULER_TASK_ID": self.task_id,
             "TINYSCHEDULER_AGENT": lease.agent,
