@@ -63,3 +63,15 @@ def read_private(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+def kernel_flock(path: Path, on_acquired):
+    """A filelock ``UnixFileLock`` on ``path`` that the kernel drops when its holder dies:
+    flock only (never a soft lock, which would be deleted on release and go stale on a
+    crash), per object (not a per-path singleton, not thread-local), the file kept and
+    created 0600. ``on_acquired(fd)`` receives the locked descriptor."""
+    from filelock import UnixFileLock  # only the commands that lock pay for the import
+
+    return UnixFileLock(path, mode=FILE_MODE, thread_local=False, is_singleton=False,
+                        fallback_to_soft=False, preserve_lock_file=True,
+                        on_acquired=on_acquired)

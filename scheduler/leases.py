@@ -30,7 +30,13 @@ from typing import Any
 
 from scheduler import clock
 from scheduler.errors import AlreadyLeased, LeaseError
-from scheduler.fsutil import FILE_MODE, atomic_write, ensure_private_dir, fsync_dir
+from scheduler.fsutil import (
+    FILE_MODE,
+    atomic_write,
+    ensure_private_dir,
+    fsync_dir,
+    kernel_flock,
+)
 from scheduler.names import check_name, is_valid_name
 
 STARTING, RUNNING, FINISHING = "starting", "running", "finishing"
@@ -221,19 +227,9 @@ class LivenessLock:
     """
 
     def __init__(self, path: Path) -> None:
-        from filelock import UnixFileLock  # a wrapper needs it, a plain pass does not
-
         self.path = Path(path)
         self._fd: int | None = None
-        self._lock = UnixFileLock(
-            self.path,
-            mode=FILE_MODE,
-            thread_local=False,
-            is_singleton=False,
-            fallback_to_soft=False,  # a soft lock cannot be inherited nor dropped by the kernel
-            preserve_lock_file=True,
-            on_acquired=self._remember_fd,
-        )
+        self._lock = kernel_flock(self.path, self._remember_fd)
 
     def _remember_fd(self, fd: int) -> None:
         self._fd = fd

@@ -15,7 +15,12 @@ from typing import Any
 
 from scheduler import clock
 from scheduler.errors import EXIT_OK, TinySchedulerError
-from scheduler.fsutil import FILE_MODE, atomic_write, ensure_private_dir, read_private
+from scheduler.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    kernel_flock,
+    read_private,
+)
 
 
 class SchedulerLockHeld(TinySchedulerError):
@@ -28,21 +33,11 @@ class SchedulerLock:
     """A lock on ``path`` taken without waiting, with a note about its holder."""
 
     def __init__(self, path: Path, host: str) -> None:
-        from filelock import UnixFileLock
-
         self.path = Path(path)
         self.host = host
         self.holder_path = self.path.with_name(self.path.name + ".holder")
         self._fd: int | None = None
-        self._lock = UnixFileLock(
-            self.path,
-            mode=FILE_MODE,
-            thread_local=False,
-            is_singleton=False,
-            fallback_to_soft=False,  # a soft lock would be deleted on release and go stale on crash
-            preserve_lock_file=True,
-            on_acquired=self._remember_fd,
-        )
+        self._lock = kernel_flock(self.path, self._remember_fd)
 
     def _remember_fd(self, fd: int) -> None:
         self._fd = fd
