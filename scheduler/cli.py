@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from scheduler import __version__
-from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, EXIT_USAGE, TinySchedulerError
+from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, TinySchedulerError
 
 GLOBAL_ONLY_OPTIONS = ("--env-file",)
 
@@ -140,12 +140,5 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def run() -> None:  # pragma: no cover - console script shim
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
-    run()
-
-
-__all__ = ["cli", "main", "EXIT_USAGE"]
+    sys.exit(main())

@@ -125,6 +125,8 @@ class Reconciler:
         summary = PassSummary(time=clock.to_iso(now), mode=self.mode, dry_run=dry_run,
                               source=self.settings.task_source, paused=pauses.describe())
         if not dry_run:
+            if self._launcher is not None:
+                self._launcher.reap()  # exited wrappers of earlier passes (exec mode)
             self._deliver_outbox(summary)
         leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
@@ -302,9 +304,9 @@ class Reconciler:
     def _spawn_all(self, the_plan: Plan, now, summary: PassSummary) -> None:
         """Lease and claim every planned task, then start their wrappers.
 
-        The two halves are separate because wrappers are forked from this process, and
-        SQLite forbids carrying an open connection across fork(): the local store's
-        connection is closed before the first fork (it reopens lazily next pass)."""
+        The two halves are separate because wrappers are forked from this process: the
+        source gets to release what a child must not inherit (the local store's SQLite
+        connection) before the first fork."""
         claimed: list[tuple[Task, str, str]] = []
         for spawn in the_plan.spawns:
             try:
@@ -320,8 +322,8 @@ class Reconciler:
                 log.info("spawning", extra={"fields": {
                     "task": spawn.task.id, "agent": spawn.agent, "why": spawn.why,
                     "attempt": spawn.task.attempts + 1}})
-        if claimed and self.settings.spawn_mode == "fork" and self.source.name == "local":
-            self.close()
+        if claimed and self.settings.spawn_mode == "fork":
+            self.source.before_fork()
         failed: list[tuple[Task, str, str, OSError]] = []
         for task, agent, token in claimed:
             try:

@@ -66,7 +66,7 @@ class Supervisor:
         # A pipe or socket closed by its peer is an error to handle, never a silent death
         # (a forked wrapper starts with SIGPIPE at its default action).
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        start_time = _own_start_time()
+        start_time = _start_time_of(os.getpid())
         adopted = self.store.adopt(self.task_id, self.token, os.getpid(), start_time, clock.now())
         if adopted is None:
             return 0  # someone else owns it, or it was reclaimed: run nothing
@@ -348,10 +348,6 @@ def write_task_file(task_log_dir: Path, task: base.Task) -> Path:
 
 
 # --- process helpers -----------------------------------------------------------------------
-
-
-def _own_start_time() -> float | None:
-    return _start_time_of(os.getpid())
 
 
 def _start_time_of(pid: int) -> float | None:

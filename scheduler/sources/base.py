@@ -136,5 +136,9 @@ class TaskSource(Protocol):
     def health(self) -> Health:
         """Is the source reachable and sane."""
 
+    def before_fork(self) -> None:
+        """Called before the scheduler forks wrappers: release what a child must not
+        inherit. The source keeps working afterwards (it reconnects lazily)."""
+
     def close(self) -> None:
         """Release connections."""

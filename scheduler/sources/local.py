@@ -354,6 +354,11 @@ class LocalStore:
             conn.execute("ROLLBACK")
             raise
 
+    def before_fork(self) -> None:
+        """SQLite forbids carrying an open connection across fork(): close it; the next
+        call reopens it."""
+        self.close()
+
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()

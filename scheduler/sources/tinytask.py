@@ -579,6 +579,9 @@ class TinyTaskSource:
                                  f"{type(names).__name__}, expected a JSON array")
         return Health(True, f"TinyTask {self.endpoint}: ok ({len(names)} queues)")
 
+    def before_fork(self) -> None:
+        """Nothing to do: a forked child builds its own HTTP client (see _http)."""
+
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None and self._client_pid == os.getpid():
