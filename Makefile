@@ -21,9 +21,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-## lint: ruff on everything
+## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed
-	$(BIN)/ruff check scheduler wrapper tests bench
+	$(BIN)/ruff check scheduler wrapper tests bench scripts
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

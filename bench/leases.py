@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 
 from scheduler import clock
-from scheduler.leases import RUNNING, Lease, LeaseStore, encode
-from scheduler.liveness import ALIVE, SystemProbe, classify
+from scheduler.state.leases import RUNNING, Lease, LeaseStore, encode
+from scheduler.state.liveness import ALIVE, SystemProbe, classify
 
 HOST = "bench-host"
 REPEATS = 3

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _common import CONSOLE_SCRIPT, clean_env, median, table, timed, wait_until, write_agents
 
 from scheduler import clock
-from scheduler.leases import RUNNING, Lease, LeaseStore
+from scheduler.state.leases import RUNNING, Lease, LeaseStore
 
 AGENTS = {"ada": "dev", "bo": "dev", "cy": "dev", "di": "dev"}
 CASES = ((0, 0), (100, 1_000), (1_000, 10_000))

@@ -1,8 +1,8 @@
 """What one wrapper costs: start-up to adoption, memory while it waits, CPU while it heartbeats.
 
 For the exec'd wrapper (``python -m wrapper.main``, a fresh interpreter, SPAWN_MODE=exec)
-and the forked one (``scheduler.launcher.ForkLauncher``, the default), on a local task store
-in a temporary directory:
+and the forked one (``scheduler.reconcile.launcher.ForkLauncher``, the default), on a
+local task store in a temporary directory:
 
 1. start to adoption: from starting the wrapper to its lease turning ``running``, median
    over RUNS attempts, next to ``python -c pass`` as a child (the interpreter floor);
@@ -36,11 +36,11 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 import psutil  # noqa: E402
 
 from scheduler import clock  # noqa: E402
-from scheduler.launcher import ForkLauncher  # noqa: E402
-from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore  # noqa: E402
-from scheduler.settings import load_settings  # noqa: E402
+from scheduler.config.settings import load_settings  # noqa: E402
+from scheduler.reconcile.launcher import ForkLauncher  # noqa: E402
 from scheduler.sources.local import LocalStore  # noqa: E402
-from wrapper.supervisor import write_task_file  # noqa: E402
+from scheduler.state import taskfile  # noqa: E402
+from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore  # noqa: E402
 
 RUNS = 20
 AGENT = "bench"
@@ -75,7 +75,7 @@ class Bench:
             task_id=task.id, agent=AGENT, state=STARTING, spawn_token=token, started_at=now,
             heartbeat=now, host=self.settings.hostname, scheduler_pid=os.getpid(),
             heartbeat_sec=self.settings.heartbeat_sec))
-        write_task_file(self.settings.task_log_dir, task)
+        taskfile.write(self.settings.task_log_dir, task)
         # A forked wrapper must not inherit SQLite state for an open connection (see the
         # scheduler's fork notes): close ours before any fork, it reopens on demand.
         self.tasks.close()

@@ -1,6 +1,6 @@
 """Regenerate ``.env.example`` and the generated blocks of ``docs/configuration.md``.
 
-Both follow :data:`scheduler.settings.OPTIONS`, so the documentation cannot drift from
+Both follow :data:`scheduler.config.settings.OPTIONS`, so the documentation cannot drift from
 the loader. ``docs/configuration.md`` is hand-written except between marker comments::
 
     <!-- BEGIN GENERATED: options -->  ...  <!-- END GENERATED: options -->
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scheduler.settings import OBSOLETE, OPTIONS, PREFIX, Option  # noqa: E402
+from scheduler.config.settings import OBSOLETE, OPTIONS, PREFIX, Option  # noqa: E402
 
 ENV_EXAMPLE = ROOT / ".env.example"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
@@ -45,7 +45,8 @@ ENV_HEADER = f"""\
 # is changes nothing: uncomment and edit what you need. `tinyscheduler config --show`
 # prints each resolved value and where it came from.
 #
-# Generated from scheduler/settings.py by scripts/gen_config_docs.py; do not edit by hand.
+# Generated from scheduler/config/settings.py by scripts/gen_config_docs.py; do not edit
+# by hand.
 """
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.cli import main
-from scheduler.settings import OPTIONS, PREFIX
+from scheduler.config.settings import OPTIONS, PREFIX
 
 SECRET = "tok-5e1f-never-shown-9a2b"
 

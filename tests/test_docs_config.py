@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.settings import OBSOLETE, OPTIONS, PREFIX, load_settings
+from scheduler.config.settings import OBSOLETE, OPTIONS, PREFIX, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / ".env.example"

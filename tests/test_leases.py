@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.errors import AlreadyLeased, InvalidName
-from scheduler.leases import (
+from scheduler.state.leases import (
     FINISHING,
     LEASE_VERSION,
     RUNNING,
@@ -294,7 +294,7 @@ import sys
 from pathlib import Path
 from scheduler import clock
 from scheduler.errors import AlreadyLeased
-from scheduler.leases import STARTING, Lease, LeaseStore
+from scheduler.state.leases import STARTING, Lease, LeaseStore
 store = LeaseStore(Path(sys.argv[1]))
 now = clock.now()
 lease = Lease("t1", "worker", STARTING, sys.argv[2], now, now, "host-a")
@@ -324,7 +324,7 @@ ADOPT_CHILD = """
 import os, sys
 from pathlib import Path
 from scheduler import clock
-from scheduler.leases import LeaseStore
+from scheduler.state.leases import LeaseStore
 store = LeaseStore(Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.readline()
@@ -351,7 +351,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from scheduler import clock
-from scheduler.leases import LeaseStore
+from scheduler.state.leases import LeaseStore
 store = LeaseStore(Path(sys.argv[1]))
 task_id = sys.argv[2]
 lease = store.read(task_id)

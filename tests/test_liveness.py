@@ -14,8 +14,8 @@ import pytest
 from freezegun import freeze_time
 
 from scheduler import clock
-from scheduler.leases import FINISHING, RUNNING, STARTING, Lease, LeaseStore
-from scheduler.liveness import (
+from scheduler.state.leases import FINISHING, RUNNING, STARTING, Lease, LeaseStore
+from scheduler.state.liveness import (
     ALIVE,
     HEARTBEAT_STALE,
     PID_DEAD,
@@ -152,7 +152,7 @@ import os, sys
 from pathlib import Path
 import psutil
 from scheduler import clock
-from scheduler.leases import LeaseStore
+from scheduler.state.leases import LeaseStore
 store = LeaseStore(Path(sys.argv[1]))
 me = psutil.Process().create_time()
 adopted = store.adopt("t1", "tok", os.getpid(), me, clock.now())
@@ -163,7 +163,7 @@ sys.stdin.readline()
 WRAPPER_WITH_AGENT = """
 import subprocess, sys
 from pathlib import Path
-from scheduler.leases import LeaseStore
+from scheduler.state.leases import LeaseStore
 lock = LeaseStore(Path(sys.argv[1])).liveness_lock("t1")
 assert lock.acquire(2)
 agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.lock import SchedulerLock, SchedulerLockHeld
+from scheduler.state.lock import SchedulerLock, SchedulerLockHeld
 
 CONTENDER = """
 import sys
 from pathlib import Path
-from scheduler.lock import SchedulerLock
+from scheduler.state.lock import SchedulerLock
 lock = SchedulerLock(Path(sys.argv[1]), "host-b")
 print(lock.try_acquire(), lock.describe_holder(), flush=True)
 sys.stdin.readline()

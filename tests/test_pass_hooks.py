@@ -4,9 +4,9 @@ Driven in-process with a recording launcher, so nothing is actually forked here.
 
 from __future__ import annotations
 
-from scheduler.reconciler import Reconciler
-from scheduler.registry import Agent, Registry
-from scheduler.settings import load_settings
+from scheduler.config.registry import Agent, Registry
+from scheduler.config.settings import load_settings
+from scheduler.reconcile.reconciler import Reconciler
 from scheduler.sources.local import LocalStore
 
 

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from scheduler.planner import LeaseView, Pauses, blocking_counts, plan
-from scheduler.registry import Agent, Registry
+from scheduler.config.registry import Agent, Registry
+from scheduler.reconcile.planner import LeaseView, Pauses, blocking_counts, plan
 from scheduler.sources.base import Task
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)

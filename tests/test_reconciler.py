@@ -31,9 +31,9 @@ import psutil
 import pytest
 
 from scheduler import clock
-from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.sources.base import SUCCEEDED, Result, RetryPolicy
 from scheduler.sources.local import LocalStore
+from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
 
 pytestmark = pytest.mark.processes
 
@@ -450,7 +450,7 @@ def test_lock_held_reports_the_holder_and_exits_0(make_scheduler, spawn_python):
     s.add("would run", "--queue", "dev")
     holder = spawn_python(
         "import sys\n"
-        "from scheduler.lock import SchedulerLock\n"
+        "from scheduler.state.lock import SchedulerLock\n"
         f"lock = SchedulerLock(__import__('pathlib').Path({str(s.state)!r}) / "
         "'tinyscheduler.lock', 'lockhost')\n"
         "assert lock.try_acquire()\n"
@@ -508,7 +508,7 @@ def test_dead_leases_are_reclaimed_live_ones_left_alone(make_scheduler, spawn_py
     sleeper = spawn_python("import time; time.sleep(60)")
     holder = spawn_python(
         "import sys\n"
-        "from scheduler.leases import LeaseStore\n"
+        "from scheduler.state.leases import LeaseStore\n"
         f"lock = LeaseStore(__import__('pathlib').Path({str(s.running)!r}))"
         f".liveness_lock({live!r})\n"
         "assert lock.acquire(0)\n"

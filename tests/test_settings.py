@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import settings as settings_mod
-from scheduler.errors import ConfigError
-from scheduler.settings import (
+from scheduler.config import settings as settings_mod
+from scheduler.config.settings import (
     DEFAULT_AGENT_COMMAND,
     OPTIONS,
     OPTIONS_BY_NAME,
@@ -18,6 +17,7 @@ from scheduler.settings import (
     load_settings,
     parse_agent_limits,
 )
+from scheduler.errors import ConfigError
 
 
 def write_env(path: Path, values: dict[str, str]) -> Path:

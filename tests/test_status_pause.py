@@ -10,8 +10,9 @@ import pytest
 from test_reconciler import Scheduler, claim, wait_for, write_lease
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
 
-from scheduler import clock, outbox
+from scheduler import clock
 from scheduler.sources.base import Result
+from scheduler.state import outbox
 
 pytestmark = pytest.mark.processes
 

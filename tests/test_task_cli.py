@@ -96,7 +96,7 @@ def test_add_bad_input_exits_2_naming_the_field(run, args, field):
 
 
 def test_add_wakes_a_listening_daemon(run, base):
-    from scheduler.wake import WakeSocket
+    from scheduler.state.wake import WakeSocket
 
     state = base / "state"
     state.mkdir(mode=0o700)
@@ -227,10 +227,10 @@ def test_cancel_working_without_live_wrapper_cancels_in_store(run, store):
 
 
 def test_cancel_working_with_live_wrapper_leaves_it_to_the_wrapper(run, store, monkeypatch):
-    import scheduler.cancel
+    import scheduler.reconcile.cancel
 
     asked = []
-    monkeypatch.setattr(scheduler.cancel, "request_cancel",
+    monkeypatch.setattr(scheduler.reconcile.cancel, "request_cancel",
                         lambda settings, task_id: asked.append(task_id) or True)
     add_json(run, "t")
     store.claim("1", "alice", "tok")

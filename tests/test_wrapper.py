@@ -27,14 +27,15 @@ import pytest
 from fake_tinytask import FakeTinyTask
 
 from scheduler import clock
-from scheduler.launcher import ForkLauncher
-from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
-from scheduler.reconciler import Reconciler
-from scheduler.registry import Agent, Registry
-from scheduler.settings import PREFIX, load_settings
+from scheduler.config.registry import Agent, Registry
+from scheduler.config.settings import PREFIX, load_settings
+from scheduler.reconcile.launcher import ForkLauncher
+from scheduler.reconcile.reconciler import Reconciler
 from scheduler.sources.base import CANCELLED, COMPLETE, FAILED, IDLE, WORKING, Task
 from scheduler.sources.local import LocalStore
-from wrapper.supervisor import Supervisor, write_task_file
+from scheduler.state import taskfile
+from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
+from wrapper.supervisor import Supervisor
 
 pytestmark = pytest.mark.processes
 
@@ -135,7 +136,7 @@ class Rig:
             stale_multiplier=self.settings.stale_multiplier,
         )
         self.leases.create(replace(lease, **lease_fields))
-        write_task_file(self.settings.task_log_dir, task)
+        taskfile.write(self.settings.task_log_dir, task)
         return token
 
     def spawn(self, task_id: str, token: str, **values: object) -> subprocess.Popen:

@@ -1,7 +1,7 @@
 """``tinyscheduler-wrapper``: supervise one attempt of one task.
 
 The scheduler normally forks the wrapper from its own, already initialised process (see
-``scheduler.launcher``); this console script is the same supervisor started as a fresh
+``scheduler.reconcile.launcher``); this console script is the same supervisor started as a fresh
 process, for ``SPAWN_MODE=exec`` and for running an attempt by hand::
 
     tinyscheduler-wrapper --lease state/running/task_12.json --token TOKEN [--env-file F]
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     match = _LEASE_NAME.fullmatch(args.lease.name)
     if match is None or match["id"] in (".", ".."):
         parser.error(f"--lease {args.lease}: expected a path ending in task_<id>.json")
+    from scheduler.config.settings import load_settings
     from scheduler.errors import ConfigError
-    from scheduler.settings import load_settings
 
     flags = {"BASE_PATH": args.base_path} if args.base_path else {}
     try:
@@ -40,9 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.lease.parent.resolve() != settings.running_dir.resolve():
         settings = _with_running_dir(settings, args.lease.parent.resolve())
+    return supervise(settings, match["id"], args.token)
+
+
+def supervise(settings, task_id: str, token: str) -> int:
+    """Run one attempt of one task in this process; returns the wrapper's exit code."""
     from wrapper.supervisor import Supervisor
 
-    return Supervisor(settings, match["id"], args.token).run()
+    return Supervisor(settings, task_id, token).run()
+
+
+def preload() -> None:
+    """Import the supervisor and what it needs, so that a forked wrapper has them."""
+    import wrapper.supervisor  # noqa: F401
 
 
 def _with_running_dir(settings, running_dir: Path):

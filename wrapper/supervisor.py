@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # psutil and filelock (the liveness lock) are imported here rather than when first used:
-# the scheduler imports this module (write_task_file) before it forks a wrapper, so every
-# forked wrapper starts with them loaded instead of importing them again per task.
+# the fork launcher imports this module before it forks a wrapper (wrapper.main.preload),
+# so every forked wrapper starts with them loaded instead of importing them per task.
 import filelock  # noqa: F401
 import psutil
 
-from scheduler import clock, outbox, wake
-from scheduler.fsutil import atomic_write_json, ensure_private_dir
-from scheduler.leases import FINISHING, LeaseStore
+from scheduler import clock
+from scheduler.fsutil import ensure_private_dir
 from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
+from scheduler.state import outbox, taskfile, wake
+from scheduler.state.leases import FINISHING, LeaseStore
 from wrapper.agent import AgentProcess
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
 
@@ -114,11 +115,12 @@ class Supervisor:
     # --- launching ----------------------------------------------------------------------
 
     def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
-        task = self._task_snapshot()
+        task = taskfile.read(self.settings.task_log_dir, self.task_id)
         values = {
             "task_id": self.task_id, "agent": lease.agent, "queue": lease.queue or "",
             "attempt": str(lease.attempt), "recipe": "", "recipe_path": "",
-            "title": task.get("title", ""), "task_file": str(self.task_dir / "task.json"),
+            "title": task.get("title", ""),
+            "task_file": str(taskfile.path_for(self.settings.task_log_dir, self.task_id)),
             "base_path": str(self.settings.base_path), "goose_bin": self.settings.goose_bin,
         }
         template = self.settings.agent_command
@@ -141,14 +143,6 @@ class Supervisor:
             "TINYSCHEDULER_TASK_FILE": values["task_file"],
         })
         return self._supervise(lease, argv, env)
-
-    def _task_snapshot(self) -> dict:
-        try:
-            with open(self.task_dir / "task.json", encoding="utf-8") as handle:
-                data = json.load(handle)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
 
     def _supervise(self, lease, argv: list[str], env: dict) -> Attempt:
         """Start the agent gated, record it in the lease, open the gate, wait."""
@@ -329,22 +323,6 @@ class Supervisor:
         except Exception as exc:
             path = outbox.write(self.settings.outbox_dir, result)
             self._line(f"task source unreachable ({exc}); result kept in {path}")
-
-
-def write_task_file(task_log_dir: Path, task: base.Task) -> Path:
-    """Write the task's fields for the agent (TINYSCHEDULER_TASK_FILE); called at spawn."""
-    directory = task_log_dir / task.id
-    ensure_private_dir(directory)
-    path = directory / "task.json"
-    data = {
-        "id": task.id, "title": task.title, "description": task.description,
-        "queue": task.queue, "assignee": task.assignee, "priority": task.priority,
-        "created_at": clock.to_iso(task.created_at) if task.created_at else None,
-        "blocked_by": list(task.blocked_by), "recipe": task.recipe,
-        "attempts": task.attempts, "tags": list(task.tags),
-    }
-    atomic_write_json(path, data, durable=False)
-    return path
 
 
 # --- process helpers -----------------------------------------------------------------------

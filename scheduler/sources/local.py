@@ -705,7 +705,7 @@ class LocalStore:
 
     def cancel(self, task_id: str, actor: str = "cli", detail: str = "") -> Task:
         """idle/working -> cancelled. A working task's wrapper is not stopped here (see
-        :func:`scheduler.cancel.request_cancel`); its later report is ignored."""
+        :func:`scheduler.reconcile.cancel.request_cancel`); its later report is ignored."""
         with self._write() as conn:
             row = self._status_row(conn, task_id)
             self._move(conn, row, CANCELLED, action="cancel", actor=actor,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from scheduler import clock, outbox, records
+from scheduler import clock
+from scheduler.config.registry import load_registry
 from scheduler.errors import ConfigError
-from scheduler.leases import LeaseStore
-from scheduler.registry import load_registry
+from scheduler.state import outbox, records
+from scheduler.state.leases import LeaseStore
 
 #: A daemon's last pass older than this many intervals makes the status unhealthy.
 STALE_INTERVALS = 3
@@ -37,7 +38,7 @@ def collect(settings) -> dict:
         if last.get("mode") == "daemon" and age > STALE_INTERVALS * settings.loop_interval_sec:
             problems.append(f"last daemon pass is {age:.0f} s old (more than "
                             f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
-    from scheduler import pauses
+    from scheduler.state import pauses
 
     if settings.task_source == "local" and not settings.tasks_db.exists():
         source_health = {"ok": False, "detail": f"no task store yet at {settings.tasks_db} "

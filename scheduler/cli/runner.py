@@ -6,12 +6,12 @@ import json
 
 import click
 
-from scheduler import pauses as pauses_mod
-from scheduler import records
+from scheduler.config.registry import load_registry
 from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
 from scheduler.fsutil import ensure_private_dir
 from scheduler.logs import get_logger, setup_logging
-from scheduler.registry import load_registry
+from scheduler.state import pauses as pauses_mod
+from scheduler.state import records
 
 log = get_logger("run")
 
@@ -24,7 +24,7 @@ def prepare_state(settings) -> None:
 
 
 def build_reconciler(settings, mode: str):
-    from scheduler.reconciler import Reconciler
+    from scheduler.reconcile.reconciler import Reconciler
 
     registry = load_registry(settings.agent_control_file, settings.agent_limits,
                              settings.default_agent_limit)
@@ -41,11 +41,11 @@ def one_pass(reconciler, *, dry_run: bool, as_json: bool = False):
     level = log.warning if summary.errors else log.info
     level(summary.line(), extra={"fields": {"errors": summary.errors} if summary.errors else {}})
     if dry_run and not as_json:
-        from scheduler.plan_view import render_plan
+        from scheduler.reconcile.plan_view import render_plan
 
         click.echo(render_plan(result.plan, summary))
     if as_json:
-        from scheduler.plan_view import plan_to_json
+        from scheduler.reconcile.plan_view import plan_to_json
 
         data = {"summary": summary.to_json()}
         if dry_run:
@@ -59,7 +59,7 @@ def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
         prepare_state(settings)
     setup_logging(settings.log_level, settings.log_format,
                   None if dry_run else settings.log_dir)
-    from scheduler.lock import SchedulerLock
+    from scheduler.state.lock import SchedulerLock
 
     lock = SchedulerLock(settings.lock_file, settings.hostname)
     if not dry_run and not lock.try_acquire():  # a dry run only reads: no lock needed
@@ -68,7 +68,7 @@ def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
         return EXIT_OK
     try:
         if daemon:
-            from scheduler.daemon import Daemon
+            from scheduler.reconcile.daemon import Daemon
 
             return Daemon(
                 lambda s: build_reconciler(s, "daemon"),

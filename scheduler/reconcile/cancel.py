@@ -10,7 +10,7 @@ def signal_wrapper(lease) -> bool:
     """SIGTERM the lease's wrapper if it is still the same process (pid and start time);
     True if signalled. The wrapper forwards it to its agent's group and reports
     ``cancelled``."""
-    from scheduler import liveness
+    from scheduler.state import liveness
 
     if lease.pid is None or lease.pid_started_at is None:
         return False
@@ -30,7 +30,7 @@ def request_cancel(settings, task_id: str) -> bool:
     Returns True when a live wrapper was signalled: it will report ``cancelled`` itself.
     False means no live wrapper holds the task; the caller marks it cancelled directly.
     """
-    from scheduler.leases import LeaseStore
+    from scheduler.state.leases import LeaseStore
 
     lease = LeaseStore(settings.running_dir).read(task_id)
     if lease is None or lease.host != settings.hostname:

@@ -17,14 +17,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from scheduler import clock, faults, liveness, outbox
-from scheduler.cancel import signal_wrapper
+from scheduler import clock, faults
+from scheduler.config.registry import Registry
 from scheduler.errors import AlreadyLeased, InvalidTransition, LeaseError, SourceError
-from scheduler.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
-from scheduler.planner import LeaseView, Pauses, Plan, plan
-from scheduler.registry import Registry
+from scheduler.reconcile.cancel import signal_wrapper
+from scheduler.reconcile.planner import LeaseView, Plan, plan
 from scheduler.sources.base import (
     NOT_STARTED,
     RECLAIMED,
@@ -33,6 +32,9 @@ from scheduler.sources.base import (
     RetryPolicy,
     Task,
 )
+from scheduler.state import liveness, outbox, taskfile
+from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
+from scheduler.state.pauses import Pauses
 
 log = get_logger("pass")
 
@@ -106,7 +108,7 @@ class Reconciler:
     @property
     def launcher(self):
         if self._launcher is None:
-            from scheduler.launcher import make_launcher
+            from scheduler.reconcile.launcher import make_launcher
 
             self._launcher = make_launcher(self.settings)
         return self._launcher
@@ -376,9 +378,7 @@ class Reconciler:
 
     def _launch(self, task: Task, token: str) -> None:
         """Step 3: the task file for the agent, then the wrapper, detached."""
-        from wrapper.supervisor import write_task_file
-
-        write_task_file(self.settings.task_log_dir, task)
+        taskfile.write(self.settings.task_log_dir, task)
         self.launcher.launch(task.id, token,
                              str(self.settings.running_dir / f"task_{task.id}.json"))
         faults.crash_point("after-spawn")

@@ -13,10 +13,10 @@ import select
 import signal
 from collections.abc import Callable
 
-from scheduler import sdnotify
 from scheduler.errors import ConfigError
 from scheduler.logs import get_logger
-from scheduler.wake import WakeSocket
+from scheduler.reconcile import sdnotify
+from scheduler.state.wake import WakeSocket
 
 log = get_logger("daemon")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.planner import Plan
+from scheduler.reconcile.planner import Plan
 
 
 def plan_to_json(the_plan: Plan) -> dict:

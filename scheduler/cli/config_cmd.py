@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from scheduler.cli import AppContext, SubCommand
+from scheduler.cli.context import AppContext, SubCommand
 from scheduler.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
 
@@ -69,7 +69,7 @@ def validate_config(app: AppContext, fix: bool) -> int:
 
 
 def _unknown_variable(name: str) -> Finding:
-    from scheduler.settings import OBSOLETE, PREFIX
+    from scheduler.config.settings import OBSOLETE, PREFIX
 
     reason = OBSOLETE.get(name[len(PREFIX):])
     if reason:
@@ -146,8 +146,8 @@ def _creatable(path: Path) -> bool:
 
 
 def _check_control_file(settings, fix: bool) -> list[Finding]:
+    from scheduler.config.registry import DEFAULT_AGENTS, parse_control_file
     from scheduler.fsutil import FILE_MODE, ensure_private_dir
-    from scheduler.registry import DEFAULT_AGENTS, parse_control_file
 
     path = settings.agent_control_file
     if not path.exists():
@@ -199,7 +199,7 @@ def _check_source(settings) -> list[Finding]:
 
 
 def _registry_or_none(settings):
-    from scheduler.registry import load_registry
+    from scheduler.config.registry import load_registry
 
     try:
         return load_registry(settings.agent_control_file, settings.agent_limits,

@@ -24,30 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from scheduler.registry import Registry
+from scheduler.config.registry import Registry
 from scheduler.sources.base import Task
+from scheduler.state.pauses import NO_PAUSES, Pauses
 
 _NEVER = datetime.max.replace(tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Pauses:
-    """Dispatch pauses set by ``tinyscheduler pause``: everything, some agents, some queues."""
-
-    everything: bool = False
-    agents: frozenset[str] = frozenset()
-    queues: frozenset[str] = frozenset()
-
-    @property
-    def any(self) -> bool:
-        return self.everything or bool(self.agents) or bool(self.queues)
-
-    def describe(self) -> str:
-        if self.everything:
-            return "all dispatch paused"
-        parts = [f"agent {a}" for a in sorted(self.agents)] + [f"queue {q}" for q in
-                                                               sorted(self.queues)]
-        return "paused: " + ", ".join(parts) if parts else "not paused"
 
 
 @dataclass(frozen=True)
@@ -123,7 +104,7 @@ def plan(
     now: datetime,
     *,
     disable_blocking: bool = False,
-    pauses: Pauses = Pauses(),
+    pauses: Pauses = NO_PAUSES,
 ) -> Plan:
     """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
     to registry agents, and unassigned in registry queues), blocked ones included."""

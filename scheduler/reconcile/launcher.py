@@ -26,6 +26,7 @@ import sys
 from typing import Protocol
 
 from scheduler.logs import LOGGER_NAME
+from wrapper import main as wrapper_main
 
 #: Handlers the daemon may have set; SIGPIPE stays ignored, as Python sets it up.
 _RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
@@ -45,6 +46,7 @@ class ForkLauncher:
         self.settings = settings
 
     def launch(self, task_id: str, token: str, lease_path: str) -> int:
+        wrapper_main.preload()  # once: every forked wrapper starts with its modules loaded
         read_end, write_end = os.pipe()
         middle = os.fork()
         if middle == 0:  # the middle process: start the wrapper, tell its pid, leave
@@ -88,9 +90,7 @@ def _become_wrapper(settings, task_id: str, token: str) -> None:
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.closerange(3, _max_fd())
-        from wrapper.supervisor import Supervisor
-
-        code = Supervisor(settings, task_id, token).run()
+        code = wrapper_main.supervise(settings, task_id, token)
     except BaseException:
         code = 70
     finally:

@@ -6,14 +6,14 @@ import json
 
 import click
 
-from scheduler.cli import AppContext, SubCommand
+from scheduler.cli.context import AppContext, SubCommand
 from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
 
 
 def _agent_limit(_ctx, _param, values: tuple[str, ...]) -> dict[str, int] | None:
     if not values:
         return None
-    from scheduler.settings import parse_agent_limits
+    from scheduler.config.settings import parse_agent_limits
 
     try:
         return parse_agent_limits(",".join(values))
@@ -44,14 +44,14 @@ def run(app: AppContext, mode: str, dry_run: bool | None, as_json: bool,
     flags = {"AGENT_LIMITS": agent_limit, "MCP_ENDPOINT": mcp_endpoint,
              "LOOP_INTERVAL_SEC": loop_interval, "DRY_RUN": "true" if dry_run else None}
     settings = app.settings(**flags)
-    from scheduler import runner
+    from scheduler.cli import runner
 
     return runner.run(settings, daemon=(mode == "daemon"), dry_run=settings.dry_run,
                       as_json=as_json, reload=lambda: _reload(app, flags))
 
 
 def _reload(app: AppContext, flags: dict):
-    from scheduler.settings import load_settings
+    from scheduler.config.settings import load_settings
 
     merged = {**app.flags, **{k: v for k, v in flags.items() if v is not None}}
     return load_settings(env_file=app.env_file, flags=merged)
@@ -62,7 +62,7 @@ def _reload(app: AppContext, flags: dict):
 @click.pass_obj
 def status(app: AppContext, as_json: bool) -> int:
     """Agents, running leases, outbox, last pass, source health (exit 1 if unhealthy)."""
-    from scheduler import status as status_mod
+    from scheduler.reconcile import status as status_mod
 
     report = status_mod.collect(app.settings())
     if as_json:
@@ -82,9 +82,9 @@ def _pause_command(pause: bool):
     @click.option("--queue", help=f"{verb.capitalize()} one queue only.")
     @click.pass_obj
     def command(app: AppContext, agent: str | None, queue: str | None) -> int:
-        from scheduler import pauses
         from scheduler.names import check_name
-        from scheduler.wake import nudge
+        from scheduler.state import pauses
+        from scheduler.state.wake import nudge
 
         if agent and queue:
             raise click.UsageError("give --agent or --queue, not both")

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import ConfigError
 from scheduler.fsutil import atomic_write_json, ensure_private_dir
-from scheduler.planner import Pauses
+
+
+@dataclass(frozen=True)
+class Pauses:
+    """Dispatch pauses set by ``tinyscheduler pause``: everything, some agents, some queues."""
+
+    everything: bool = False
+    agents: frozenset[str] = frozenset()
+    queues: frozenset[str] = frozenset()
+
+    @property
+    def any(self) -> bool:
+        return self.everything or bool(self.agents) or bool(self.queues)
+
+    def describe(self) -> str:
+        if self.everything:
+            return "all dispatch paused"
+        parts = [f"agent {a}" for a in sorted(self.agents)] + [f"queue {q}" for q in
+                                                               sorted(self.queues)]
+        return "paused: " + ", ".join(parts) if parts else "not paused"
+
+
+NO_PAUSES = Pauses()
 
 
 def load(path: Path) -> Pauses:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from scheduler.cli import AppContext, SubGroup
+from scheduler.cli.context import AppContext, SubGroup
 from scheduler.errors import ConfigError, InputError
 
 STATUSES = ("idle", "working", "complete", "failed", "cancelled")
@@ -45,7 +45,7 @@ def _open_store(app: AppContext) -> Iterator[tuple[Any, Any]]:
 
 
 def _nudge(settings: Any) -> None:
-    from scheduler.wake import nudge
+    from scheduler.state.wake import nudge
 
     nudge(settings.wake_socket)
 
@@ -250,7 +250,7 @@ def cancel(app: AppContext, task_id: str) -> None:
     with _open_store(app) as (settings, store):
         found = store.get(task_id)
         if found.status == "working":
-            from scheduler.cancel import request_cancel
+            from scheduler.reconcile.cancel import request_cancel
 
             if request_cancel(settings, found.id):
                 click.echo(f"asked the wrapper of task {found.id} to stop; it will be "

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from scheduler.leases import STARTING, Lease, LeaseStore
+from scheduler.state.leases import STARTING, Lease, LeaseStore
 
 if TYPE_CHECKING:
     import psutil

@@ -1,1 +1,0 @@
-"""Click commands. Each module imports heavy dependencies inside command bodies only."""
