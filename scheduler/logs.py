@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 LOGGER_NAME = "tinyscheduler"
 
@@ -60,25 +61,26 @@ class DailyFileHandler(logging.Handler):
         super().__init__()
         self.directory = directory
         self._day = ""
-        self._stream = None
+        self._stream: TextIO | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             day = time.strftime("%Y%m%d", time.gmtime(record.created))
-            if day != self._day:
-                self._open(day)
+            if day != self._day or self._stream is None:
+                self._stream = self._open(day)
             self._stream.write(self.format(record) + "\n")
             self._stream.flush()
         except Exception:
             self.handleError(record)
 
-    def _open(self, day: str) -> None:
+    def _open(self, day: str) -> TextIO:
         if self._stream is not None:
             self._stream.close()
+            self._stream = None
         path = self.directory / f"scheduler_{day}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self._stream = os.fdopen(fd, "a", encoding="utf-8")
         self._day = day
+        return os.fdopen(fd, "a", encoding="utf-8")
 
     def close(self) -> None:
         if self._stream is not None:

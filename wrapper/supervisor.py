@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 # psutil and filelock (the liveness lock) are imported here rather than when first used:
 # the fork launcher imports this module before it forks a wrapper (wrapper.main.preload),
@@ -57,7 +58,7 @@ class Supervisor:
         self.token = token
         self.store = LeaseStore(settings.running_dir)
         self.task_dir = settings.task_log_dir / task_id
-        self.log = None
+        self.log: BinaryIO | None = None
         self._signal_r = self._signal_w = -1
         self._stop_signal: int | None = None
 
@@ -146,7 +147,9 @@ class Supervisor:
 
     def _supervise(self, lease, argv: list[str], env: dict) -> Attempt:
         """Start the agent gated, record it in the lease, open the gate, wait."""
-        lock_fd = os.dup(self.liveness.fileno())  # filelock's at-fork hook closes its own
+        held = self.liveness.fileno()
+        assert held is not None and self.log is not None  # adopted, attempt log open
+        lock_fd = os.dup(held)  # filelock's at-fork hook closes its own
         try:
             agent = AgentProcess(argv, env=env, cwd=self.settings.work_dir,
                                  output_fd=self.log.fileno(), lock_fd=lock_fd)
@@ -248,9 +251,11 @@ class Supervisor:
             self._line(f"killed processes left in the agent's process group {agent.pid}")
 
     def _log_size(self) -> int:
+        if self.log is None:
+            return 0
         try:
             return os.fstat(self.log.fileno()).st_size
-        except (OSError, AttributeError):
+        except OSError:
             return 0
 
     # --- signals ------------------------------------------------------------------------
@@ -335,7 +340,9 @@ def _start_time_of(pid: int) -> float | None:
         return None
 
 
-def _ended(returncode: int) -> Attempt:
+def _ended(returncode: int | None) -> Attempt:
+    if returncode is None:  # never: callers have waited for the agent
+        return Attempt(base.LAUNCH_FAILED, note="not started")
     if returncode < 0:
         return Attempt(base.KILLED, signal=-returncode)
     if returncode == 0:

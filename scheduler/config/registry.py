@@ -8,6 +8,7 @@ agents are the keys of AGENT_LIMITS and only tasks already assigned to them run.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +91,9 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
 
 
 def load_registry(
-    control_file: Path, limits: dict[str, int] | object, default_limit: int
+    control_file: Path, limits: Mapping[str, int], default_limit: int
 ) -> Registry:
     """The effective registry: agents from the control file (or legacy: from the limits)."""
-    limits = dict(limits)  # type: ignore[arg-type]
     if not control_file.exists():
         agents = tuple(Agent(name, None, limit) for name, limit in sorted(limits.items()))
         return Registry(agents, legacy=True)

@@ -89,8 +89,8 @@ class Daemon:
         return interval
 
     def _sleep(self, wake: WakeSocket, signal_r: int, seconds: float) -> None:
-        ready, _, _ = select.select([wake, signal_r], [], [], seconds)
-        if wake in ready:
+        ready, _, _ = select.select([wake.fileno(), signal_r], [], [], seconds)
+        if wake.fileno() in ready:
             wake.drain()
             select.select([], [], [], MIN_GAP_SEC)
             wake.drain()

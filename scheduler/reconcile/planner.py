@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from scheduler.config.registry import Registry
+from scheduler.config.registry import Agent, Registry
 from scheduler.sources.base import Task
 from scheduler.state.pauses import NO_PAUSES, Pauses
 
@@ -203,8 +203,9 @@ def _by_importance(eligible: list[Task], all_tasks: list[Task]) -> list[Task]:
                                            t.created_at or _NEVER, _id_key(t.id)))
 
 
-def _place_assigned(task: Task, agents: Mapping, slots: _Slots, pauses: Pauses):
-    agent = agents.get(task.assignee)
+def _place_assigned(task: Task, agents: Mapping[str, Agent], slots: _Slots,
+                    pauses: Pauses) -> Spawn | Skip:
+    agent = agents.get(task.assignee) if task.assignee else None
     if agent is None:
         return Skip(task.id, f"assigned to {task.assignee}, not a known agent", "unknown-agent")
     if pauses.everything or agent.name in pauses.agents:
@@ -215,7 +216,8 @@ def _place_assigned(task: Task, agents: Mapping, slots: _Slots, pauses: Pauses):
     return Spawn(task, agent.name, f"assigned to {agent.name}")
 
 
-def _place_queued(task: Task, pools: Mapping, slots: _Slots, pauses: Pauses):
+def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
+                  pauses: Pauses) -> Spawn | Skip:
     queue = task.queue
     pool = pools.get(queue) if queue else None
     if not pool:
@@ -234,5 +236,8 @@ def _place_queued(task: Task, pools: Mapping, slots: _Slots, pauses: Pauses):
                                   f"({slots.free[best.name] + 1} free)")
 
 
-def _collect(result, spawns: list[Spawn], skips: list[Skip]) -> None:
-    (spawns if isinstance(result, Spawn) else skips).append(result)
+def _collect(result: Spawn | Skip, spawns: list[Spawn], skips: list[Skip]) -> None:
+    if isinstance(result, Spawn):
+        spawns.append(result)
+    else:
+        skips.append(result)

@@ -333,14 +333,14 @@ class Reconciler:
                 summary.spawned += 1
             except OSError as exc:
                 failed.append((task, agent, token, exc))
-        for task, agent, token, exc in failed:
-            summary.errors.append(f"task {task.id}: wrapper could not start: {exc}")
+        for task, agent, token, error in failed:
+            summary.errors.append(f"task {task.id}: wrapper could not start: {error}")
             self._report_or_keep(Result(
                 task_id=task.id, agent=agent, attempt=task.attempts + 1,
                 outcome="launch_failed", token=token,
-                summary=f"launch_failed: the wrapper could not start: {exc}",
+                summary=f"launch_failed: the wrapper could not start: {error}",
                 host=self.settings.hostname, finished_at=clock.now(),
-                detail={"reason": str(exc)}))
+                detail={"reason": str(error)}))
             self.store.delete(task.id, token)
 
     def _lease_and_claim(self, task: Task, agent: str, now) -> str | None:

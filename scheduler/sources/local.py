@@ -231,7 +231,7 @@ def _int_id(task_id: object) -> int | None:
 
 def is_valid_recipe(value: object) -> bool:
     """A recipe name or a relative file name in RECIPES_DIR such as ``dev.yaml``."""
-    return is_valid_name(value) and not value.startswith(".")  # type: ignore[union-attr]
+    return is_valid_name(value) and isinstance(value, str) and not value.startswith(".")
 
 
 def _field_errors(
@@ -633,6 +633,7 @@ class LocalStore:
             (title, description, queue, assignee, priority, recipe, now, now),
         )
         number = cursor.lastrowid
+        assert number is not None  # an INSERT always sets it
         self._log(conn, number, None, IDLE, actor, "added", now)
         return number
 

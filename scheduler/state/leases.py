@@ -96,12 +96,12 @@ class Lease:
     scheduler_pid: int | None = None
     heartbeat_sec: int = 15
     stale_multiplier: int = 4
-    metadata: dict = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     #: Fields this version does not know, kept so a rewrite does not drop them.
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
     version: int = LEASE_VERSION
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The JSON document: unknown fields first, then every known field."""
         data: dict[str, Any] = dict(self.extra)
         for name in _KNOWN_FIELDS:
@@ -110,7 +110,7 @@ class Lease:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> Lease:
+    def from_json(cls, data: dict[str, Any]) -> Lease:
         """Decode and validate; raise :class:`LeaseDecodeError` naming the bad field."""
         if not isinstance(data, dict):
             raise LeaseDecodeError(f"expected a JSON object, got {type(data).__name__}")
@@ -163,35 +163,36 @@ def _bad(name: str, value: object, accepted: str) -> LeaseDecodeError:
     return LeaseDecodeError(f"field {name!r} is {shown}; expected {accepted}", name)
 
 
-def _str(data: dict, name: str, default: str | None = None) -> str:
+def _str(data: dict[str, Any], name: str, default: str | None = None) -> str:
     value = data.get(name, default)
     if not isinstance(value, str):
         raise _bad(name, value, "a string")
     return value
 
 
-def _opt_str(data: dict, name: str) -> str | None:
+def _opt_str(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
         raise _bad(name, value, "a string or null")
     return value
 
 
-def _int(data: dict, name: str, default: int, *, minimum: int, maximum: int = 2**31) -> int:
+def _int(data: dict[str, Any], name: str, default: int, *, minimum: int,
+         maximum: int = 2**31) -> int:
     value = data.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise _bad(name, value, f"a whole number from {minimum} to {maximum}")
     return value
 
 
-def _opt_int(data: dict, name: str) -> int | None:
+def _opt_int(data: dict[str, Any], name: str) -> int | None:
     value = data.get(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise _bad(name, value, "a process id >= 1 or null")
     return value
 
 
-def _opt_float(data: dict, name: str) -> float | None:
+def _opt_float(data: dict[str, Any], name: str) -> float | None:
     value = data.get(name)
     if value is None:
         return None
@@ -200,7 +201,7 @@ def _opt_float(data: dict, name: str) -> float | None:
     return float(value)
 
 
-def _time(data: dict, name: str) -> datetime:
+def _time(data: dict[str, Any], name: str) -> datetime:
     value = data.get(name)
     try:
         return clock.from_iso(value)  # type: ignore[arg-type]
@@ -258,7 +259,7 @@ class LivenessLock:
 
     @property
     def is_locked(self) -> bool:
-        return self._lock.is_locked
+        return bool(self._lock.is_locked)
 
     def __enter__(self) -> LivenessLock:
         if not self.acquire(ADOPT_LOCK_WAIT_SEC):
@@ -493,7 +494,7 @@ class LeaseStore:
             atomic_write(path, encode(reowned))
         return reowned
 
-    def adopt(self, task_id: str, token: str, pid: int, pid_started_at: float,
+    def adopt(self, task_id: str, token: str, pid: int, pid_started_at: float | None,
               now: datetime) -> tuple[Lease, LivenessLock] | None:
         """Take over a ``starting`` lease as its wrapper.
 
