@@ -101,19 +101,20 @@ def test_a_later_migration_runs_once_from_the_stored_version(db_path, monkeypatc
         first.add_task("before")
     calls = []
 
-    def migration_2(conn):
+    def migration_next(conn):
         calls.append(1)
         conn.execute("ALTER TABLE tasks ADD COLUMN extra TEXT")
 
-    monkeypatch.setattr(local, "MIGRATIONS", [*local.MIGRATIONS, migration_2])
-    monkeypatch.setattr(local, "SCHEMA_VERSION", 2)
+    version = len(local.MIGRATIONS) + 1
+    monkeypatch.setattr(local, "MIGRATIONS", [*local.MIGRATIONS, migration_next])
+    monkeypatch.setattr(local, "SCHEMA_VERSION", version)
     for _ in range(2):
         with LocalStore(db_path) as again:
             assert [t.title for t in again.list_tasks()] == ["before"]
     assert calls == [1]
     conn = raw(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
     finally:
         conn.close()
 

@@ -23,13 +23,18 @@ import filelock  # noqa: F401
 import psutil
 
 from scheduler import clock
+from scheduler.agents import options as agent_options
+from scheduler.agents import prompt, ratelimit, result_file
+from scheduler.agents.result_file import AgentResult
+from scheduler.errors import ConfigError
 from scheduler.fsutil import ensure_private_dir
 from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
-from scheduler.state import outbox, taskfile, wake
+from scheduler.state import outbox, taskfile, throttles, wake
 from scheduler.state.leases import FINISHING, LeaseStore
 from wrapper.agent import AgentProcess
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
+from wrapper.judge import judge
 
 #: At most this much of the agent's output tail goes into the result summary.
 SUMMARY_TAIL_BYTES = 2048
@@ -61,6 +66,7 @@ class Supervisor:
         self.log: BinaryIO | None = None
         self._signal_r = self._signal_w = -1
         self._stop_signal: int | None = None
+        self._judged_problem = ""
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -98,15 +104,18 @@ class Supervisor:
         except Exception as exc:  # a bug here must still leave a result behind
             attempt = Attempt(base.LAUNCH_FAILED, note=f"wrapper error: {exc!r}")
         duration = time.monotonic() - started
-        self._footer(attempt, duration)
         if attempt.fenced:
+            self._footer(attempt, duration)
             self._line(f"lease of task {self.task_id} was reclaimed or re-owned: "
                        "agent stopped, nothing reported")
             return 0
-        result = self._result(lease, attempt, duration, log_path)
+        said = self._judge(lease, attempt, log_path)
+        self._footer(attempt, duration)
+        result = self._result(lease, attempt, duration, log_path, said)
         if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) is None:
             self._line("lease vanished before reporting: nothing reported")
             return 0
+        self._hold_or_release_agent(lease.agent, result, said)
         self._deliver(result)
         self.store.delete(self.task_id, self.token)
         self.liveness.release()
@@ -125,7 +134,11 @@ class Supervisor:
             "base_path": str(self.settings.base_path), "goose_bin": self.settings.goose_bin,
         }
         template = self.settings.agent_command
+        result_path = result_file.path_for(self.task_dir, lease.attempt)
         try:
+            if "{prompt}" in template:
+                values["prompt"] = self._prompt(lease, task)
+            _remove_stale(result_path)
             if uses_recipe(template):
                 recipe = lease.recipe or f"{lease.agent}.yaml"
                 values["recipe"] = recipe
@@ -142,8 +155,73 @@ class Supervisor:
             "TINYSCHEDULER_AGENT": lease.agent,
             "TINYSCHEDULER_ATTEMPT": str(lease.attempt),
             "TINYSCHEDULER_TASK_FILE": values["task_file"],
+            "TINYSCHEDULER_RESULT_FILE": str(result_path),
         })
         return self._supervise(lease, argv, env)
+
+    def _prompt(self, lease, task: dict) -> str:
+        """The task's prompt from PROMPT_TEMPLATE_FILE (or the default); ValueError names a
+        template that cannot be read."""
+        template_path = self.settings.prompt_template_file
+        template = prompt.load_template(template_path if template_path else None)
+        previous = ""
+        if lease.attempt > 1:
+            try:
+                said = result_file.read(result_file.path_for(self.task_dir, lease.attempt - 1))
+                previous = said.summary if said else ""
+            except result_file.BadResultFile:
+                pass
+        return prompt.render(template, {
+            "id": self.task_id, "title": task.get("title", ""),
+            "description": task.get("description", ""), "queue": lease.queue or "",
+            "agent": lease.agent, "attempt": lease.attempt, "previous_summary": previous,
+            "previous_error": task.get("last_error") or "",
+            "workspace": str(self.settings.work_dir),
+        })
+
+    # --- judging the outcome ------------------------------------------------------------
+
+    def _judge(self, lease, attempt: Attempt, log_path: Path) -> AgentResult | None:
+        """Refine the attempt's outcome from its result file, adapter and output."""
+        try:
+            options = agent_options.for_agent(self.settings, lease.agent)
+        except ConfigError as exc:
+            self._line(f"agent options ignored: {exc}")
+            options = agent_options.defaults(self.settings)
+        verdict = judge(attempt.outcome, attempt.exit_code,
+                        result_path=result_file.path_for(self.task_dir, lease.attempt),
+                        log_path=log_path, options=options,
+                        adapter=self.settings.agent_result_adapter)
+        if verdict.problem:
+            self._line(verdict.problem)
+        if verdict.outcome != attempt.outcome or verdict.note:
+            attempt.outcome = verdict.outcome
+            attempt.note = "; ".join(n for n in (attempt.note, verdict.note) if n)
+        self._judged_problem = verdict.problem
+        return verdict.agent_result
+
+    def _hold_or_release_agent(self, agent: str, result: Result,
+                               said: AgentResult | None) -> None:
+        """Before the task is requeued: hold a rate-limited agent back, release it at its
+        first success, add the attempt's cost to its day. Never loses the result."""
+        directory = self.settings.throttle_dir
+        try:
+            if result.outcome == base.RATE_LIMITED:
+                record = throttles.record_rate_limit(
+                    directory, agent, clock.now(),
+                    lambda streak: ratelimit.next_delay(
+                        streak, base_sec=self.settings.rate_limit_backoff_sec,
+                        max_sec=self.settings.rate_limit_backoff_max_sec,
+                        retry_after_sec=said.retry_after_sec if said else None),
+                    reason=result.detail.get("reason", "rate-limited"))
+                self._line(f"agent {agent} rate-limited until {record.rate_limited_until} "
+                           f"({ratelimit.ordinal(record.streak)} in a row)")
+            elif result.outcome == base.SUCCEEDED:
+                throttles.record_success(directory, agent)
+            if said is not None and said.cost_usd:
+                throttles.add_cost(directory, agent, clock.now(), said.cost_usd)
+        except (OSError, ValueError) as exc:
+            self._line(f"could not record the agent's hold or cost ({exc})")
 
     def _supervise(self, lease, argv: list[str], env: dict) -> Attempt:
         """Start the agent gated, record it in the lease, open the gate, wait."""
@@ -297,27 +375,40 @@ class Supervisor:
 
     # --- the result ---------------------------------------------------------------------
 
-    def _result(self, lease, attempt: Attempt, duration: float, log_path: Path) -> Result:
+    def _result(self, lease, attempt: Attempt, duration: float, log_path: Path,
+                said: AgentResult | None = None) -> Result:
         tail = _tail(log_path, SUMMARY_TAIL_BYTES)
         code = _how_ended(attempt)
+        told = said.summary.strip() if said is not None else ""
         summary = (f"{attempt.outcome}: {code}, {duration:.1f} s, attempt {lease.attempt}, "
                    f"host {self.settings.hostname}, log {log_path}"
                    + (f"\nreason: {attempt.note}" if attempt.note else "")
-                   + (f"\n--- last output ---\n{tail}" if tail else ""))
+                   + (f"\nagent: {told}" if told else "")
+                   + (f"\n--- last output ---\n{tail}" if tail and not told else ""))
+        detail: dict = {"reason": attempt.note} if attempt.note else {}
+        if said is not None:
+            if said.usage():
+                detail["usage"] = said.usage()
+            if said.links:
+                detail["links"] = list(said.links)
+            if said.files_changed:
+                detail["files_changed"] = list(said.files_changed)
+        if self._judged_problem:
+            detail["result_file"] = self._judged_problem
         return Result(
             task_id=self.task_id, agent=lease.agent, attempt=lease.attempt,
             outcome=attempt.outcome, token=self.token,
             summary=summary.encode()[:SUMMARY_MAX_BYTES].decode(errors="ignore"),
             exit_code=attempt.exit_code, signal=attempt.signal, duration_sec=round(duration, 3),
             host=self.settings.hostname, log_path=str(log_path), finished_at=clock.now(),
-            detail={"reason": attempt.note} if attempt.note else {},
+            detail=detail,
         )
 
     def _deliver(self, result: Result) -> None:
         """Report to the source; if it cannot be reached, keep the result in the outbox."""
         from scheduler.sources import open_source
 
-        policy = RetryPolicy(self.settings.max_attempts, self.settings.retry_backoff_sec)
+        policy = RetryPolicy.from_settings(self.settings)
         try:
             source = open_source(self.settings)
             try:
@@ -338,6 +429,14 @@ def _start_time_of(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def _remove_stale(path: Path) -> None:
+    """A result file left from an earlier run of this attempt number is not this run's."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _ended(returncode: int | None) -> Attempt:

@@ -45,11 +45,19 @@ class Finding:
 @click.command("validate-config", cls=SubCommand)
 @click.option("--fix", is_flag=True,
               help="Create missing directories (0700) and a default agent control file.")
+@click.option("--preset", metavar="NAME",
+              help="With --fix: write this agent preset into the env file "
+                   "(see 'tinyscheduler agents presets').")
 @click.pass_obj
-def validate_config(app: AppContext, fix: bool) -> int:
+def validate_config(app: AppContext, fix: bool, preset: str | None) -> int:
     """Check the configuration; print each problem and how to fix it (exit 2 on errors)."""
-    settings = app.settings()
     findings: list[Finding] = []
+    if preset is not None:
+        if not fix:
+            raise click.UsageError("--preset writes the env file: use it with --fix")
+        findings += _write_preset(app.env_file or Path(".env"), preset)
+        app.forget_settings()
+    settings = app.settings()
     findings += _check_base_path(settings.base_path)
     if not any(f.level == "error" for f in findings):
         findings += _check_directories(settings, fix)
@@ -136,6 +144,44 @@ def _check_directories(settings, fix: bool) -> list[Finding]:
                                            "(set TINYSCHEDULER_RECIPES_DIR or run "
                                            "'validate-config --fix')"))
     return findings
+
+
+def _write_preset(env_file: Path, name: str) -> list[Finding]:
+    """Append the preset's settings to the env file; never overwrite a line that is set."""
+    from scheduler.agents.presets import get
+    from scheduler.config.settings import PREFIX, read_env_file
+    from scheduler.fsutil import FILE_MODE
+
+    try:
+        preset = get(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--preset") from None
+    existing = read_env_file(env_file) if env_file.exists() else {}
+    lines, findings = [], []
+    for key, value in preset.settings().items():
+        if existing.get(PREFIX + key, "").strip():
+            findings.append(Finding("warning", f"{env_file}: {PREFIX}{key} is already set; "
+                                               f"left as it is (preset {name} would set "
+                                               f"{value!r})"))
+        else:
+            lines.append(f"{PREFIX}{key}={_env_quote(value)}\n")
+    if lines:
+        try:
+            fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                         FILE_MODE)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                handle.write(f"# agent preset {name}: {preset.description}\n" + "".join(lines))
+        except OSError as exc:
+            return [Finding("error", f"cannot write preset {name} to {env_file}: {exc}")]
+        findings.append(Finding("fixed", f"wrote preset {name} to {env_file}"))
+    return findings
+
+
+def _env_quote(value: str) -> str:
+    """An env-file value that python-dotenv reads back verbatim."""
+    if "'" not in value:
+        return f"'{value}'"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _creatable(path: Path) -> bool:

@@ -66,3 +66,7 @@ class AppContext:
             merged = {**self.flags, **{k: v for k, v in flags.items() if v is not None}}
             self._settings = load_settings(env_file=self.env_file, flags=merged)
         return self._settings
+
+    def forget_settings(self) -> None:
+        """Load the settings again on next use (after a command changed the env file)."""
+        self._settings = None

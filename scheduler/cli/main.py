@@ -41,7 +41,7 @@ def cli(ctx: click.Context, env_file: Path | None, base_path: Path | None,
 
 
 def _register_commands() -> None:
-    from scheduler.cli import config_cmd, run_cmd, task_cmd
+    from scheduler.cli import agents_cmd, config_cmd, run_cmd, task_cmd
 
     for command in (
         config_cmd.config,
@@ -51,6 +51,7 @@ def _register_commands() -> None:
         run_cmd.pause,
         run_cmd.resume,
         task_cmd.task,
+        agents_cmd.agents,
     ):
         cli.add_command(command)
 

@@ -180,8 +180,7 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
     if as_json:
         data = task_to_dict(found)
         data.update(
-            result_summary=details["result_summary"],
-            updated_at=details["updated_at"],
+            **details,
             blockers=[_brief(i, related[i]) for i in found.blocked_by],
             blocking=[_brief(i, related[i]) for i in blocking_ids],
             history=history,
@@ -196,6 +195,7 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         ("created", _iso(found.created_at)), ("updated", details["updated_at"]),
         ("blocked", "yes" if found.is_blocked else "no"),
         ("last error", found.last_error), ("result", details["result_summary"]),
+        ("used", _usage(details)),
     )
     click.echo(f"task {found.id}: {found.title}")
     for label, value in fields:
@@ -220,6 +220,16 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         detail = (entry["detail"] or "").strip().splitlines()
         click.echo(f"  {entry['at']}  {entry['from_status'] or '-'} -> {entry['to_status']}"
                    f"  {entry['actor']}  {detail[0] if detail else ''}".rstrip())
+
+
+def _usage(details: dict[str, Any]) -> str:
+    """What the task's attempts used, e.g. ``412 s, $0.38, 12,034 tokens in, 3,100 out``."""
+    parts = [f"{details['runtime_sec']:.0f} s"] if details.get("runtime_sec") else []
+    if details.get("cost_usd"):
+        parts.append(f"${details['cost_usd']:.2f}")
+    if details.get("tokens_in") or details.get("tokens_out"):
+        parts.append(f"{details['tokens_in']:,} tokens in, {details['tokens_out']:,} out")
+    return ", ".join(parts)
 
 
 def _brief(task_id: str, other: Any) -> dict[str, Any]:

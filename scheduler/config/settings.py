@@ -108,6 +108,52 @@ def _parse_command(text: str) -> str:
     return text.strip()
 
 
+def _parse_dollars(text: str) -> float:
+    accepted = "accepted: an amount in US dollars from 0 to 1000000 (0 = no budget)"
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(accepted) from None
+    if not 0 <= value <= 1_000_000:  # also rejects nan
+        raise ValueError(accepted)
+    return value
+
+
+def parse_exit_codes(text: str) -> tuple[int, ...]:
+    """``75,124`` -> (75, 124): exit codes from 1 to 255."""
+    accepted = "accepted: exit codes from 1 to 255, separated by commas (e.g. 75,124)"
+    codes = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not item.isdigit() or not 1 <= int(item) <= 255:
+            raise ValueError(f"{item!r} is not an exit code; {accepted}")
+        codes.append(int(item))
+    return tuple(codes)
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """A JSON array of regular expressions (searched case-insensitively)."""
+    import re
+
+    accepted = 'accepted: a JSON array of regular expressions, e.g. ["rate limit", "\\b429\\b"]'
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid JSON ({exc}); {accepted}") from None
+    if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value) \
+            or len(value) > 100:
+        raise ValueError(accepted)
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r} is not a regular expression ({exc}); "
+                             f"{accepted}") from None
+    return tuple(value)
+
+
 def parse_agent_limits(text: str) -> dict[str, int]:
     """Parse ``{"a": 1, "b": 2}`` or ``a=1,b=2`` into a name -> limit mapping."""
     value = text.strip()
@@ -209,7 +255,8 @@ OPTIONS: tuple[Option, ...] = (
            "/usr/local/bin/goose"),
     Option("AGENT_COMMAND", DEFAULT_AGENT_COMMAND, _parse_command,
            "Agent argv template; placeholders {task_id} {agent} {queue} {attempt} {recipe} "
-           "{recipe_path} {title} {task_file} {base_path} {goose_bin}; never run by a shell.",
+           "{recipe_path} {title} {prompt} {task_file} {base_path} {goose_bin}; never run by a "
+           "shell.",
            "my-agent --task {task_id} --file {task_file}"),
     Option("LOOP_INTERVAL_SEC", "60", _int_parser(1), "Daemon: seconds between passes.", "30"),
     Option("HEARTBEAT_SEC", "15", _int_parser(1), "Wrapper heartbeat interval.", "10"),
@@ -225,6 +272,35 @@ OPTIONS: tuple[Option, ...] = (
            "5"),
     Option("RETRY_BACKOFF_SEC", "60", _int_parser(0),
            "Retry delay: this x 2^(attempt-1) after a failed attempt.", "120"),
+    Option("RATE_LIMIT_EXIT_CODES", "", parse_exit_codes,
+           "Exit codes that mean the agent was rate-limited (comma-separated).", "75",
+           default_note="none"),
+    Option("RATE_LIMIT_PATTERNS", "", parse_patterns,
+           "JSON array of regexes; a failed attempt whose last 64 KB of output matches one "
+           "was rate-limited. Empty = the built-in list (rate limit, 429, too many requests, "
+           "quota exceeded, overloaded, usage limit); [] = none.", '["rate.?limit"]',
+           default_note="the built-in list"),
+    Option("RATE_LIMIT_BACKOFF_SEC", "60", _int_parser(1),
+           "First hold of a rate-limited agent; doubles while the limit persists.", "120"),
+    Option("RATE_LIMIT_BACKOFF_MAX_SEC", "3600", _int_parser(1),
+           "Longest hold of a rate-limited agent.", "7200"),
+    Option("MAX_TOTAL_RUNTIME_SEC", "0", _int_parser(0),
+           "Budget per task: runtime over all its attempts; spent -> parked (0 = none).",
+           "14400"),
+    Option("MAX_TASK_COST_USD", "0", _parse_dollars,
+           "Budget per task: cost over all its attempts, from the agents' results; "
+           "spent -> parked (0 = none).", "5"),
+    Option("AGENT_DAILY_COST_MAX_USD", "0", _parse_dollars,
+           "Budget per agent per UTC day (agent-control dailyCostMaxUsd overrides); "
+           "reached -> the agent pauses until the next day (0 = none).", "50"),
+    Option("PROMPT_TEMPLATE_FILE", "", _parse_path,
+           "Template of {prompt}: text with {id} {title} {description} {queue} {agent} "
+           "{attempt} {previous_summary} {previous_error} {workspace}.",
+           "/etc/tinyscheduler/prompt.txt", is_path=True,
+           default_note="task id, title and description"),
+    Option("AGENT_RESULT_ADAPTER", "none", _choice_parser("none", "claude", "codex"),
+           "Turn the agent's printed JSON into a result when it writes no result file.",
+           "claude"),
     Option("SPAWN_MODE", "fork", _choice_parser("fork", "exec"),
            "How wrappers start: fork (from the scheduler, ~1 ms) or exec (a fresh "
            "tinyscheduler-wrapper process, ~150 ms).", "exec"),
@@ -284,6 +360,15 @@ class Settings:
     spawn_timeout_sec: int = 30
     max_attempts: int = 3
     retry_backoff_sec: int = 60
+    rate_limit_exit_codes: tuple[int, ...] = ()
+    rate_limit_patterns: tuple[str, ...] | str = ""
+    rate_limit_backoff_sec: int = 60
+    rate_limit_backoff_max_sec: int = 3600
+    max_total_runtime_sec: int = 0
+    max_task_cost_usd: float = 0.0
+    agent_daily_cost_max_usd: float = 0.0
+    prompt_template_file: Path | str = ""
+    agent_result_adapter: str = "none"
     spawn_mode: str = "fork"
     hostname: str = "localhost"
     log_level: str = "INFO"
@@ -317,6 +402,11 @@ class Settings:
     @property
     def task_log_dir(self) -> Path:
         return self.log_dir / "tasks"
+
+    @property
+    def throttle_dir(self) -> Path:
+        """Per-agent rate-limit holds and daily spending."""
+        return self.state_dir / "agents"
 
     def resolved(self) -> dict[str, Resolved]:
         """Every setting with its origin, secrets masked: what ``config --show`` prints."""

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from scheduler.agents.holds import Hold
 from scheduler.config.registry import Agent, Registry
 from scheduler.sources.base import Task
 from scheduler.state.pauses import NO_PAUSES, Pauses
@@ -64,6 +65,7 @@ class AgentLoad:
     used: int
     planned: int
     paused: bool
+    held: str = ""  #: why the agent is held back (rate-limited, over budget), if it is
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,13 @@ def plan(
     *,
     disable_blocking: bool = False,
     pauses: Pauses = NO_PAUSES,
+    holds: Mapping[str, Hold] | None = None,
 ) -> Plan:
     """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
-    to registry agents, and unassigned in registry queues), blocked ones included."""
+    to registry agents, and unassigned in registry queues), blocked ones included.
+    ``holds`` are agents held back (rate-limited, over budget): they get no new task and
+    their queue's other agents take its work."""
+    holds = holds or {}
     tasks = _unique(tasks)
     reclaims = tuple(Reclaim(v.task_id, v.agent, v.reclaim_reason)
                      for v in leases if v.reclaim_reason)
@@ -120,7 +126,7 @@ def plan(
     agents = registry.by_name()
     slots = _Slots()
     for agent in registry.agents:
-        paused = pauses.everything or agent.name in pauses.agents
+        paused = pauses.everything or agent.name in pauses.agents or agent.name in holds
         slots.free[agent.name] = 0 if paused else max(agent.limit - used.get(agent.name, 0), 0)
 
     skips: list[Skip] = []
@@ -131,16 +137,17 @@ def plan(
     assigned = [t for t in ordered if t.assignee]
     unassigned = [t for t in ordered if not t.assignee]
     for task in assigned:
-        spawns_or_skip = _place_assigned(task, agents, slots, pauses)
+        spawns_or_skip = _place_assigned(task, agents, slots, pauses, holds)
         _collect(spawns_or_skip, spawns, skips)
     if not registry.legacy:
         pools = registry.queues()
         for task in unassigned:
-            _collect(_place_queued(task, pools, slots, pauses), spawns, skips)
+            _collect(_place_queued(task, pools, slots, pauses, holds), spawns, skips)
 
     loads = tuple(
         AgentLoad(a.name, a.queue, a.limit, used.get(a.name, 0), slots.planned.get(a.name, 0),
-                  pauses.everything or a.name in pauses.agents)
+                  pauses.everything or a.name in pauses.agents,
+                  holds[a.name].reason if a.name in holds else "")
         for a in registry.agents
     )
     return Plan(reclaims, tuple(spawns), tuple(skips), loads, registry.legacy)
@@ -204,12 +211,14 @@ def _by_importance(eligible: list[Task], all_tasks: list[Task]) -> list[Task]:
 
 
 def _place_assigned(task: Task, agents: Mapping[str, Agent], slots: _Slots,
-                    pauses: Pauses) -> Spawn | Skip:
+                    pauses: Pauses, holds: Mapping[str, Hold]) -> Spawn | Skip:
     agent = agents.get(task.assignee) if task.assignee else None
     if agent is None:
         return Skip(task.id, f"assigned to {task.assignee}, not a known agent", "unknown-agent")
     if pauses.everything or agent.name in pauses.agents:
         return Skip(task.id, f"agent {agent.name} is paused", "paused")
+    if agent.name in holds:
+        return Skip(task.id, holds[agent.name].reason, holds[agent.name].kind)
     if slots.free[agent.name] <= 0:
         return Skip(task.id, f"no free slot for {agent.name} (limit {agent.limit})", "no-slot")
     slots.take(agent.name)
@@ -217,7 +226,7 @@ def _place_assigned(task: Task, agents: Mapping[str, Agent], slots: _Slots,
 
 
 def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
-                  pauses: Pauses) -> Spawn | Skip:
+                  pauses: Pauses, holds: Mapping[str, Hold]) -> Spawn | Skip:
     queue = task.queue
     pool = pools.get(queue) if queue else None
     if not pool:
@@ -227,7 +236,10 @@ def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
     best = min(pool, key=lambda a: (-slots.free[a.name], a.name))
     if slots.free[best.name] <= 0:
         paused = [a.name for a in pool if a.name in pauses.agents]
-        if len(paused) == len(pool):
+        held = [holds[a.name] for a in pool if a.name in holds and a.name not in pauses.agents]
+        if len(paused) + len(held) == len(pool):
+            if held:
+                return Skip(task.id, "; ".join(h.reason for h in held), held[0].kind)
             return Skip(task.id, f"every agent of queue {queue} is paused", "paused")
         note = f" (paused: {', '.join(paused)})" if paused else ""
         return Skip(task.id, f"queue {queue} has no free slot{note}", "no-slot")

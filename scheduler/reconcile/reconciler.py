@@ -18,8 +18,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from scheduler import clock, faults
+from scheduler.agents import options as agent_options
+from scheduler.agents.holds import Hold, holds
 from scheduler.config.registry import Registry
-from scheduler.errors import AlreadyLeased, InvalidTransition, LeaseError, SourceError
+from scheduler.errors import (
+    AlreadyLeased,
+    ConfigError,
+    InvalidTransition,
+    LeaseError,
+    SourceError,
+)
 from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
 from scheduler.reconcile.cancel import signal_wrapper
@@ -32,7 +40,7 @@ from scheduler.sources.base import (
     RetryPolicy,
     Task,
 )
-from scheduler.state import liveness, outbox, taskfile
+from scheduler.state import liveness, outbox, taskfile, throttles
 from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.state.pauses import Pauses
 
@@ -95,7 +103,7 @@ class Reconciler:
         self._source = source
         self._launcher = launcher
         self.mode = mode
-        self.policy = RetryPolicy(settings.max_attempts, settings.retry_backoff_sec)
+        self.policy = RetryPolicy.from_settings(settings)
 
     @property
     def source(self):
@@ -143,7 +151,8 @@ class Reconciler:
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
                  for lease in leases]
         the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
-                        disable_blocking=self.settings.disable_blocking, pauses=pauses)
+                        disable_blocking=self.settings.disable_blocking, pauses=pauses,
+                        holds=self._holds(now, summary))
         if dry_run:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
         elif tasks is not None:
@@ -383,6 +392,18 @@ class Reconciler:
                              str(self.settings.running_dir / f"task_{task.id}.json"))
         faults.crash_point("after-spawn")
 
+    def _holds(self, now, summary: PassSummary) -> dict[str, Hold]:
+        """Agents held back by a rate limit or their daily budget."""
+        try:
+            options = agent_options.load(self.settings)
+        except ConfigError as exc:
+            summary.errors.append(str(exc))
+            options = {}
+        default = self.settings.agent_daily_cost_max_usd
+        budgets = {agent.name: options[agent.name].daily_cost_max_usd if agent.name in options
+                   else default for agent in self.registry.agents}
+        return holds(throttles.load_all(self.settings.throttle_dir), now, budgets)
+
     # --- step 6: the summary ----------------------------------------------------------------
 
     def _summarise(self, the_plan: Plan, summary: PassSummary, started: float) -> None:
@@ -392,7 +413,7 @@ class Reconciler:
         summary.skipped = dict(Counter(skip.kind for skip in the_plan.skips))
         summary.agents = [
             {"agent": a.name, "queue": a.queue, "used": a.used, "limit": a.limit,
-             "planned": a.planned, "paused": a.paused}
+             "planned": a.planned, "paused": a.paused, **({"held": a.held} if a.held else {})}
             for a in the_plan.agents
         ]
         summary.duration_sec = round(time.monotonic() - started, 4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 #: Task statuses. TinyTask knows idle/working/complete; the local store adds the other two.
 IDLE, WORKING, COMPLETE, FAILED, CANCELLED = "idle", "working", "complete", "failed", "cancelled"
@@ -26,8 +26,13 @@ RECLAIMED = "reclaimed"  #: the wrapper died; the scheduler requeues (counts as 
 #: The wrapper never adopted its lease (the scheduler died mid-spawn): the agent never
 #: ran, so the task is requeued at once and the attempt is not counted.
 NOT_STARTED = "not_started"
+#: The provider throttled the agent: the task is requeued without counting an attempt and
+#: the agent is held back (see scheduler.agents.ratelimit).
+RATE_LIMITED = "rate_limited"
+#: The agent asks for a person: the task is parked with its summary, not retried.
+NEEDS_HUMAN = "needs_human"
 OUTCOMES = (SUCCEEDED, OUTCOME_FAILED, KILLED, TIMED_OUT, STALLED, OUTCOME_CANCELLED,
-            LAUNCH_FAILED, RECLAIMED, NOT_STARTED)
+            LAUNCH_FAILED, RECLAIMED, NOT_STARTED, RATE_LIMITED, NEEDS_HUMAN)
 
 #: Actor names written into the audit trail / comments.
 ACTOR_SCHEDULER = "tinyscheduler"
@@ -96,13 +101,46 @@ class Health:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How failures are retried: backoff x 2^(attempt-1), parked after max_attempts."""
+    """How failures are retried: backoff x 2^(attempt-1), parked after max_attempts, or
+    sooner when a task's budget is spent (0 = no budget)."""
 
     max_attempts: int
     backoff_sec: int
+    max_total_runtime_sec: int = 0
+    max_task_cost_usd: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.retry_backoff_sec,
+                   settings.max_total_runtime_sec, settings.max_task_cost_usd)
 
     def delay_after(self, attempt: int) -> int:
         return self.backoff_sec * (2 ** max(attempt - 1, 0))
+
+    def budget_spent(self, total_runtime_sec: float, total_cost_usd: float) -> str | None:
+        """Why a task may not be dispatched again, or None while within its budget."""
+        if self.max_total_runtime_sec and total_runtime_sec >= self.max_total_runtime_sec:
+            return (f"budget spent: {total_runtime_sec:.0f} s of runtime over all attempts, "
+                    f"MAX_TOTAL_RUNTIME_SEC is {self.max_total_runtime_sec}")
+        if self.max_task_cost_usd and total_cost_usd >= self.max_task_cost_usd:
+            return (f"budget spent: ${total_cost_usd:.2f} over all attempts, "
+                    f"MAX_TASK_COST_USD is {self.max_task_cost_usd:g}")
+        return None
+
+
+def usage_of(result: Result) -> tuple[float, int, int]:
+    """(cost in USD, tokens in, tokens out) an attempt reported, zeros when absent."""
+    usage = result.detail.get("usage") if isinstance(result.detail, dict) else None
+    if not isinstance(usage, dict):
+        return 0.0, 0, 0
+
+    def number(key: str) -> float:
+        value = usage.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        return 0.0
+
+    return number("cost_usd"), int(number("tokens_in")), int(number("tokens_out"))
 
 
 class TaskSource(Protocol):

@@ -33,8 +33,10 @@ from scheduler.sources.base import (
     COMPLETE,
     FAILED,
     IDLE,
+    NEEDS_HUMAN,
     NOT_STARTED,
     OUTCOME_CANCELLED,
+    RATE_LIMITED,
     SUCCEEDED,
     WORKING,
     Applied,
@@ -42,6 +44,7 @@ from scheduler.sources.base import (
     Result,
     RetryPolicy,
     Task,
+    usage_of,
 )
 
 STATUSES = (IDLE, WORKING, COMPLETE, FAILED, CANCELLED)
@@ -152,8 +155,16 @@ def _migration_1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """What a task's attempts have used so far: runtime, cost and tokens (budgets)."""
+    for column in ("runtime_sec REAL NOT NULL DEFAULT 0", "cost_usd REAL NOT NULL DEFAULT 0",
+                   "tokens_in INTEGER NOT NULL DEFAULT 0",
+                   "tokens_out INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
+
+
 #: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -413,11 +424,25 @@ class LocalStore:
         row = None
         if number is not None:
             row = conn.execute(
-                "SELECT id, status, queue, assignee, attempts, lease_token, last_error "
-                "FROM tasks WHERE id = ?", (number,)).fetchone()
+                "SELECT id, status, queue, assignee, attempts, lease_token, last_error, "
+                "runtime_sec, cost_usd FROM tasks WHERE id = ?", (number,)).fetchone()
         if row is None:
             raise TaskNotFound(f"no task with id {task_id}")
         return row
+
+    @staticmethod
+    def _add_usage(conn: sqlite3.Connection, row: sqlite3.Row,
+                   result: Result) -> tuple[float, float]:
+        """Add an attempt's runtime, cost and tokens to its task; the new totals of
+        runtime and cost."""
+        if result.outcome == NOT_STARTED:
+            return row["runtime_sec"], row["cost_usd"]
+        cost, tokens_in, tokens_out = usage_of(result)
+        runtime = max(float(result.duration_sec or 0.0), 0.0)
+        conn.execute("UPDATE tasks SET runtime_sec = runtime_sec + ?, cost_usd = cost_usd + ?, "
+                     "tokens_in = tokens_in + ?, tokens_out = tokens_out + ? WHERE id = ?",
+                     (runtime, cost, tokens_in, tokens_out, row["id"]))
+        return row["runtime_sec"] + runtime, row["cost_usd"] + cost
 
     def _move(self, conn: sqlite3.Connection, row: sqlite3.Row, to_status: str, *,
               action: str, actor: str, detail: str, **fields: Any) -> str:
@@ -504,6 +529,7 @@ class LocalStore:
                 return Applied("ignored", f"task {row['id']} is working under another lease")
             summary = result.summary or result.outcome
             task = row["id"]
+            runtime, cost = self._add_usage(conn, row, result)
             if result.outcome == SUCCEEDED:
                 self._move(conn, row, COMPLETE, action="complete", actor=ACTOR_SCHEDULER,
                            detail=summary, result_summary=summary, lease_token=None,
@@ -519,9 +545,20 @@ class LocalStore:
                            assignee=None if row["queue"] is not None else row["assignee"])
                 return Applied("requeued", f"task {task} requeued; its agent never started, "
                                            "so no attempt is counted")
+            if result.outcome == RATE_LIMITED:  # the agent is held back, not the task
+                self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
+                           detail=summary, lease_token=None, not_before=None,
+                           assignee=None if row["queue"] is not None else row["assignee"])
+                return Applied("requeued", f"task {task} requeued; its agent was rate-limited, "
+                                           "so no attempt is counted")
             attempts = row["attempts"] + 1
             error = _error_reason(result, attempts)
-            if attempts >= policy.max_attempts:
+            spent = policy.budget_spent(runtime, cost)
+            if result.outcome == NEEDS_HUMAN:
+                error = f"needs a person: {_first_line(summary)}"[:MAX_ERROR_CHARS]
+            elif spent:
+                error = spent
+            if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
                 self._move(conn, row, FAILED, action="park", actor=ACTOR_SCHEDULER,
                            detail=summary, attempts=attempts, last_error=error,
                            lease_token=None, not_before=None)
@@ -645,14 +682,16 @@ class LocalStore:
         return _row_to_task(rows[0])
 
     def details(self, task_id: str) -> dict[str, Any]:
-        """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``."""
+        """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``,
+        and what its attempts used: ``runtime_sec``, ``cost_usd``, ``tokens_in``,
+        ``tokens_out``."""
         number = _int_id(task_id)
-        rows = self._query("SELECT result_summary, updated_at FROM tasks WHERE id = ?",
+        rows = self._query("SELECT result_summary, updated_at, runtime_sec, cost_usd, "
+                           "tokens_in, tokens_out FROM tasks WHERE id = ?",
                            (number,)) if number else []
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
-        return {"result_summary": rows[0]["result_summary"],
-                "updated_at": rows[0]["updated_at"]}
+        return dict(rows[0])
 
     def list_tasks(self, *, status: str | None = None, queue: str | None = None,
                    assignee: str | None = None) -> list[Task]:
@@ -837,6 +876,11 @@ def _ref_cycles(refs: list[list[int]]) -> list[str]:
                 path.append(child)
                 stack.append((child, iter(refs[child])))
     return errors
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _error_reason(result: Result, attempts: int) -> str:

@@ -34,8 +34,10 @@ from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     COMPLETE,
     IDLE,
+    NEEDS_HUMAN,
     NOT_STARTED,
     OUTCOME_CANCELLED,
+    RATE_LIMITED,
     SUCCEEDED,
     WORKING,
     Applied,
@@ -43,6 +45,7 @@ from scheduler.sources.base import (
     Result,
     RetryPolicy,
     Task,
+    usage_of,
 )
 
 log = logging.getLogger("tinyscheduler.tinytask")
@@ -58,6 +61,9 @@ TAG_RETRY_AFTER = "tinyscheduler:retry-after="
 TAG_PARKED = "tinyscheduler:parked"
 TAG_LEASE = "tinyscheduler:lease="
 TAG_APPLIED = "tinyscheduler:applied="
+#: What the task's attempts used so far (budgets): seconds of runtime, USD.
+TAG_RUNTIME = "tinyscheduler:runtime="
+TAG_COST = "tinyscheduler:cost="
 
 
 class _Retryable(Exception):
@@ -100,6 +106,30 @@ def _tag_values(tags: list[str], prefix: str) -> list[str]:
 
 def _without(tags: list[str], *prefixes: str) -> list[str]:
     return [tag for tag in tags if not tag.startswith(prefixes)]
+
+
+def _amount_of(tags: list[str], prefix: str) -> float:
+    """A non-negative number kept in a tag (0 when absent or malformed)."""
+    for value in _tag_values(tags, prefix):
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if 0 <= number < 1e12:
+            return number
+    return 0.0
+
+
+def _with_usage(tags: list[str], result: Result) -> tuple[list[str], float, float]:
+    """Tags with the attempt's runtime and cost added; the new totals."""
+    if result.outcome == NOT_STARTED:
+        return tags, _amount_of(tags, TAG_RUNTIME), _amount_of(tags, TAG_COST)
+    runtime = _amount_of(tags, TAG_RUNTIME) + max(float(result.duration_sec or 0.0), 0.0)
+    cost = _amount_of(tags, TAG_COST) + usage_of(result)[0]
+    kept = _without(tags, TAG_RUNTIME, TAG_COST) + [f"{TAG_RUNTIME}{runtime:.1f}"]
+    if cost:
+        kept.append(f"{TAG_COST}{cost:.4f}")
+    return kept, runtime, cost
 
 
 def _attempts_of(tags: list[str]) -> int:
@@ -499,7 +529,8 @@ class TinyTaskSource:
         if raw.get("assigned_to") != result.agent:
             return Applied("ignored", f"task {result.task_id} was reassigned to "
                                       f"{raw.get('assigned_to')}: stale result")
-        kept = _without(tags, TAG_LEASE, TAG_APPLIED) + [applied]
+        kept, runtime, cost = _with_usage(_without(tags, TAG_LEASE, TAG_APPLIED) + [applied],
+                                          result)
         if result.outcome == SUCCEEDED:
             self._patch(result.task_id, {"status": COMPLETE,
                                          "tags": _without(kept, TAG_RETRY_AFTER)})
@@ -508,17 +539,23 @@ class TinyTaskSource:
             self._patch(result.task_id, {"status": IDLE,
                                          "tags": _without(kept, TAG_RETRY_AFTER)})
             action, text = "requeued", f"requeued, agent never started: {result.summary}"
+        elif result.outcome == RATE_LIMITED:  # the agent is held back, not the task
+            self._patch(result.task_id, {"status": IDLE,
+                                         "tags": _without(kept, TAG_RETRY_AFTER)})
+            action, text = "requeued", f"requeued, agent rate-limited: {result.summary}"
         elif result.outcome == OUTCOME_CANCELLED:
             self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
             action, text = "cancelled", f"cancelled: {result.summary}"
         else:
             attempts = _attempts_of(tags) + 1
             kept = _without(kept, TAG_ATTEMPTS, TAG_RETRY_AFTER) + [f"{TAG_ATTEMPTS}{attempts}"]
-            if attempts >= policy.max_attempts:
+            spent = policy.budget_spent(runtime, cost)
+            if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
                 self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
                 action = "parked"
-                text = (f"parked after {attempts} attempts ({result.outcome}); "
-                        f"a human decides: {result.summary}")
+                why = ("the agent needs a person" if result.outcome == NEEDS_HUMAN
+                       else spent or f"parked after {attempts} attempts ({result.outcome})")
+                text = f"{why}; a human decides: {result.summary}"
             else:
                 delay = policy.delay_after(attempts)
                 retry_at = to_iso(self._clock() + timedelta(seconds=delay))

@@ -31,7 +31,7 @@ def write(task_log_dir: Path, task: Task) -> Path:
         "queue": task.queue, "assignee": task.assignee, "priority": task.priority,
         "created_at": clock.to_iso(task.created_at) if task.created_at else None,
         "blocked_by": list(task.blocked_by), "recipe": task.recipe,
-        "attempts": task.attempts, "tags": list(task.tags),
+        "attempts": task.attempts, "tags": list(task.tags), "last_error": task.last_error,
     }
     atomic_write_json(path, data, durable=False)
     return path
