@@ -387,6 +387,8 @@ class Supervisor:
                    + (f"\n--- last output ---\n{tail}" if tail and not told else ""))
         detail: dict = {"reason": attempt.note} if attempt.note else {}
         if said is not None:
+            if told:
+                detail["summary"] = told[:1000]
             if said.usage():
                 detail["usage"] = said.usage()
             if said.links:

@@ -241,7 +241,10 @@ def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
             if held:
                 return Skip(task.id, "; ".join(h.reason for h in held), held[0].kind)
             return Skip(task.id, f"every agent of queue {queue} is paused", "paused")
-        note = f" (paused: {', '.join(paused)})" if paused else ""
+        unavailable = [f"paused: {', '.join(paused)}"] if paused else []
+        unavailable += [f"held: {a.name}" for a in pool if a.name in holds
+                        and a.name not in pauses.agents]
+        note = f" ({'; '.join(unavailable)})" if unavailable else ""
         return Skip(task.id, f"queue {queue} has no free slot{note}", "no-slot")
     slots.take(best.name)
     return Spawn(task, best.name, f"queue {queue} -> {best.name} "

@@ -23,7 +23,8 @@ def collect(settings) -> dict:
         registry = load_registry(settings.agent_control_file, settings.agent_limits,
                                  settings.default_agent_limit)
         agents = [{"agent": a.name, "queue": a.queue, "used": used.get(a.name, 0),
-                   "limit": a.limit} for a in registry.agents]
+                   "limit": a.limit, **_spending(settings, a.name, now)}
+                  for a in registry.agents]
     except ConfigError as exc:
         agents = []
         problems.append(str(exc))
@@ -59,6 +60,27 @@ def collect(settings) -> dict:
     }
 
 
+def _spending(settings, agent: str, now) -> dict:
+    """The agent's hold (rate limit, daily budget) and what it spent today, when any."""
+    from scheduler.agents import options as agent_options
+    from scheduler.agents.holds import holds
+    from scheduler.state import throttles
+
+    records = throttles.load_all(settings.throttle_dir)
+    record = records.get(agent)
+    if record is None:
+        return {}
+    try:
+        budget = agent_options.for_agent(settings, agent).daily_cost_max_usd
+    except ConfigError:
+        budget = settings.agent_daily_cost_max_usd
+    held = holds({agent: record}, now, {agent: budget}).get(agent)
+    row: dict = {"cost_today_usd": round(record.cost_on(now.date().isoformat()), 4)}
+    if held is not None:
+        row["held"] = held.reason
+    return row
+
+
 def _source_health(settings) -> dict:
     from scheduler.sources import open_source
 
@@ -87,7 +109,11 @@ def render(report: dict) -> str:
     if not report["agents"]:
         lines.append("  (none configured)")
     for a in report["agents"]:
-        lines.append(f"  {a['agent']:<16} queue {a['queue'] or '-':<14} {a['used']}/{a['limit']}")
+        spent = f"  ${a['cost_today_usd']:.2f} today" if a.get("cost_today_usd") else ""
+        lines.append(f"  {a['agent']:<16} queue {a['queue'] or '-':<14} {a['used']}/{a['limit']}"
+                     f"{spent}")
+        if a.get("held"):
+            lines.append(f"    {a['held']}")
     lines += ["", f"RUNNING ({len(report['leases'])})"]
     for row in report["leases"]:
         lines.append(f"  task {row['task']:<8} {row['agent']:<14} {row['state']:<9} "

@@ -128,6 +128,15 @@ class RetryPolicy:
         return None
 
 
+def agent_summary(result: Result) -> str:
+    """What the agent itself said about its attempt, else the first line of the summary."""
+    said = result.detail.get("summary") if isinstance(result.detail, dict) else None
+    if isinstance(said, str) and said.strip():
+        return said.strip()
+    lines = (result.summary or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def usage_of(result: Result) -> tuple[float, int, int]:
     """(cost in USD, tokens in, tokens out) an attempt reported, zeros when absent."""
     usage = result.detail.get("usage") if isinstance(result.detail, dict) else None

@@ -44,6 +44,7 @@ from scheduler.sources.base import (
     Result,
     RetryPolicy,
     Task,
+    agent_summary,
     usage_of,
 )
 
@@ -555,7 +556,7 @@ class LocalStore:
             error = _error_reason(result, attempts)
             spent = policy.budget_spent(runtime, cost)
             if result.outcome == NEEDS_HUMAN:
-                error = f"needs a person: {_first_line(summary)}"[:MAX_ERROR_CHARS]
+                error = f"needs a person: {agent_summary(result)}"[:MAX_ERROR_CHARS]
             elif spent:
                 error = spent
             if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
@@ -878,11 +879,6 @@ def _ref_cycles(refs: list[list[int]]) -> list[str]:
     return errors
 
 
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
-
-
 def _error_reason(result: Result, attempts: int) -> str:
     """A short reason for ``last_error``: outcome, exit code or signal, first summary line."""
     parts = [f"attempt {attempts} {result.outcome}"]
@@ -892,7 +888,9 @@ def _error_reason(result: Result, attempts: int) -> str:
         parts.append(f"signal {result.signal}")
     reason = ", ".join(parts)
     detail = result.detail.get("reason") if isinstance(result.detail, dict) else None
-    first_line = [detail] if detail else (result.summary or "").strip().splitlines()[:1]
+    said = result.detail.get("summary") if isinstance(result.detail, dict) else None
+    first_line = [said or detail] if said or detail else \
+        (result.summary or "").strip().splitlines()[:1]
     if first_line:
         reason += f": {first_line[0]}"
     return reason[:MAX_ERROR_CHARS]

@@ -45,6 +45,7 @@ from scheduler.sources.base import (
     Result,
     RetryPolicy,
     Task,
+    agent_summary,
     usage_of,
 )
 
@@ -553,7 +554,8 @@ class TinyTaskSource:
             if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
                 self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
                 action = "parked"
-                why = ("the agent needs a person" if result.outcome == NEEDS_HUMAN
+                why = (f"the agent needs a person: {agent_summary(result)}"
+                       if result.outcome == NEEDS_HUMAN
                        else spent or f"parked after {attempts} attempts ({result.outcome})")
                 text = f"{why}; a human decides: {result.summary}"
             else:
