@@ -187,6 +187,9 @@ def test_the_daily_agent_budget_pauses_until_the_next_day(make_scheduler, tmp_pa
     s.run_once()
     last = json.loads((s.state / "last-pass.json").read_text())
     assert last["skipped"] == {"budget": 1}
+    assert last["cost_today_usd"] == {"vaela": 4.0}
+    assert "succeeded: exit code 0" in s.history(first)[-1]["detail"]
+    assert ", $2.00, attempt 1" in s.history(first)[-1]["detail"]
     assert "its daily budget is $3.00; paused until" in last["agents"][0]["held"]
     # the next UTC day the spending starts from zero
     path = s.state / "agents" / "vaela.json"

@@ -380,7 +380,8 @@ class Supervisor:
         tail = _tail(log_path, SUMMARY_TAIL_BYTES)
         code = _how_ended(attempt)
         told = said.summary.strip() if said is not None else ""
-        summary = (f"{attempt.outcome}: {code}, {duration:.1f} s, attempt {lease.attempt}, "
+        used = _usage_text(said)
+        summary = (f"{attempt.outcome}: {code}, {duration:.1f} s{used}, attempt {lease.attempt}, "
                    f"host {self.settings.hostname}, log {log_path}"
                    + (f"\nreason: {attempt.note}" if attempt.note else "")
                    + (f"\nagent: {told}" if told else "")
@@ -431,6 +432,16 @@ def _start_time_of(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def _usage_text(said: AgentResult | None) -> str:
+    """``, $0.25, 1,000 tokens in, 200 out`` when the agent reported any."""
+    if said is None:
+        return ""
+    parts = [f"${said.cost_usd:.2f}"] if said.cost_usd is not None else []
+    if said.tokens_in is not None or said.tokens_out is not None:
+        parts.append(f"{said.tokens_in or 0:,} tokens in, {said.tokens_out or 0:,} out")
+    return "".join(f", {part}" for part in parts)
 
 
 def _remove_stale(path: Path) -> None:

@@ -69,6 +69,7 @@ class PassSummary:
     outbox_pending: int = 0
     paused: str = "not paused"
     agents: list = field(default_factory=list)
+    cost_today_usd: dict = field(default_factory=dict)  #: agent -> spent this UTC day
     errors: list = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -402,7 +403,11 @@ class Reconciler:
         default = self.settings.agent_daily_cost_max_usd
         budgets = {agent.name: options[agent.name].daily_cost_max_usd if agent.name in options
                    else default for agent in self.registry.agents}
-        return holds(throttles.load_all(self.settings.throttle_dir), now, budgets)
+        records = throttles.load_all(self.settings.throttle_dir)
+        day = now.date().isoformat()
+        summary.cost_today_usd = {agent: round(record.cost_on(day), 4)
+                                  for agent, record in records.items() if record.cost_on(day)}
+        return holds(records, now, budgets)
 
     # --- step 6: the summary ----------------------------------------------------------------
 
