@@ -1,0 +1,238 @@
+"""Merging a task branch onto its target with real git repositories: compare-and-swap,
+conflicts, checks, a target that moves meanwhile, rebase, revert, and kill -9."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler.merge.git_merge import (
+    CHECK_FAILED,
+    CONFLICT,
+    MERGED,
+    NO_CHANGES,
+    Check,
+    Git,
+    GitError,
+    merge,
+    revert,
+)
+
+AUTHOR = {"GIT_AUTHOR_NAME": "tinyscheduler", "GIT_AUTHOR_EMAIL": "ts@example.invalid"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Repo:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir()
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "user.name", "test")
+        self.git("config", "user.email", "test@example.invalid")
+        self.write("app.py", "def login():\n    return False\n")
+        self.write("README.md", "hello\n")
+        self.commit("init")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def write(self, name: str, text: str) -> None:
+        (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.path / name).write_text(text)
+
+    def commit(self, message: str) -> str:
+        self.git("add", "-A")
+        self.git("commit", "-qm", message)
+        return self.git("rev-parse", "HEAD")
+
+    def branch(self, name: str, files: dict[str, str], start: str = "main") -> str:
+        """A branch from ``start`` with one commit writing ``files``; main stays checked out."""
+        self.git("checkout", "-q", "-b", name, start)
+        for file, text in files.items():
+            self.write(file, text)
+        tip = self.commit(f"work on {name}")
+        self.git("checkout", "-q", "main")
+        return tip
+
+    def rev(self, name: str = "main") -> str:
+        return self.git("rev-parse", name)
+
+    def show(self, rev: str, name: str) -> str:
+        return self.git("show", f"{rev}:{name}")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repo:
+    return Repo(tmp_path / "repo")
+
+
+def _merge(repo: Repo, branch: str, **kwargs) -> object:
+    return merge(Git(repo.path), "main", branch, message=f"merge {branch}", author=AUTHOR,
+                 scratch=repo.path.parent / "scratch", **kwargs)
+
+
+def test_a_branch_is_merged_and_the_working_tree_is_untouched(repo):
+    before = repo.rev()
+    repo.branch("task-1", {"auth.py": "ok\n"})
+    files_before = {p.name: p.read_text() for p in repo.path.iterdir() if p.is_file()}
+    outcome = _merge(repo, "task-1")
+    assert outcome.outcome == MERGED and outcome.target_before == before
+    assert repo.rev() == outcome.commit != before
+    assert repo.git("rev-list", "--parents", "-n", "1", "main").split()[1:] == \
+        [before, repo.rev("task-1")]
+    assert outcome.changed_files == ("auth.py",)
+    assert repo.show("main", "auth.py") == "ok"
+    assert {p.name: p.read_text() for p in repo.path.iterdir() if p.is_file()} == files_before
+    assert not list((repo.path.parent / "scratch").glob("merge-*"))
+
+
+def test_merging_again_changes_nothing(repo):
+    repo.branch("task-1", {"auth.py": "ok\n"})
+    first = _merge(repo, "task-1")
+    again = _merge(repo, "task-1")
+    assert again.outcome == MERGED and again.already and again.commit == first.commit
+    assert repo.git("rev-list", "--count", "main") == "3"
+
+
+def test_a_branch_without_work_is_no_changes(repo):
+    base = repo.rev()
+    repo.git("branch", "task-1")
+    repo.branch("later", {"x.txt": "x\n"})
+    _merge(repo, "later")
+    assert _merge(repo, "task-1", base=base).outcome == NO_CHANGES
+    repo.git("branch", "task-2")
+    assert _merge(repo, "task-2").outcome == NO_CHANGES
+
+
+def test_a_conflict_names_the_files_and_leaves_the_target(repo):
+    repo.branch("task-1", {"app.py": "def login():\n    return 1\n"})
+    repo.branch("task-2", {"app.py": "def login():\n    return 2\n", "new.py": "x\n"})
+    assert _merge(repo, "task-1").outcome == MERGED
+    target = repo.rev()
+    outcome = _merge(repo, "task-2")
+    assert outcome.outcome == CONFLICT and outcome.conflicts == ("app.py",)
+    assert repo.rev() == target
+    assert (repo.path / "app.py").read_text() == "def login():\n    return False\n"
+
+
+def test_a_failing_check_leaves_the_target_and_keeps_its_output(repo):
+    before = repo.rev()
+    repo.branch("task-1", {"auth.py": "broken\n"})
+    check = Check([sys.executable, "-c", "import sys; print('2 tests failed'); sys.exit(1)"],
+                  timeout_sec=30)
+    outcome = _merge(repo, "task-1", check=check)
+    assert outcome.outcome == CHECK_FAILED
+    assert "2 tests failed" in outcome.check_tail
+    assert repo.rev() == before
+
+
+def test_the_check_runs_on_the_merged_result(repo):
+    repo.branch("task-1", {"a.txt": "a\n"})
+    repo.branch("task-2", {"b.txt": "b\n"})
+    _merge(repo, "task-1")
+    check = Check(["sh", "-c", "test -f a.txt && test -f b.txt"], timeout_sec=30)
+    assert _merge(repo, "task-2", check=check).outcome == MERGED
+
+
+def test_a_hung_check_is_stopped(repo):
+    before = repo.rev()
+    repo.branch("task-1", {"a.txt": "a\n"})
+    check = Check([sys.executable, "-c", "import time; time.sleep(60)"], timeout_sec=0.5,
+                  kill_grace_sec=0.5)
+    outcome = _merge(repo, "task-1", check=check)
+    assert outcome.outcome == CHECK_FAILED
+    assert "ran longer than 0.5 s" in outcome.check_tail
+    assert repo.rev() == before
+
+
+def test_a_commit_added_to_the_target_meanwhile_is_never_lost(repo):
+    repo.branch("task-1", {"a.txt": "a\n"})
+    concurrent = repo.branch("someone-else", {"c.txt": "c\n"})
+    # The check plays a person pushing to main while the merge is being checked.
+    moved = repo.path.parent / "moved"
+    script = (f"import os, subprocess\n"
+              f"if not os.path.exists({str(moved)!r}):\n"
+              f"    open({str(moved)!r}, 'w').close()\n"
+              f"    subprocess.run(['git', '-C', {str(repo.path)!r}, 'update-ref', "
+              f"'refs/heads/main', {concurrent!r}], check=True)\n")
+    outcome = _merge(repo, "task-1", check=Check([sys.executable, "-c", script], 30))
+    assert outcome.outcome == MERGED and outcome.races == 1
+    assert outcome.target_before == concurrent
+    assert repo.git("merge-base", "--is-ancestor", concurrent, "main") == ""
+    assert repo.show("main", "a.txt") == "a" and repo.show("main", "c.txt") == "c"
+
+
+def test_rebase_mode_replays_the_work_on_the_tip(repo):
+    repo.branch("task-1", {"a.txt": "a\n"})
+    repo.branch("task-2", {"b.txt": "b\n"})
+    _merge(repo, "task-1", mode="rebase")
+    outcome = _merge(repo, "task-2", mode="rebase")
+    assert outcome.outcome == MERGED
+    assert repo.git("rev-list", "--merges", "--count", "main") == "0"
+    assert repo.git("log", "--format=%s", "main").splitlines() == [
+        "work on task-2", "work on task-1", "init"]
+
+
+def test_revert_undoes_a_merge_with_a_new_commit(repo):
+    repo.branch("task-1", {"auth.py": "ok\n"})
+    merged = _merge(repo, "task-1").commit
+    outcome = revert(Git(repo.path), "main", merged, message="revert task 1", author=AUTHOR,
+                     scratch=repo.path.parent / "scratch")
+    assert outcome.outcome == MERGED and outcome.changed_files == ("auth.py",)
+    assert repo.git("log", "-1", "--format=%s", "main") == "revert task 1"
+    assert "auth.py" not in repo.git("ls-tree", "--name-only", "main").split()
+    assert repo.git("merge-base", "--is-ancestor", merged, "main") == ""
+
+
+def test_a_revert_that_conflicts_changes_nothing(repo):
+    repo.branch("task-1", {"app.py": "def login():\n    return 1\n"})
+    merged = _merge(repo, "task-1").commit
+    repo.write("app.py", "def login():\n    return 3\n")
+    later = repo.commit("later change")
+    outcome = revert(Git(repo.path), "main", merged, message="revert", author=AUTHOR,
+                     scratch=repo.path.parent / "scratch")
+    assert outcome.outcome == CONFLICT and outcome.conflicts == ("app.py",)
+    assert repo.rev() == later
+
+
+def test_a_missing_branch_is_a_clear_error(repo):
+    with pytest.raises(GitError, match="branch task-9 does not exist"):
+        _merge(repo, "task-9")
+
+
+KILL = r'''
+import sys
+from pathlib import Path
+from scheduler.merge.git_merge import Git, merge
+repo = Path(sys.argv[1])
+merge(Git(repo), "main", sys.argv[2], message="merge it",
+      author={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x"}, scratch=repo.parent / "s",
+      check=None)
+'''
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("point", ["merge-before-check", "merge-before-cas",
+                                   "merge-after-cas"])
+def test_kill_9_at_each_merge_point_leaves_the_target_whole(repo, point):
+    before = repo.rev()
+    repo.branch("task-1", {"a.txt": "a\n"})
+    env = {**os.environ, "TINYSCHEDULER_TEST_CRASH_AT": point, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KILL, str(repo.path), "task-1"], env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    after_crash = repo.rev()
+    assert after_crash in (before, repo.git("rev-parse", "main")), "old or new, nothing else"
+    if point == "merge-after-cas":
+        assert after_crash != before
+    else:
+        assert after_crash == before
+    outcome = _merge(repo, "task-1")  # the next attempt finishes or redoes it
+    assert outcome.outcome == MERGED
+    assert outcome.already == (point == "merge-after-cas")
+    assert repo.git("rev-list", "--merges", "--count", "main") == "1", "merged exactly once"
