@@ -16,7 +16,7 @@ from scheduler.sources.local import LocalStore
 
 TASK_KEYS = {"id", "title", "description", "queue", "assignee", "status", "priority",
              "created_at", "blocked_by", "is_blocked", "recipe", "attempts", "not_before",
-             "last_error"}
+             "last_error", "files"}
 CONSOLE_SCRIPT = Path(sys.executable).parent / "tinyscheduler"
 
 

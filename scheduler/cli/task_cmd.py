@@ -71,6 +71,7 @@ def task_to_dict(task_obj: Any) -> dict[str, Any]:
         "created_at": _iso(task_obj.created_at),
         "blocked_by": list(task_obj.blocked_by),
         "is_blocked": task_obj.is_blocked,
+        "files": list(task_obj.files),
         "recipe": task_obj.recipe,
         "attempts": task_obj.attempts,
         "not_before": _iso(task_obj.not_before),
@@ -109,15 +110,19 @@ def _describe(task_obj: Any) -> str:
 @click.option("--blocked-by", "blocked_by", multiple=True, metavar="ID",
               help="Wait for this task to complete first (repeatable).")
 @click.option("--recipe", help="Recipe name or file in RECIPES_DIR, e.g. dev.yaml.")
+@click.option("--files", multiple=True, metavar="GLOB",
+              help="A path or git-style pattern the task expects to touch (repeatable); "
+                   "tasks whose files overlap never run at the same time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
 @click.pass_obj
 def add(app: AppContext, title: str, description: str, queue: str | None,
         agent: str | None, priority: int, blocked_by: tuple[str, ...], recipe: str | None,
-        as_json: bool) -> None:
+        files: tuple[str, ...], as_json: bool) -> None:
     """Add a task."""
     with _open_store(app) as (settings, store):
         added = store.add_task(title, description=description, queue=queue, assignee=agent,
-                               priority=priority, blocked_by=blocked_by, recipe=recipe)
+                               priority=priority, blocked_by=blocked_by, recipe=recipe,
+                               files=files)
     _nudge(settings)
     if as_json:
         _echo_json(task_to_dict(added))
@@ -191,6 +196,7 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         ("status", found.status + (" (parked)" if found.parked else "")),
         ("queue", found.queue), ("assignee", found.assignee),
         ("priority", found.priority), ("recipe", found.recipe),
+        ("files", " ".join(found.files)),
         ("attempts", found.attempts), ("not before", _iso(found.not_before)),
         ("created", _iso(found.created_at)), ("updated", details["updated_at"]),
         ("blocked", "yes" if found.is_blocked else "no"),

@@ -1,2 +1,3 @@
-"""Parallel work that merges safely: declared files and the rule that keeps overlapping
-tasks apart, and the merge of a finished task's branch onto its target."""
+"""The merge queue: a finished task's branch merged onto its target, crash-safely.
+
+Declared files and the overlap rule live in :mod:`scheduler.file_patterns`."""

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 
 from scheduler.agents.holds import Hold
 from scheduler.config.registry import Agent, Registry
+from scheduler.file_patterns import clash
 from scheduler.sources.base import Task
 from scheduler.state.pauses import NO_PAUSES, Pauses
 
@@ -108,12 +109,16 @@ def plan(
     disable_blocking: bool = False,
     pauses: Pauses = NO_PAUSES,
     holds: Mapping[str, Hold] | None = None,
+    occupied: Mapping[str, Sequence[str]] | None = None,
 ) -> Plan:
     """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
     to registry agents, and unassigned in registry queues), blocked ones included.
     ``holds`` are agents held back (rate-limited, over budget): they get no new task and
-    their queue's other agents take its work."""
+    their queue's other agents take its work. ``occupied`` maps the tasks running or
+    waiting to merge to their declared (or changed) files: a task whose declared files
+    overlap any of them, or those of a task planned earlier in this pass, waits."""
     holds = holds or {}
+    claimed = {task_id: tuple(files) for task_id, files in (occupied or {}).items() if files}
     tasks = _unique(tasks)
     reclaims = tuple(Reclaim(v.task_id, v.agent, v.reclaim_reason)
                      for v in leases if v.reclaim_reason)
@@ -137,12 +142,13 @@ def plan(
     assigned = [t for t in ordered if t.assignee]
     unassigned = [t for t in ordered if not t.assignee]
     for task in assigned:
-        spawns_or_skip = _place_assigned(task, agents, slots, pauses, holds)
-        _collect(spawns_or_skip, spawns, skips)
+        _collect(_overlap(task, claimed) or _place_assigned(task, agents, slots, pauses, holds),
+                 spawns, skips, claimed)
     if not registry.legacy:
         pools = registry.queues()
         for task in unassigned:
-            _collect(_place_queued(task, pools, slots, pauses, holds), spawns, skips)
+            _collect(_overlap(task, claimed) or _place_queued(task, pools, slots, pauses, holds),
+                     spawns, skips, claimed)
 
     loads = tuple(
         AgentLoad(a.name, a.queue, a.limit, used.get(a.name, 0), slots.planned.get(a.name, 0),
@@ -251,8 +257,23 @@ def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
                                   f"({slots.free[best.name] + 1} free)")
 
 
-def _collect(result: Spawn | Skip, spawns: list[Spawn], skips: list[Skip]) -> None:
+def _overlap(task: Task, claimed: Mapping[str, tuple[str, ...]]) -> Skip | None:
+    """A task whose declared files overlap those of a running, merging or just planned
+    task waits; a task that declares nothing is not held back by declarations."""
+    if not task.files:
+        return None
+    for other, files in claimed.items():
+        found = clash(task.files, files)
+        if found is not None and other != task.id:
+            return Skip(task.id, f"overlaps files of task {other} ({found.theirs})", "overlap")
+    return None
+
+
+def _collect(result: Spawn | Skip, spawns: list[Spawn], skips: list[Skip],
+             claimed: dict[str, tuple[str, ...]]) -> None:
     if isinstance(result, Spawn):
         spawns.append(result)
+        if result.task.files:
+            claimed[result.task.id] = result.task.files
     else:
         skips.append(result)

@@ -153,7 +153,8 @@ class Reconciler:
                  for lease in leases]
         the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
                         disable_blocking=self.settings.disable_blocking, pauses=pauses,
-                        holds=self._holds(now, summary))
+                        holds=self._holds(now, summary),
+                        occupied=self._occupied(leases, tasks or [], summary))
         if dry_run:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
         elif tasks is not None:
@@ -392,6 +393,27 @@ class Reconciler:
         self.launcher.launch(task.id, token,
                              str(self.settings.running_dir / f"task_{task.id}.json"))
         faults.crash_point("after-spawn")
+
+    def _occupied(self, leases: list[Lease], tasks: list[Task],
+                  summary: PassSummary) -> dict[str, tuple[str, ...]]:
+        """The files the tasks in flight hold: what they declared, or what they changed
+        while they wait to merge. Asked only when a waiting task declares files."""
+        if not leases or not any(task.files for task in tasks):
+            return {}
+        held: dict[str, tuple[str, ...]] = {}
+        for lease in leases:
+            changed = lease.metadata.get("changed_files") if lease.metadata else None
+            if isinstance(changed, list) and all(isinstance(f, str) for f in changed):
+                held[lease.task_id] = tuple(changed)
+        try:
+            current = self.source.current([lease.task_id for lease in leases])
+        except SourceError as exc:
+            summary.errors.append(f"reading the files of running tasks failed: {exc}")
+            return {lease.task_id: ("**",) for lease in leases}  # wait rather than clash
+        for task_id, task in current.items():
+            if task is not None and task.files:
+                held[task_id] = task.files + held.get(task_id, ())
+        return held
 
     def _holds(self, now, summary: PassSummary) -> dict[str, Hold]:
         """Agents held back by a rate limit or their daily budget."""

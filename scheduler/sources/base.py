@@ -58,6 +58,7 @@ class Task:
     not_before: datetime | None = None  #: retry backoff: not eligible before this time
     parked: bool = False  #: parked after MAX_ATTEMPTS; skipped until a human intervenes
     last_error: str | None = None
+    files: tuple[str, ...] = ()  #: declared file patterns (see scheduler.merge.files)
 
 
 @dataclass(frozen=True)

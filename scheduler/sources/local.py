@@ -15,6 +15,7 @@ a forked child never reuses its parent's connection (it opens its own).
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,7 +60,8 @@ BUSY_TIMEOUT_MS = 5000
 CHUNK = 500
 
 RECIPE_RULE = "1-64 characters from A-Z a-z 0-9 _ . - (no '/', not starting with '.')"
-IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe")
+IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe",
+                 "files")
 
 #: Allowed status changes and what each one is called.
 TRANSITIONS = {
@@ -164,8 +166,14 @@ def _migration_2(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE tasks ADD COLUMN {column}")
 
 
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """Declared files: a JSON array of the patterns a task expects to touch."""
+    conn.execute("ALTER TABLE tasks ADD COLUMN files TEXT NOT NULL DEFAULT ''")
+
+
 #: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2,
+                                                          _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -173,7 +181,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = """
     t.id, t.title, t.description, t.queue, t.assignee, t.status, t.priority, t.recipe,
-    t.attempts, t.last_error, t.not_before, t.created_at,
+    t.attempts, t.last_error, t.not_before, t.created_at, t.files,
     (SELECT group_concat(b.blocker_id) FROM blockers b WHERE b.task_id = t.id) AS blocker_ids,
     EXISTS (SELECT 1 FROM blockers b JOIN tasks bt ON bt.id = b.blocker_id
             WHERE b.task_id = t.id AND bt.status != 'complete') AS blocked
@@ -206,7 +214,7 @@ def _parse_time(text: str | None) -> datetime | None:
 def _row_to_task(row: Sequence[Any]) -> Task:
     """One row of ``SELECT_TASKS`` (a tuple or sqlite3.Row), read by position."""
     (task_id, title, description, queue, assignee, status, priority, recipe, attempts,
-     last_error, not_before, created_at, blockers, blocked) = row
+     last_error, not_before, created_at, files, blockers, blocked) = row
     blocked_by = tuple(str(i) for i in sorted(int(x) for x in blockers.split(","))) \
         if blockers else ()
     return Task(
@@ -215,6 +223,7 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         created_at=_parse_time(created_at), blocked_by=blocked_by, is_blocked=bool(blocked),
         recipe=recipe, attempts=attempts, not_before=_parse_time(not_before),
         parked=status == FAILED, last_error=last_error,
+        files=tuple(json.loads(files)) if files else (),
     )
 
 
@@ -590,11 +599,13 @@ class LocalStore:
     def add_task(
         self, title: str, *, description: str = "", queue: str | None = None,
         assignee: str | None = None, priority: int = 0, blocked_by: Iterable[str] = (),
-        recipe: str | None = None, actor: str = "cli",
+        recipe: str | None = None, files: Iterable[str] = (), actor: str = "cli",
     ) -> Task:
         """Add one idle task; raises :class:`InputError` naming the bad field."""
         errors = _field_errors(title=title, description=description, queue=queue,
                                assignee=assignee, priority=priority, recipe=recipe)
+        patterns, problem = _check_files(files)
+        errors += [problem] if problem else []
         blocker_numbers, bad = _parse_blocker_ids(blocked_by)
         errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
                    "task" for value in bad]
@@ -604,7 +615,7 @@ class LocalStore:
             self._check_exist(conn, blocker_numbers, "blocked_by")
             number = self._insert(conn, title=title.strip(), description=description,
                                   queue=queue, assignee=assignee, priority=priority,
-                                  recipe=recipe, actor=actor)
+                                  recipe=recipe, files=patterns, actor=actor)
             for blocker in sorted(blocker_numbers):
                 conn.execute("INSERT INTO blockers (task_id, blocker_id) VALUES (?, ?)",
                              (number, blocker))
@@ -663,12 +674,14 @@ class LocalStore:
 
     def _insert(self, conn: sqlite3.Connection, *, title: str, description: str,
                 queue: str | None, assignee: str | None, priority: int,
-                recipe: str | None, actor: str) -> int:
+                recipe: str | None, actor: str, files: tuple[str, ...] = ()) -> int:
         now = self._iso_now()
         cursor = conn.execute(
             "INSERT INTO tasks (title, description, queue, assignee, status, priority, "
-            "recipe, attempts, created_at, updated_at) VALUES (?, ?, ?, ?, 'idle', ?, ?, 0, ?, ?)",
-            (title, description, queue, assignee, priority, recipe, now, now),
+            "recipe, attempts, created_at, updated_at, files) "
+            "VALUES (?, ?, ?, ?, 'idle', ?, ?, 0, ?, ?, ?)",
+            (title, description, queue, assignee, priority, recipe, now, now,
+             json.dumps(list(files)) if files else ""),
         )
         number = cursor.lastrowid
         assert number is not None  # an INSERT always sets it
@@ -782,7 +795,7 @@ class LocalStore:
                              description=spec.get("description") or "",
                              queue=spec.get("queue"), assignee=spec.get("agent"),
                              priority=spec.get("priority", 0), recipe=spec.get("recipe"),
-                             actor=actor)
+                             files=_check_files(spec.get("files") or ())[0], actor=actor)
                 for spec, _, _ in parsed
             ]
             for number, (_, existing, refs) in zip(numbers, parsed, strict=True):
@@ -793,6 +806,16 @@ class LocalStore:
 
 
 # --- import helpers ---------------------------------------------------------------------
+
+
+def _check_files(patterns: Iterable[object]) -> tuple[tuple[str, ...], str]:
+    """The declared file patterns checked, or what is wrong with them."""
+    from scheduler.file_patterns import BadPattern, check_all
+
+    try:
+        return check_all(patterns), ""
+    except BadPattern as exc:
+        return (), str(exc)
 
 
 def _parse_blocker_ids(values: Iterable[object]) -> tuple[set[int], list[object]]:
@@ -819,6 +842,12 @@ def _check_spec(index: int, spec: object, count: int) -> tuple[list[str], list[i
         queue=spec.get("queue"), assignee=spec.get("agent"),
         priority=spec.get("priority", 0), recipe=spec.get("recipe"),
     )
+    files = spec.get("files")
+    if files is not None and not isinstance(files, list):
+        errors.append(f"files is {files!r}; accepted: a list of file patterns")
+    else:
+        problem = _check_files(files or ())[1]
+        errors += [problem] if problem else []
     existing: list[int] = []
     refs: list[int] = []
     blocked_by = spec.get("blocked_by", [])

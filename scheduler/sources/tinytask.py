@@ -4,11 +4,13 @@ Contract: ``shared/tinytask/openapi.json``. TinyTask knows three statuses (idle,
 complete) and free-form tags; everything else tinyscheduler needs is kept in tags it owns:
 
 ``recipe:NAME``                         the recipe to run (set by whoever files the task)
+``files:GLOB``                          a declared file pattern (any number of such tags)
 ``tinyscheduler:attempts=N``            attempts made so far
 ``tinyscheduler:retry-after=ISO``       not eligible before this time (retry backoff)
 ``tinyscheduler:parked``                parked (failed too often, or cancelled): a human decides
 ``tinyscheduler:lease=TOKEN``           the attempt in flight (set by ``claim``)
 ``tinyscheduler:applied=TOKEN``         the last attempt whose result was applied
+``tinyscheduler:runtime=S``, ``:cost=USD``  what its attempts used so far (budgets)
 
 httpx and tenacity are imported only when the server is first contacted, and one
 ``httpx.Client`` is built per source object (per process), so commands that never talk to
@@ -29,6 +31,8 @@ from urllib.parse import quote, urlencode
 from scheduler import __version__
 from scheduler.clock import from_iso, now, to_iso
 from scheduler.errors import InvalidTransition, SourceError
+from scheduler.file_patterns import BadPattern
+from scheduler.file_patterns import check as check_pattern
 from scheduler.names import NAME_RULE, is_valid_name
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
@@ -57,6 +61,7 @@ STATUSES = ("idle", "working", "complete")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 TAG_RECIPE = "recipe:"
+TAG_FILES = "files:"
 TAG_ATTEMPTS = "tinyscheduler:attempts="
 TAG_RETRY_AFTER = "tinyscheduler:retry-after="
 TAG_PARKED = "tinyscheduler:parked"
@@ -250,7 +255,22 @@ def to_task(raw: object) -> Task:
         tags=tuple(tags),
         not_before=_retry_after(fields.task_id, tags),
         parked=TAG_PARKED in tags,
+        files=_declared_files(fields.task_id, tags),
     )
+
+
+def _declared_files(task_id: str, tags: list[str]) -> tuple[str, ...]:
+    """``files:<glob>`` tags. A bad pattern is logged and read as ``**`` (everything):
+    the task then waits for every other task that declares files, never the reverse of
+    safe."""
+    patterns = []
+    for value in _tag_values(tags, TAG_FILES):
+        try:
+            patterns.append(check_pattern(value))
+        except BadPattern as exc:
+            log.warning("TinyTask task %s: %s; taken as '**'", task_id, exc)
+            patterns.append("**")
+    return tuple(dict.fromkeys(patterns))
 
 
 class TinyTaskSource:
