@@ -2,27 +2,43 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Test workers: the suite mostly waits on real processes, so two per core pays off.
+TEST_WORKERS ?= 4
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
+
+# Each step prints one line first, so a long install is never a silent wait.
+step = @printf '== %s\n' $(1)
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(call step,"creating $(VENV) with $(PYTHON)")
+	@$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	$(call step,"installing tinyscheduler and its 6 dependencies into $(VENV) (pip; ~10 s the first time)")
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(call step,"installing the dev tools into $(VENV): pytest, ruff, mypy, import-linter (pip; ~30 s the first time)")
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
 
 ## run: install, then run the scheduler on the bundled example backlog
 run: $(VENV)/.installed
-	PATH="$(abspath $(BIN)):$$PATH" sh examples/demo/run.sh
+	@PATH="$(abspath $(BIN)):$$PATH" sh examples/demo/run.sh
 
-## test: install with dev extras and run the test suite
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+## test: install with dev extras and run the whole test suite (what CI runs), in parallel
+test: $(VENV)/.installed-dev
+	$(call step,"running the test suite ($(TEST_WORKERS) workers)")
+	@$(BIN)/python -m pytest -q -p xdist -n $(TEST_WORKERS)
+
+## test-fast: the unit tests only (no spawned schedulers, wrappers or agents), in seconds
+test-fast: $(VENV)/.installed-dev
+	@$(BIN)/python -m pytest -q -p xdist -n 2 -m "not processes"
 
 ## lint: ruff on everything, the architecture contracts, the type checker
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check scheduler wrapper tests bench scripts
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
@@ -31,4 +47,4 @@ bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state

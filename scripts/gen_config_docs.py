@@ -14,9 +14,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,54 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scheduler.config.settings import OBSOLETE, OPTIONS, PREFIX, Option  # noqa: E402
+from scheduler.config import envfile  # noqa: E402
+from scheduler.config.settings import OBSOLETE, OPTIONS, PREFIX  # noqa: E402
 
 ENV_EXAMPLE = ROOT / ".env.example"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
 
-ENV_HEADER = f"""\
-# tinyscheduler settings: every variable, its default and its meaning.
-#
-# How this file is loaded: copy it to ./.env (read automatically from the current
-# directory when present), or name it with the global option, which goes BEFORE the
-# subcommand:
-#     tinyscheduler --env-file /etc/tinyscheduler/tinyscheduler.env run --once
-# Precedence, lowest first: built-in defaults < env file < process environment
-# < command-line flags. An empty value counts as unset. Relative paths resolve against
-# {PREFIX}BASE_PATH. Every value is checked at start-up; a bad one stops the command
-# with exit code 2 and a message naming the variable.
-#
-# Every line below is commented out and shows the default, so copying this file as it
-# is changes nothing: uncomment and edit what you need. `tinyscheduler config --show`
-# prints each resolved value and where it came from.
-#
-# Generated from scheduler/config/settings.py by scripts/gen_config_docs.py; do not edit
-# by hand.
-"""
-
-
-def _default_text(option: Option) -> str:
-    return option.default or option.default_note or "empty"
-
-
-def _env_value(text: str) -> str:
-    """A value as python-dotenv (and systemd) read it back unchanged."""
-    if re.search(r"[\s#'\"\\$]", text):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
-
-
 def render_env_example() -> str:
-    blocks = [ENV_HEADER]
-    for option in OPTIONS:
-        note = f"default: {_default_text(option)}"
-        if option.example and not option.secret:
-            note += f"; e.g. {option.example}"
-        comment = textwrap.fill(f"{option.help} ({note})", width=88,
-                                initial_indent="# ", subsequent_indent="#   ",
-                                break_long_words=False, break_on_hyphens=False)
-        blocks.append(f"{comment}\n#{option.env}={_env_value(option.default)}\n")
-    return "\n".join(blocks)
+    return envfile.render(generated_note=True)
 
 
 def _cell(text: str) -> str:

@@ -23,6 +23,7 @@ def cwd(tmp_path, monkeypatch):
     for key in list(os.environ):
         if key.startswith(PREFIX):
             monkeypatch.delenv(key)
+    monkeypatch.setenv(f"{PREFIX}GOOSE_BIN", "true")  # an agent program that exists
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

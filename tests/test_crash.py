@@ -1,8 +1,9 @@
 """Crash safety: a scheduler SIGKILLed anywhere in the spawn protocol loses nothing and
 never runs a task twice at once.
 
-``TINYSCHEDULER_TEST_CRASH_AT=<point>`` makes the scheduler SIGKILL itself at that point;
-the randomized test SIGKILLs ``run --once`` processes from outside at random moments.
+The test hook ``_TINYSCHEDULER_TEST_HOOK_CRASH_AT=<point>`` makes the scheduler SIGKILL
+itself at that point; the randomized test SIGKILLs ``run --once`` processes from outside
+at random moments.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.processes
 
 
 def crash_pass(s: Scheduler, point: str) -> None:
-    proc = s.run_once(expect=None, TEST_CRASH_AT=point)
+    env = s.environ()
+    env[faults.CRASH_AT_VARIABLE] = point
+    proc = s.cli("run", "--once", env=env)
     assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr)
 
 

@@ -103,7 +103,7 @@ def test_sigterm_leaves_agents_running_and_a_new_daemon_adopts_them(make_schedul
 
 def test_sighup_rereads_the_configuration(make_scheduler):
     s = make_scheduler({"vaela": "dev"}, LOOP_INTERVAL_SEC=60)
-    env_file = s.base / "tinyscheduler.env"
+    env_file = s.base / "reload.env"
     env_file.write_text("TINYSCHEDULER_AGENT_LIMITS=vaela=1\n")
     daemon = start_daemon(s, "--env-file", str(env_file))
     ids = [s.add(f"task {i} hold", "--queue", "dev") for i in range(2)]
@@ -122,7 +122,7 @@ def test_sighup_rereads_the_configuration(make_scheduler):
 
 def test_sighup_with_an_invalid_configuration_keeps_the_old_one(make_scheduler):
     s = make_scheduler({"vaela": "dev"}, LOOP_INTERVAL_SEC=60)
-    env_file = s.base / "tinyscheduler.env"
+    env_file = s.base / "reload.env"
     env_file.write_text("TINYSCHEDULER_AGENT_LIMITS=vaela=1\n")
     daemon = start_daemon(s, "--env-file", str(env_file))
     env_file.write_text("TINYSCHEDULER_MAX_ATTEMPTS=never\n")

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.config.settings import OBSOLETE, OPTIONS, PREFIX, load_settings
+from scheduler.config.settings import (
+    ENV_FILE_VARIABLE,
+    OBSOLETE,
+    OPTIONS,
+    PREFIX,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -42,7 +48,7 @@ def test_env_example_lists_every_option_once_in_order():
 
 def test_env_example_mentions_only_known_variables():
     mentioned = set(VARIABLE.findall(ENV_EXAMPLE.read_text()))
-    assert mentioned <= OPTION_VARS, mentioned - OPTION_VARS
+    assert mentioned <= OPTION_VARS | {ENV_FILE_VARIABLE}, mentioned - OPTION_VARS
 
 
 def test_env_example_is_all_commented_out(tmp_path):
@@ -64,7 +70,7 @@ def test_env_example_uncommented_gives_the_defaults(tmp_path):
     env_file.write_text(text + "\n")
     defaults = load_settings(environ={}, cwd=tmp_path)
     uncommented = load_settings(env_file=env_file, environ={}, cwd=tmp_path)
-    assert dataclasses.replace(uncommented, env_file=None) == defaults
+    assert dataclasses.replace(uncommented, env_file=None, env_file_how="") == defaults
     set_values = {name for name, value in uncommented.origins.items()
                   if value == f"env file {env_file}"}
     assert set_values == {option.name for option in OPTIONS if option.default}
@@ -82,13 +88,14 @@ def test_env_example_states_each_default():
 def test_env_example_explains_loading():
     header = ENV_EXAMPLE.read_text().split(f"#{PREFIX}", 1)[0]
     assert "--env-file" in header and "BEFORE the" in header
-    assert "./.env" in header
+    assert "tinyscheduler.env (or .env)" in header and ENV_FILE_VARIABLE in header
     assert "defaults < env file < process environment" in header
 
 
 def test_docs_mention_only_known_variables():
     mentioned = set(VARIABLE.findall(CONFIG_DOC.read_text()))
-    allowed = OPTION_VARS | {PREFIX + name for name in OBSOLETE} | AGENT_VARS
+    allowed = OPTION_VARS | {PREFIX + name for name in OBSOLETE} | AGENT_VARS \
+        | {ENV_FILE_VARIABLE}
     assert mentioned <= allowed, mentioned - allowed
 
 

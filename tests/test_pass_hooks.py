@@ -33,7 +33,8 @@ class RecordingSource(LocalStore):
 
 
 def make(tmp_path, events, spawn_mode="fork"):
-    settings = load_settings(environ={"TINYSCHEDULER_SPAWN_MODE": spawn_mode}, cwd=tmp_path)
+    settings = load_settings(environ={"TINYSCHEDULER_SPAWN_MODE": spawn_mode,
+                                      "TINYSCHEDULER_AGENT_COMMAND": "true"}, cwd=tmp_path)
     source = RecordingSource(settings.tasks_db, events)
     registry = Registry((Agent("worker", "dev", 2),), legacy=False)
     reconciler = Reconciler(settings, registry, source=source,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +53,12 @@ def validate_config(app: AppContext, fix: bool, preset: str | None) -> int:
     if preset is not None:
         if not fix:
             raise click.UsageError("--preset writes the env file: use it with --fix")
-        findings += _write_preset(app.env_file or Path(".env"), preset)
+        findings += _write_preset(_preset_env_file(app), preset)
         app.forget_settings()
     settings = app.settings()
+    from scheduler.cli.runner import describe_env_file
+
+    findings.insert(0, Finding("ok", describe_env_file(settings)))
     findings += _check_base_path(settings.base_path)
     if not any(f.level == "error" for f in findings):
         findings += _check_directories(settings, fix)
@@ -65,6 +66,11 @@ def validate_config(app: AppContext, fix: bool, preset: str | None) -> int:
     findings += _check_agent_command(settings)
     findings += _check_source(settings)
     findings += [_unknown_variable(name) for name in settings.unknown_variables]
+    from scheduler import faults
+
+    hook = faults.armed()
+    if hook:
+        findings.append(Finding("warning", hook))
     registry = _registry_or_none(settings)
     for finding in findings:
         click.echo(f"{finding.level.upper():<8} {finding.message}")
@@ -132,6 +138,8 @@ def _check_directories(settings, fix: bool) -> list[Finding]:
     recipes = settings.recipes_dir
     if recipes.is_dir():
         findings.append(Finding("ok", f"recipes directory {recipes}"))
+    elif "{recipe" not in settings.agent_command:
+        pass  # the agent command uses no recipe
     elif fix and not recipes.exists():
         try:
             ensure_private_dir(recipes)
@@ -144,6 +152,15 @@ def _check_directories(settings, fix: bool) -> list[Finding]:
                                            "(set TINYSCHEDULER_RECIPES_DIR or run "
                                            "'validate-config --fix')"))
     return findings
+
+
+def _preset_env_file(app: AppContext) -> Path:
+    """The env file a preset goes into: the one the settings load (named or found in the
+    current directory), else a new ./tinyscheduler.env, which is found from then on."""
+    from scheduler.config.settings import choose_env_file
+
+    chosen, _how = choose_env_file(app.env_file, os.environ, Path.cwd())
+    return chosen or Path("tinyscheduler.env")
 
 
 def _write_preset(env_file: Path, name: str) -> list[Finding]:
@@ -225,17 +242,16 @@ def _check_control_file(settings, fix: bool) -> list[Finding]:
 
 
 def _check_agent_command(settings) -> list[Finding]:
-    argv = shlex.split(settings.agent_command)
-    program = argv[0].replace("{goose_bin}", settings.goose_bin)
+    from scheduler.config.agentcmd import agent_program, agent_program_problem, find_agent_program
+
+    program = agent_program(settings)
     if "{" in program:
-        return [Finding("warning", f"agent command starts with a placeholder ({argv[0]}); "
+        return [Finding("warning", f"agent command starts with a placeholder ({program}); "
                                    "cannot check that it exists")]
-    candidate = program if os.sep in program else shutil.which(program)
-    if candidate and os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-        return [Finding("ok", f"agent command {candidate}")]
-    return [Finding("warning", f"agent command {program!r} is not an executable on PATH; "
-                               "install it, or set TINYSCHEDULER_GOOSE_BIN / "
-                               "TINYSCHEDULER_AGENT_COMMAND")]
+    problem = agent_program_problem(settings)
+    if problem:
+        return [Finding("error", problem)]
+    return [Finding("ok", f"agent command {find_agent_program(settings)}")]
 
 
 def _check_source(settings) -> list[Finding]:

@@ -13,14 +13,15 @@ from pathlib import Path
 import click
 
 from scheduler import __version__
-from scheduler.cli.context import AppContext, MainGroup
+from scheduler.cli.context import AppContext, MainGroup, SubCommand
 from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, TinySchedulerError
 
 
 @click.group(cls=MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="tinyscheduler")
+@click.version_option(__version__, prog_name="tinyscheduler", message="%(prog)s %(version)s")
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Env file to load (default: ./.env when present). Must come before the "
+              help="Env file to load (default: $TINYSCHEDULER_ENV_FILE, else "
+                   "./tinyscheduler.env or ./.env when present). Must come before the "
                    "subcommand.")
 @click.option("--base-path", type=click.Path(file_okay=False, path_type=Path),
               help="Overrides TINYSCHEDULER_BASE_PATH.")
@@ -40,10 +41,18 @@ def cli(ctx: click.Context, env_file: Path | None, base_path: Path | None,
     ctx.obj = AppContext(env_file=env_file, flags={k: v for k, v in flags.items() if v})
 
 
+@click.command(cls=SubCommand)
+def version() -> None:
+    """Print the version (the same as --version)."""
+    click.echo(f"tinyscheduler {__version__}")
+
+
 def _register_commands() -> None:
-    from scheduler.cli import agents_cmd, config_cmd, run_cmd, task_cmd
+    from scheduler.cli import agents_cmd, config_cmd, init_cmd, run_cmd, task_cmd
 
     for command in (
+        init_cmd.init,
+        version,
         config_cmd.config,
         config_cmd.validate_config,
         run_cmd.run,

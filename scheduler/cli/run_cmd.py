@@ -7,7 +7,7 @@ import json
 import click
 
 from scheduler.cli.context import AppContext, SubCommand
-from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
+from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, ConfigError
 
 
 def _agent_limit(_ctx, _param, values: tuple[str, ...]) -> dict[str, int] | None:
@@ -22,9 +22,9 @@ def _agent_limit(_ctx, _param, values: tuple[str, ...]) -> dict[str, int] | None
 
 
 @click.command(cls=SubCommand)
-@click.option("--once", "mode", flag_value="once", default=True, help="One pass, then exit "
+@click.option("--once", is_flag=True, help="One pass, then exit "
               "(default; for a systemd timer or cron).")
-@click.option("--daemon", "mode", flag_value="daemon", help="Passes in a loop (systemd service).")
+@click.option("--daemon", is_flag=True, help="Passes in a loop (systemd service).")
 @click.option("--dry-run", is_flag=True, default=None,
               help="Print the plan; change nothing (no lease, no source write, no process).")
 @click.option("--json", "as_json", is_flag=True, help="Print the pass summary (and plan) as JSON.")
@@ -34,19 +34,26 @@ def _agent_limit(_ctx, _param, values: tuple[str, ...]) -> dict[str, int] | None
 @click.option("--loop-interval", type=click.IntRange(min=1),
               help="Overrides TINYSCHEDULER_LOOP_INTERVAL_SEC.")
 @click.pass_obj
-def run(app: AppContext, mode: str, dry_run: bool | None, as_json: bool,
+def run(app: AppContext, once: bool, daemon: bool, dry_run: bool | None, as_json: bool,
         agent_limit: dict | None, mcp_endpoint: str | None, loop_interval: int | None) -> int:
     """Reconcile: reclaim dead leases, fill free slots, spawn wrappers.
 
     Exit 0 clean (also when another scheduler holds the lock), 1 if anything in the pass
-    failed, 2 on a configuration error.
+    failed, 2 on a configuration error (also: the agent command's program is missing).
     """
+    if once and daemon:
+        raise click.UsageError("--once and --daemon exclude each other: give one "
+                               "(--once is the default)")
     flags = {"AGENT_LIMITS": agent_limit, "MCP_ENDPOINT": mcp_endpoint,
              "LOOP_INTERVAL_SEC": loop_interval, "DRY_RUN": "true" if dry_run else None}
     settings = app.settings(**flags)
     from scheduler.cli import runner
+    from scheduler.config.agentcmd import agent_program_problem
 
-    return runner.run(settings, daemon=(mode == "daemon"), dry_run=settings.dry_run,
+    problem = agent_program_problem(settings)
+    if problem:
+        raise ConfigError(problem)
+    return runner.run(settings, daemon=daemon, dry_run=settings.dry_run,
                       as_json=as_json, reload=lambda: _reload(app, flags))
 
 

@@ -54,17 +54,41 @@ def one_pass(reconciler, *, dry_run: bool, as_json: bool = False):
     return summary
 
 
+def lock_held_message(daemon: bool, holder: str) -> str:
+    """What a command that finds the lock held says (docs/operations.md quotes it)."""
+    if daemon:
+        return (f"another scheduler is reconciling: {holder}; not starting a second daemon "
+                "(one scheduler per state directory; exit 0)")
+    return f"another scheduler is reconciling: {holder}; this pass does nothing (exit 0)"
+
+
+def describe_env_file(settings) -> str:
+    """Which env file the settings came from, and how it was chosen."""
+    if settings.env_file is None:
+        return ("no env file (defaults and environment; looked for $TINYSCHEDULER_ENV_FILE, "
+                "./tinyscheduler.env, ./.env)")
+    return f"env file {settings.env_file} ({settings.env_file_how})"
+
+
+def log_env_file(settings) -> None:
+    log.info(f"settings from {describe_env_file(settings)}")
+
+
 def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
     if not dry_run:
         prepare_state(settings)
     setup_logging(settings.log_level, settings.log_format,
                   None if dry_run else settings.log_dir)
+    log_env_file(settings)
+    from scheduler import faults
+
+    if faults.armed():
+        log.warning(faults.armed())
     from scheduler.state.lock import SchedulerLock
 
     lock = SchedulerLock(settings.lock_file, settings.hostname)
     if not dry_run and not lock.try_acquire():  # a dry run only reads: no lock needed
-        click.echo(f"another scheduler is reconciling: {lock.describe_holder()}; "
-                   "nothing to do", err=True)
+        click.echo(lock_held_message(daemon, lock.describe_holder()), err=True)
         return EXIT_OK
     try:
         if daemon:

@@ -25,6 +25,12 @@ from scheduler.names import NAME_RULE, is_valid_name
 #: Every variable starts with this prefix.
 PREFIX = "TINYSCHEDULER_"
 
+#: Names the env file when ``--env-file`` is not given (read from the process environment).
+ENV_FILE_VARIABLE = PREFIX + "ENV_FILE"
+
+#: Looked for in the current directory, in this order, when no env file is named.
+DISCOVERED_ENV_FILES = ("tinyscheduler.env", ".env")
+
 #: The default agent command: goose headless on the task's recipe, the task id as a parameter.
 DEFAULT_AGENT_COMMAND = (
     "{goose_bin} run --no-session --recipe {recipe_path} --params task_id={task_id}"
@@ -376,6 +382,9 @@ class Settings:
     dry_run: bool = False
     disable_blocking: bool = False
     env_file: Path | None = None
+    #: how the env file was chosen: ``--env-file``, ``TINYSCHEDULER_ENV_FILE``, ``found
+    #: in the current directory``, or "" when none was loaded
+    env_file_how: str = ""
     origins: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     unknown_variables: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -431,7 +440,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise ConfigError(
             f"env file {path} does not exist or is not a file "
-            "(pass an existing file to --env-file, or omit it to use ./.env when present)"
+            "(pass an existing file, or omit it to use ./tinyscheduler.env or ./.env when "
+            "present; 'tinyscheduler init' writes one)"
         )
     from dotenv import dotenv_values  # imported only when an env file is read
 
@@ -450,15 +460,16 @@ def load_settings(
 ) -> Settings:
     """Build the settings from the layers; raise :class:`ConfigError` naming a bad value.
 
-    ``env_file`` None means ``./.env`` when present. ``flags`` maps option names to text
+    ``env_file`` None means the file named by ``TINYSCHEDULER_ENV_FILE``, else
+    ``./tinyscheduler.env`` or ``./.env`` when present. Every value of every layer is
+    checked, also one a higher layer overrides. ``flags`` maps option names to text
     values, except ``AGENT_LIMITS`` which maps to a dict merged over the lower layers.
     Nothing is created or changed on disk.
     """
     environ = os.environ if environ is None else environ
     flags = dict(flags or {})
     cwd = Path.cwd() if cwd is None else cwd
-    if env_file is None and (cwd / ".env").is_file():
-        env_file = cwd / ".env"
+    env_file, how = choose_env_file(env_file, environ, cwd)
     file_values = read_env_file(env_file) if env_file is not None else {}
 
     layers: list[tuple[str, Mapping[str, str]]] = [
@@ -472,6 +483,7 @@ def load_settings(
         for layer_origin, layer in layers:
             if layer.get(option.env, "").strip():
                 text, origin = layer[option.env], layer_origin
+                _parse(option, text, origin)  # checked even when a higher layer wins
         flag_value = flags.get(option.name)
         if flag_value is not None and option.name != "AGENT_LIMITS":
             text, origin = str(flag_value), "flag"
@@ -493,14 +505,31 @@ def load_settings(
         )
     unknown = sorted(
         {key for _, layer in layers for key in layer if key.startswith(PREFIX)}
-        - {option.env for option in OPTIONS}
+        - {option.env for option in OPTIONS} - {ENV_FILE_VARIABLE}
     )
     return Settings(
         **{option.attr: values[option.name] for option in OPTIONS},
         env_file=env_file,
+        env_file_how=how,
         origins=origins,
         unknown_variables=tuple(unknown),
     )
+
+
+def choose_env_file(
+    env_file: Path | None, environ: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, str]:
+    """The env file to read and how it was chosen (see :func:`load_settings`)."""
+    if env_file is not None:
+        return env_file, "--env-file"
+    named = environ.get(ENV_FILE_VARIABLE, "").strip()
+    if named:
+        path = Path(named).expanduser()
+        return (path if path.is_absolute() else cwd / path), ENV_FILE_VARIABLE
+    for name in DISCOVERED_ENV_FILES:
+        if (cwd / name).is_file():
+            return cwd / name, "found in the current directory"
+    return None, ""
 
 
 def _parse(option: Option, text: str, origin: str) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from scheduler import clock, faults
 from scheduler.agents import options as agent_options
 from scheduler.agents.holds import Hold, holds
+from scheduler.config.agentcmd import agent_program_problem
 from scheduler.config.registry import Registry
 from scheduler.errors import (
     AlreadyLeased,
@@ -321,6 +322,12 @@ class Reconciler:
         source gets to release what a child must not inherit (the local store's SQLite
         connection) before the first fork."""
         claimed: list[tuple[Task, str, str]] = []
+        if the_plan.spawns:
+            problem = agent_program_problem(self.settings)
+            if problem:  # every attempt would fail to launch: start none, say why
+                summary.errors.append(f"{problem}; {len(the_plan.spawns)} task(s) not "
+                                      "started")
+                return
         for spawn in the_plan.spawns:
             try:
                 token = self._lease_and_claim(spawn.task, spawn.agent, now)
