@@ -34,3 +34,22 @@ def spawn_python() -> Iterator[Callable[..., subprocess.Popen]]:
         for stream in (child.stdin, child.stdout, child.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_project_logger() -> Iterator[None]:
+    """A command run in-process configures the project logger (handlers, no propagation);
+    put it back, so that a later test's caplog sees its records whatever ran before."""
+    import logging
+
+    from scheduler.logs import LOGGER_NAME
+
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in saved[0]:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.handlers[:] = saved[0]
+    logger.propagate, logger.level = saved[1], saved[2]

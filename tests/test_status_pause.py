@@ -94,16 +94,16 @@ def test_status_is_unhealthy_after_errors_or_a_stale_daemon(make_scheduler):
     assert code == 1 and "error: task 3: spawn failed: boom" in text
     assert "UNHEALTHY: last pass had 1 error(s)" in text
 
-    old = clock.to_iso(clock.now() - timedelta(seconds=31))
+    old = clock.to_iso(clock.now() - timedelta(seconds=40))
     rewrite_last_pass(s, errors=[], mode="daemon", time=old)
     code, report = status_json(s)
     assert code == 1
-    # 31 s when written; the status process may start a few seconds later on a busy machine
+    # the status process may start a few seconds after the file was written
     assert len(report["problems"]) == 1
-    assert re.fullmatch(r"last daemon pass is 3\d s old \(more than 3 x 10 s\)",
+    assert re.fullmatch(r"last daemon pass is (4\d|[5-9]\d) s old \(more than 3 x 10 s\)",
                         report["problems"][0]), report["problems"]
 
-    rewrite_last_pass(s, mode="daemon", time=clock.to_iso(clock.now() - timedelta(seconds=25)))
+    rewrite_last_pass(s, mode="daemon", time=clock.to_iso(clock.now() - timedelta(seconds=15)))
     assert status(s)[0] == 0
     rewrite_last_pass(s, mode="once", time=old)  # a timer's pass may be old: still healthy
     assert status(s)[0] == 0

@@ -9,6 +9,7 @@ DEMO="$ROOT/demo-state"
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 cp "$HERE/agent-control.json" "$DEMO/agent-control.json"
+cd "$DEMO"  # no env file of the caller's directory is picked up
 unset $(env | sed -n 's/^\(TINYSCHEDULER_[A-Z_]*\)=.*/\1/p') 2>/dev/null || true
 export TINYSCHEDULER_BASE_PATH="$DEMO"
 export TINYSCHEDULER_AGENT_COMMAND="python $HERE/example_agent.py {task_id} {title}"

@@ -72,6 +72,8 @@ def validate_config(app: AppContext, fix: bool, preset: str | None) -> int:
     if hook:
         findings.append(Finding("warning", hook))
     registry = _registry_or_none(settings)
+    if registry is not None:
+        findings += [Finding("warning", message) for message in registry.warnings()]
     for finding in findings:
         click.echo(f"{finding.level.upper():<8} {finding.message}")
     if registry is not None:
@@ -277,7 +279,9 @@ def _print_agent_table(registry) -> None:
     if not registry.agents:
         click.echo("  (none)")
         return
-    width = max(len(agent.name) for agent in registry.agents)
-    click.echo(f"  {'AGENT':<{width}}  {'QUEUE':<14} LIMIT")
+    width = max(len("AGENT"), *(len(agent.name) for agent in registry.agents))
+    queue_width = max(len("QUEUE"), *(len(agent.queue or "-") for agent in registry.agents))
+    click.echo(f"  {'AGENT':<{width}}  {'QUEUE':<{queue_width}}  LIMIT")
     for agent in registry.agents:
-        click.echo(f"  {agent.name:<{width}}  {agent.queue or '-':<14} {agent.limit}")
+        click.echo(f"  {agent.name:<{width}}  {agent.queue or '-':<{queue_width}}  "
+                   f"{agent.limit}")

@@ -100,6 +100,7 @@ def _pause_command(pause: bool):
                 check_name(value, what)
         settings = app.settings()
         current = pauses.load(settings.pause_file)
+        _check_known(settings, current, agent, queue, verb)
         updated = pauses.change(current, pause=pause, agent=agent, queue=queue)
         pauses.save(settings.pause_file, updated)
         nudge(settings.wake_socket)
@@ -107,6 +108,23 @@ def _pause_command(pause: bool):
         return EXIT_OK
 
     return command
+
+
+def _check_known(settings, current, agent: str | None, queue: str | None, verb: str) -> None:
+    """A name that is neither a known agent/queue nor already paused is a typo: refuse."""
+    if agent is None and queue is None:
+        return
+    from scheduler.config.registry import load_registry
+    from scheduler.errors import InputError
+
+    registry = load_registry(settings.agent_control_file, settings.agent_limits,
+                             settings.default_agent_limit)
+    if agent is not None and agent not in registry.by_name() and agent not in current.agents:
+        raise InputError(f"agent {agent!r} is not a known agent ({registry.describe_known()});"
+                         f" nothing to {verb}")
+    if queue is not None and queue not in registry.queues() and queue not in current.queues:
+        raise InputError(f"queue {queue!r} is not a known queue ({registry.describe_known()});"
+                         f" nothing to {verb}")
 
 
 pause = _pause_command(True)

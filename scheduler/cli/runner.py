@@ -28,6 +28,8 @@ def build_reconciler(settings, mode: str):
 
     registry = load_registry(settings.agent_control_file, settings.agent_limits,
                              settings.default_agent_limit)
+    for warning in registry.warnings():
+        log.warning(warning)
     return Reconciler(settings, registry, mode=mode)
 
 

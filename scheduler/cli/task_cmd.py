@@ -128,6 +128,25 @@ def add(app: AppContext, title: str, description: str, queue: str | None,
         _echo_json(task_to_dict(added))
     else:
         click.echo(f"added {_describe(added)}")
+    _warn_if_unrunnable(settings, added)
+
+
+def _warn_if_unrunnable(settings: Any, task_obj: Any) -> None:
+    """Say so on stderr when no agent of the registry can ever run this task."""
+    from scheduler.config.registry import load_registry
+
+    try:
+        registry = load_registry(settings.agent_control_file, settings.agent_limits,
+                                 settings.default_agent_limit)
+    except ConfigError as exc:
+        click.echo(f"warning: cannot check which agent runs task {task_obj.id}: {exc}",
+                   err=True)
+        return
+    reason = registry.cannot_run(task_obj.queue, task_obj.assignee)
+    if reason:
+        click.echo(f"warning: no agent can run task {task_obj.id}: {reason} "
+                   f"({registry.describe_known()}); it waits until that changes "
+                   f"(tinyscheduler task edit {task_obj.id} --queue Q or --agent A)", err=True)
 
 
 # --- list --------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ from scheduler.names import NAME_RULE, is_valid_name
 #: Largest agent control file accepted.
 MAX_CONTROL_FILE_BYTES = 1_000_000
 
+#: The keys of one agent entry, all required, no others.
+CONTROL_KEYS = ("agentName", "agentType")
+
 #: Written by ``validate-config --fix`` when the file is missing.
 DEFAULT_AGENTS = (("dispatcher", "orchestrator"), ("architect", "architect"))
 
@@ -33,9 +36,46 @@ class Agent:
 class Registry:
     agents: tuple[Agent, ...]
     legacy: bool  #: True when there is no agent control file
+    #: AGENT_LIMITS names that are not agents of the control file (typos, most likely)
+    unlisted_limits: tuple[str, ...] = ()
 
     def by_name(self) -> dict[str, Agent]:
         return {agent.name: agent for agent in self.agents}
+
+    def warnings(self) -> list[str]:
+        """Mistakes that are not errors but leave something that can never run."""
+        found = []
+        if not self.legacy and not self.agents:
+            found.append("the agent control file lists no agents: no task can ever run; add "
+                         '{"agentName": ..., "agentType": ...} entries, or remove the file '
+                         "for legacy mode")
+        found += [f"TINYSCHEDULER_AGENT_LIMITS names {name}, which is not an agent of the "
+                  f"agent control file, so its limit is ignored ({self.describe_known()})"
+                  for name in self.unlisted_limits]
+        return found
+
+    def cannot_run(self, queue: str | None, assignee: str | None) -> str | None:
+        """Why no agent can ever run a task with this queue and assignee, or None."""
+        if assignee:
+            if assignee in self.by_name():
+                return None
+            return f"assigned to {assignee}, which is not a known agent"
+        if self.legacy:
+            return ("not assigned to an agent, and legacy mode (no agent control file) runs "
+                    "assigned tasks only")
+        if not queue:
+            return "neither a queue nor an agent"
+        if queue not in self.queues():
+            return f"queue {queue} has no agents"
+        return None
+
+    def describe_known(self) -> str:
+        """The known agents and queues, for messages about a name that is neither."""
+        agents = ", ".join(sorted(a.name for a in self.agents)) or "none"
+        if self.legacy:
+            return f"known agents: {agents} (legacy mode: no queues)"
+        queues = ", ".join(sorted(self.queues())) or "none"
+        return f"known agents: {agents}; known queues: {queues}"
 
     def queues(self) -> dict[str, list[Agent]]:
         """Queue -> its pool of agents, in name order."""
@@ -67,18 +107,25 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
         ) from None
     accepted = 'accepted: a JSON array of {"agentName": "...", "agentType": "..."}'
     if not isinstance(raw, list):
-        raise ConfigError(f"agent control file {path}: top level is {type(raw).__name__}; "
+        raise ConfigError(f"agent control file {path}: the file holds {_json_kind(raw)}; "
                           f"{accepted}")
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
         where = f"agent control file {path}: item {index}"
         if not isinstance(item, dict):
-            raise ConfigError(f"{where} is {type(item).__name__}; {accepted}")
-        for key in ("agentName", "agentType"):
-            value = item.get(key)
+            raise ConfigError(f"{where} is {_json_kind(item)}; {accepted}")
+        unknown = sorted(set(item) - set(CONTROL_KEYS))
+        missing = [key for key in CONTROL_KEYS if key not in item]
+        if unknown or missing:
+            found = ", ".join(sorted(item)) or "none"
+            raise ConfigError(f"{where} has the keys {found}; accepted: exactly agentName and "
+                              "agentType")
+        for key in CONTROL_KEYS:
+            value = item[key]
             if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{where}: {key} is {value!r}; accepted: a non-empty string")
+                raise ConfigError(f"{where}: {key} is {_json_kind(value)}; accepted: a "
+                                  "non-empty string")
             if not is_valid_name(value):
                 raise ConfigError(f"{where}: {key} {value!r} is invalid; accepted: {NAME_RULE}")
         name = item["agentName"]
@@ -88,6 +135,21 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
         seen.add(name)
         pairs.append((name, item["agentType"]))
     return pairs
+
+
+def _json_kind(value: object) -> str:
+    """How a parsed JSON value is called in JSON's own terms, with a short excerpt."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object" + (f" with the keys {', '.join(sorted(value))}" if value else " {}")
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return f"the string {json.dumps(value)}" if value else "an empty string"
+    return f"the number {json.dumps(value)}"
 
 
 def load_registry(
@@ -101,4 +163,6 @@ def load_registry(
         Agent(name, queue, limits.get(name, default_limit))
         for name, queue in parse_control_file(control_file)
     )
-    return Registry(agents, legacy=False)
+    names = {agent.name for agent in agents}
+    return Registry(agents, legacy=False,
+                    unlisted_limits=tuple(sorted(set(limits) - names)))

@@ -142,13 +142,18 @@ def plan(
     assigned = [t for t in ordered if t.assignee]
     unassigned = [t for t in ordered if not t.assignee]
     for task in assigned:
-        _collect(_overlap(task, claimed) or _place_assigned(task, agents, slots, pauses, holds),
+        _collect(_overlap(task, claimed)
+                 or _place_assigned(task, agents, slots, pauses, holds, registry),
                  spawns, skips, claimed)
     if not registry.legacy:
         pools = registry.queues()
         for task in unassigned:
-            _collect(_overlap(task, claimed) or _place_queued(task, pools, slots, pauses, holds),
+            _collect(_overlap(task, claimed)
+                     or _place_queued(task, pools, slots, pauses, holds, registry),
                      spawns, skips, claimed)
+    else:
+        skips += [Skip(t.id, str(registry.cannot_run(t.queue, None)), "unknown-agent")
+                  for t in unassigned]
 
     loads = tuple(
         AgentLoad(a.name, a.queue, a.limit, used.get(a.name, 0), slots.planned.get(a.name, 0),
@@ -217,10 +222,12 @@ def _by_importance(eligible: list[Task], all_tasks: list[Task]) -> list[Task]:
 
 
 def _place_assigned(task: Task, agents: Mapping[str, Agent], slots: _Slots,
-                    pauses: Pauses, holds: Mapping[str, Hold]) -> Spawn | Skip:
+                    pauses: Pauses, holds: Mapping[str, Hold],
+                    registry: Registry) -> Spawn | Skip:
     agent = agents.get(task.assignee) if task.assignee else None
     if agent is None:
-        return Skip(task.id, f"assigned to {task.assignee}, not a known agent", "unknown-agent")
+        return Skip(task.id, str(registry.cannot_run(task.queue, task.assignee)),
+                    "unknown-agent")
     if pauses.everything or agent.name in pauses.agents:
         return Skip(task.id, f"agent {agent.name} is paused", "paused")
     if agent.name in holds:
@@ -232,11 +239,12 @@ def _place_assigned(task: Task, agents: Mapping[str, Agent], slots: _Slots,
 
 
 def _place_queued(task: Task, pools: Mapping[str, list[Agent]], slots: _Slots,
-                  pauses: Pauses, holds: Mapping[str, Hold]) -> Spawn | Skip:
+                  pauses: Pauses, holds: Mapping[str, Hold],
+                  registry: Registry) -> Spawn | Skip:
     queue = task.queue
     pool = pools.get(queue) if queue else None
     if not pool:
-        return Skip(task.id, f"queue {queue!r} has no agents", "unknown-agent")
+        return Skip(task.id, str(registry.cannot_run(queue, None)), "unknown-agent")
     if pauses.everything or queue in pauses.queues:
         return Skip(task.id, f"queue {queue} is paused", "paused")
     best = min(pool, key=lambda a: (-slots.free[a.name], a.name))

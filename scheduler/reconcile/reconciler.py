@@ -47,6 +47,9 @@ from scheduler.state.pauses import Pauses
 
 log = get_logger("pass")
 
+#: At most this many tasks that no agent can run are listed per pass (plan, status).
+MAX_UNRUNNABLE_LISTED = 100
+
 #: Lease metadata key: the spawn token the source was claimed with, kept by a re-own.
 CLAIM_TOKEN_KEY = "claimed_with"
 
@@ -71,6 +74,8 @@ class PassSummary:
     paused: str = "not paused"
     agents: list = field(default_factory=list)
     cost_today_usd: dict = field(default_factory=dict)  #: agent -> spent this UTC day
+    #: idle tasks no agent can run: [{"task": id, "reason": why}], at most 100
+    unrunnable: list = field(default_factory=list)
     errors: list = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -304,6 +309,11 @@ class Reconciler:
             for listing, name in listings:
                 tasks += listing(name)
                 skipped += getattr(self.source, "skipped", 0)  # invalid tasks, per listing
+            unrunnable = getattr(self.source, "idle_unrunnable", None)
+            if unrunnable is not None:  # so that the plan names what no agent can run
+                tasks += unrunnable([a.name for a in self.registry.agents],
+                                    None if self.registry.legacy else list(self.registry.queues()),
+                                    limit=MAX_UNRUNNABLE_LISTED)
         except SourceError as exc:
             summary.errors.append(str(exc))
             log.error("task source failed; no spawns this pass",
@@ -445,6 +455,8 @@ class Reconciler:
             summary.spawned = len(the_plan.spawns)
         summary.blocked_skipped = the_plan.skipped("blocked")
         summary.skipped = dict(Counter(skip.kind for skip in the_plan.skips))
+        summary.unrunnable = [{"task": skip.task_id, "reason": skip.reason}
+                              for skip in the_plan.skips if skip.kind == "unknown-agent"]
         summary.agents = [
             {"agent": a.name, "queue": a.queue, "used": a.used, "limit": a.limit,
              "planned": a.planned, "paused": a.paused, **({"held": a.held} if a.held else {})}

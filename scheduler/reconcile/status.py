@@ -128,6 +128,11 @@ def render(report: dict) -> str:
                      f"{last['blocked_skipped']} blocked, {len(last['errors'])} errors, "
                      f"{last['duration_sec'] * 1000:.0f} ms")
         lines += [f"  error: {e}" for e in last["errors"][:10]]
+        unrunnable = last.get("unrunnable") or []
+        if unrunnable:
+            lines.append(f"NO AGENT CAN RUN {len(unrunnable)} task(s) (fix the task with "
+                         "'task edit', or the agent control file):")
+            lines += [f"  task {row['task']}: {row['reason']}" for row in unrunnable[:20]]
     src = report["source"]
     lines.append(f"SOURCE   {src['kind']}: {'ok' if src['ok'] else 'FAILING'} - {src['detail']}")
     lines.append("")

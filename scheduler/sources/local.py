@@ -500,6 +500,25 @@ class LocalStore:
             raise SourceError(f"local store {self.path}: {exc}") from None
         return [_row_to_task(row) for row in rows]
 
+    def idle_unrunnable(self, agents: Sequence[str], queues: Sequence[str] | None,
+                        limit: int = 100) -> list[Task]:
+        """Idle tasks no agent can take: assigned to none of ``agents``, or unassigned
+        with a queue outside ``queues`` (None: legacy mode, no queue is served)."""
+        agent_marks = ",".join("?" * len(agents))
+        served = list(queues or ())
+        queue_marks = ",".join("?" * len(served))
+        sql = (f"{SELECT_TASKS} WHERE t.status = 'idle' AND ("
+               f"(t.assignee IS NOT NULL AND t.assignee NOT IN ({agent_marks})) OR "
+               f"(t.assignee IS NULL AND (t.queue IS NULL OR t.queue NOT IN ({queue_marks}))))"
+               " ORDER BY t.id LIMIT ?")
+        try:
+            cursor = self._connection().cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(sql, (*agents, *served, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+        return [_row_to_task(row) for row in rows]
+
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
         numbers = sorted({n for n in (_int_id(t) for t in task_ids) if n is not None})
