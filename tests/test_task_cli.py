@@ -122,7 +122,7 @@ def test_list_table_and_filters(run):
     code, out, _ = run("task", "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "QUEUE", "AGENT", "PRI", "ATTEMPTS",
+    assert lines[0].split() == ["ID", "STATUS", "QUEUE", "AGENT", "PRI", "RUNS",
                                 "BLOCKED", "TITLE"]
     assert lines[1].split()[:7] == ["1", "idle", "dev", "-", "3", "0", "no"]
     assert lines[1].rstrip().endswith("...")

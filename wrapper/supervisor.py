@@ -35,6 +35,7 @@ from scheduler.state.leases import FINISHING, LeaseStore
 from wrapper.agent import AgentProcess
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
 from wrapper.judge import judge
+from wrapper.title import set_title, wrapper_title
 
 #: At most this much of the agent's output tail goes into the result summary.
 SUMMARY_TAIL_BYTES = 2048
@@ -79,6 +80,7 @@ class Supervisor:
         if adopted is None:
             return 0  # someone else owns it, or it was reclaimed: run nothing
         lease, self.liveness = adopted
+        set_title(wrapper_title(self.task_id, lease.agent))
         # From here to the end, SIGTERM/SIGINT are noted, not fatal: before the agent runs
         # they cancel the attempt, while it runs they stop it, while the result is being
         # recorded they change nothing (dying there would lose the attempt's outcome).
@@ -385,7 +387,7 @@ class Supervisor:
                    f"host {self.settings.hostname}, log {log_path}"
                    + (f"\nreason: {attempt.note}" if attempt.note else "")
                    + (f"\nagent: {told}" if told else "")
-                   + (f"\n--- last output ---\n{tail}" if tail and not told else ""))
+                   + (f"\n{base.OUTPUT_MARK}\n{tail}" if tail and not told else ""))
         detail: dict = {"reason": attempt.note} if attempt.note else {}
         if said is not None:
             if told:

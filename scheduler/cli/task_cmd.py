@@ -168,22 +168,32 @@ def list_(app: AppContext, status: str | None, queue: str | None, agent: str | N
     """List tasks, oldest first."""
     with _open_store(app) as (_, store):
         tasks = store.list_tasks(status=status, queue=queue, assignee=agent)
+        if not as_json:
+            runs = store.run_counts([t.id for t in tasks])
+            blockers = store.current([b for t in tasks for b in t.blocked_by])
     if as_json:
         _echo_json([task_to_dict(t) for t in tasks])
         return
     if not tasks:
         click.echo("no tasks")
         return
-    header = ("ID", "STATUS", "QUEUE", "AGENT", "PRI", "ATTEMPTS", "BLOCKED", "TITLE")
+    header = ("ID", "STATUS", "QUEUE", "AGENT", "PRI", "RUNS", "BLOCKED", "TITLE")
     rows = [
-        (t.id, t.status, t.queue or "-", t.assignee or "-", str(t.priority), str(t.attempts),
-         ",".join(t.blocked_by) if t.is_blocked else "no", _clip(t.title, TITLE_WIDTH))
+        (t.id, t.status, t.queue or "-", t.assignee or "-", str(t.priority),
+         str(runs.get(t.id, 0)), _open_blockers(t, blockers), _clip(t.title, TITLE_WIDTH))
         for t in tasks
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
     for row in (header, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         click.echo("  ".join([*cells, row[-1]]))
+
+
+def _open_blockers(task_obj: Any, blockers: dict[str, Any]) -> str:
+    """The blockers not complete yet, or "no"."""
+    open_ids = [b for b in task_obj.blocked_by
+                if blockers.get(b) is not None and blockers[b].status != "complete"]
+    return ",".join(open_ids) or "no"
 
 
 # --- show --------------------------------------------------------------------------------

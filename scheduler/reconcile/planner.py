@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from scheduler.agents.holds import Hold
+from scheduler.clock import to_iso
 from scheduler.config.registry import Agent, Registry
 from scheduler.file_patterns import clash
 from scheduler.sources.base import Task
@@ -181,7 +182,7 @@ def _eligible(tasks: list[Task], leased: set[str], now: datetime, disable_blocki
             skips.append(Skip(task.id, f"parked: {task.last_error or 'too many attempts'}",
                               "parked"))
         elif task.not_before is not None and task.not_before > now:
-            skips.append(Skip(task.id, f"retry backoff until {task.not_before.isoformat()}",
+            skips.append(Skip(task.id, f"retry backoff until {to_iso(task.not_before)}",
                               "backoff"))
         elif task.is_blocked and not disable_blocking:
             blockers = ", ".join(task.blocked_by) or "an unfinished task"

@@ -15,6 +15,9 @@ from typing import Any, Protocol
 IDLE, WORKING, COMPLETE, FAILED, CANCELLED = "idle", "working", "complete", "failed", "cancelled"
 
 #: Outcomes of one attempt, written by the wrapper.
+#: In a wrapper's result summary, this line starts the last lines of the agent's output.
+OUTPUT_MARK = "--- last output ---"
+
 SUCCEEDED = "succeeded"
 OUTCOME_FAILED = "failed"
 KILLED = "killed"

@@ -37,6 +37,7 @@ from scheduler.sources.base import (
     NEEDS_HUMAN,
     NOT_STARTED,
     OUTCOME_CANCELLED,
+    OUTPUT_MARK,
     RATE_LIMITED,
     SUCCEEDED,
     WORKING,
@@ -590,7 +591,7 @@ class LocalStore:
             if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
                 self._move(conn, row, FAILED, action="park", actor=ACTOR_SCHEDULER,
                            detail=summary, attempts=attempts, last_error=error,
-                           lease_token=None, not_before=None)
+                           result_summary=summary, lease_token=None, not_before=None)
                 return Applied("parked", f"task {task} parked after {attempts} attempt(s): "
                                          f"{error}")
             delay = policy.delay_after(attempts)
@@ -600,7 +601,7 @@ class LocalStore:
             assignee = None if row["queue"] is not None else row["assignee"]
             self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
                        detail=summary, attempts=attempts, last_error=error, lease_token=None,
-                       not_before=not_before, assignee=assignee)
+                       result_summary=summary, not_before=not_before, assignee=assignee)
             return Applied("requeued", f"task {task} requeued (attempt {attempts} of "
                                        f"{policy.max_attempts}), not before {not_before}")
 
@@ -750,6 +751,20 @@ class LocalStore:
                 "SELECT at, from_status, to_status, actor, detail FROM history "
                 "WHERE task_id = ? ORDER BY id", (int(number),))
         ]
+
+    def run_counts(self, task_ids: Iterable[str]) -> dict[str, int]:
+        """How many times each task was started (claims in its history)."""
+        numbers = sorted({n for n in (_int_id(t) for t in task_ids) if n is not None})
+        counts = {str(n): 0 for n in numbers}
+        for start in range(0, len(numbers), CHUNK):
+            chunk = numbers[start:start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(
+                    f"SELECT task_id, count(*) FROM history WHERE to_status = 'working' "
+                    f"AND from_status = 'idle' AND task_id IN ({marks}) GROUP BY task_id",
+                    chunk):
+                counts[str(row[0])] = row[1]
+        return counts
 
     def blockers_of(self, task_id: str) -> list[str]:
         """Ids of the tasks ``task_id`` waits for."""
@@ -928,17 +943,25 @@ def _ref_cycles(refs: list[list[int]]) -> list[str]:
 
 
 def _error_reason(result: Result, attempts: int) -> str:
-    """A short reason for ``last_error``: outcome, exit code or signal, first summary line."""
+    """A short reason for ``last_error``, each fact once: outcome, exit code or signal, then
+    why — the wrapper's reason, else the agent's last line of output, else the summary's
+    first line unless it only repeats the outcome."""
     parts = [f"attempt {attempts} {result.outcome}"]
     if result.exit_code is not None:
         parts.append(f"exit code {result.exit_code}")
     if result.signal is not None:
         parts.append(f"signal {result.signal}")
     reason = ", ".join(parts)
-    detail = result.detail.get("reason") if isinstance(result.detail, dict) else None
-    said = result.detail.get("summary") if isinstance(result.detail, dict) else None
-    first_line = [said or detail] if said or detail else \
-        (result.summary or "").strip().splitlines()[:1]
-    if first_line:
-        reason += f": {first_line[0]}"
+    detail = result.detail if isinstance(result.detail, dict) else {}
+    why = detail.get("summary") or detail.get("reason")  # the agent's own words first
+    summary = result.summary or ""
+    if not why and OUTPUT_MARK in summary:
+        output = summary.split(OUTPUT_MARK, 1)[1].strip().splitlines()
+        why = output[-1].strip() if output else None
+    if not why:
+        first = summary.strip().splitlines()[:1]
+        if first and not first[0].startswith(f"{result.outcome}:"):
+            why = first[0]
+    if why:
+        reason += f": {why}"
     return reason[:MAX_ERROR_CHARS]
