@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -346,3 +347,122 @@ def test_nudge_without_daemon_is_harmless(run, base):
     (base / "state").mkdir(mode=0o700)
     (base / "state" / "wake.sock").write_text("")
     assert run("task", "add", "t")[0] == 0
+
+
+# --- edit / delete / prune ----------------------------------------------------------------
+
+
+def test_edit_changes_fields_and_blockers_and_records_it(run, store):
+    add_json(run, "blocker one")
+    add_json(run, "blocker two")
+    add_json(run, "the task", "--queue", "dev", "--blocked-by", "1")
+    code, out, err = run("task", "edit", "3", "--priority", "7", "--queue", "review",
+                         "--title", "renamed", "--blocked-by", "2", "--unblock", "1")
+    assert code == 0, err
+    assert out.startswith("edited task 3: 'renamed'")
+    got = store.get("3")
+    assert (got.title, got.queue, got.priority, got.blocked_by) == ("renamed", "review", 7,
+                                                                    ("2",))
+    detail = store.history("3")[-1]["detail"]
+    assert detail.startswith("edited: title 'the task' -> 'renamed'")
+    assert "queue 'dev' -> 'review'" in detail and "priority 0 -> 7" in detail
+    assert "now blocked by 2" in detail and "no longer blocked by 1" in detail
+
+    code, _, _ = run("task", "edit", "3", "--no-queue", "--agent", "alice")
+    assert code == 0 and (store.get("3").queue, store.get("3").assignee) == (None, "alice")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--queue", "bad queue"), "queue is 'bad queue'; accepted"),
+    (("--agent", "../x"), "agent is '../x'; accepted"),
+    (("--title", " "), "title is ' '; accepted"),
+    (("--recipe", "../r.yaml"), "recipe is '../r.yaml'; accepted"),
+    (("--blocked-by", "2"), "cannot block task 1: task 1 would (transitively) block itself"),
+    (("--blocked-by", "99"), "blocked_by: no task with id 99"),
+    (("--unblock", "2"), "task 1 is not blocked by 2"),
+    ((), "nothing to change"),
+    (("--queue", "a", "--no-queue"), "give --queue or --no-queue, not both"),
+])
+def test_edit_refuses_bad_input_and_changes_nothing(run, store, args, message):
+    add_json(run, "one", "--queue", "dev")
+    add_json(run, "two", "--blocked-by", "1")
+    before = (store.get("1"), store.history("1"))
+    code, _, err = run("task", "edit", "1", *args)
+    assert code == 2 and message in err
+    assert (store.get("1"), store.history("1")) == before
+
+
+def test_edit_refuses_a_working_or_complete_task(run, store):
+    add_json(run, "t", "--queue", "dev")
+    store.claim("1", "alice", "tok")
+    code, _, err = run("task", "edit", "1", "--priority", "3")
+    assert code == 2 and "task 1 is working; only idle, failed or cancelled" in err
+
+
+def test_edit_warns_when_no_agent_can_run_the_task_any_more(run, base):
+    (base / "agent-control.json").write_text('[{"agentName": "alice", "agentType": "dev"}]')
+    add_json(run, "t", "--queue", "dev")
+    code, _, err = run("task", "edit", "1", "--queue", "deev")
+    assert code == 0 and "warning: no agent can run task 1: queue deev has no agents" in err
+
+
+def test_delete_a_task_that_never_ran(run, store):
+    add_json(run, "typo")
+    add_json(run, "keeps waiting", "--blocked-by", "1")
+    code, _, err = run("task", "delete", "1")
+    assert code == 2 and "is a blocker of task 2" in err
+    assert run("task", "edit", "2", "--unblock", "1")[0] == 0
+    code, out, _ = run("task", "delete", "1")
+    assert code == 0 and out == "deleted task 1: 'typo'\n"
+    assert run("task", "show", "1")[0] == 2
+    assert [t.id for t in store.list_tasks()] == ["2"]
+    assert store.add_task("next").id == "3"  # ids are never reused
+
+
+def test_delete_refuses_a_task_that_ran(run, store):
+    add_json(run, "t", "--queue", "dev")
+    store.claim("1", "alice", "tok")
+    store.report(Result(task_id="1", agent="alice", attempt=1, outcome="cancelled",
+                        token="tok", summary="stopped"), RetryPolicy(3, 0))
+    code, _, err = run("task", "delete", "1")
+    assert code == 2 and "task 1 has run, so its history is kept" in err
+    assert store.get("1").status == "cancelled" and len(store.history("1")) == 3
+
+
+def test_prune_removes_old_finished_tasks_and_their_history(run, store, base):
+    from freezegun import freeze_time
+
+    with freeze_time("2026-01-01T00:00:00Z"):
+        for title in ("done", "cancelled", "done but waited for", "idle"):
+            add_json(run, title, "--queue", "dev")
+        add_json(run, "waits", "--blocked-by", "3")
+        for task_id in ("1", "3"):
+            store.claim(task_id, "alice", "tok")
+            store.report(Result(task_id=task_id, agent="alice", attempt=1,
+                                outcome="succeeded", token="tok", summary="ok"),
+                         RetryPolicy(3, 0))
+        store.cancel("2")
+    with freeze_time("2026-01-05T00:00:00Z"):
+        code, out, _ = run("task", "prune", "--older-than", "7")
+        assert code == 0 and out.startswith("deleted 0 tasks")
+        code, out, _ = run("task", "prune", "--older-than", "3", "--dry-run")
+        assert out == ("would delete 2 tasks finished more than 3 days ago: 1-2\n"
+                       "kept 3: unfinished tasks wait for them\n")
+        assert len(store.list_tasks()) == 5
+        code, out, _ = run("task", "prune", "--older-than", "3")
+        assert code == 0 and out.startswith("deleted 2 tasks finished more than 3 days ago")
+    assert [t.id for t in store.list_tasks()] == ["3", "4", "5"]
+    conn = sqlite3.connect(base / "state" / "tasks.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM history WHERE task_id IN (1, 2)"
+                            ).fetchone()[0] == 0
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        conn.close()
+
+
+def test_prune_needs_a_number_of_days(run):
+    code, _, err = run("task", "prune")
+    assert code == 2 and "--older-than" in err
+    code, _, err = run("task", "prune", "--older-than", "-1")
+    assert code == 2 and "--older-than" in err

@@ -1,4 +1,5 @@
-"""``task add|list|show|retry|cancel|import``: manage the embedded local task store.
+"""``task add|list|show|edit|retry|cancel|delete|prune|import``: manage the embedded local
+task store.
 
 The store (and sqlite3) is imported inside the command bodies so ``--help`` stays fast.
 Every change nudges a running daemon through its wake-up socket.
@@ -306,6 +307,100 @@ def cancel(app: AppContext, task_id: str) -> None:
             store.cancel(found.id)
     _nudge(settings)
     click.echo(f"task {found.id} cancelled")
+
+
+# --- edit / delete / prune -----------------------------------------------------------------
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--title", help="New title.")
+@click.option("--description", help="New description.")
+@click.option("--queue", help="Move to this queue.")
+@click.option("--no-queue", is_flag=True, help="Take it out of its queue.")
+@click.option("--agent", help="Assign to this agent.")
+@click.option("--no-agent", is_flag=True, help="Unassign it (its queue's pool runs it).")
+@click.option("--priority", type=int, help="New priority (higher runs first).")
+@click.option("--recipe", help="New recipe name or file in RECIPES_DIR.")
+@click.option("--blocked-by", "block", multiple=True, metavar="ID",
+              help="Also wait for this task (repeatable).")
+@click.option("--unblock", multiple=True, metavar="ID",
+              help="No longer wait for this task (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the task as JSON.")
+@click.pass_obj
+def edit(app: AppContext, task_id: str, title: str | None, description: str | None,
+         queue: str | None, no_queue: bool, agent: str | None, no_agent: bool,
+         priority: int | None, recipe: str | None, block: tuple[str, ...],
+         unblock: tuple[str, ...], as_json: bool) -> None:
+    """Change a task that is not running: the checks of 'task add' apply."""
+    for value, clear, name in ((queue, no_queue, "queue"), (agent, no_agent, "agent")):
+        if value is not None and clear:
+            raise click.UsageError(f"give --{name} or --no-{name}, not both")
+    changes: dict[str, Any] = {
+        name: value for name, value in (("title", title), ("description", description),
+                                        ("queue", queue), ("assignee", agent),
+                                        ("priority", priority), ("recipe", recipe))
+        if value is not None}
+    if no_queue:
+        changes["queue"] = None
+    if no_agent:
+        changes["assignee"] = None
+    with _open_store(app) as (settings, store):
+        edited = store.edit(task_id, changes, block=block, unblock=unblock)
+    _nudge(settings)
+    if as_json:
+        _echo_json(task_to_dict(edited))
+    else:
+        click.echo(f"edited {_describe(edited)}")
+    _warn_if_unrunnable(settings, edited)
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.pass_obj
+def delete(app: AppContext, task_id: str) -> None:
+    """Delete a task that never ran (a task that ran keeps its history: cancel it)."""
+    with _open_store(app) as (_, store):
+        deleted = store.delete(task_id)
+    click.echo(f"deleted task {deleted.id}: {deleted.title!r}")
+
+
+@task.command()
+@click.option("--older-than", "days", type=click.IntRange(min=0), required=True,
+              metavar="DAYS", help="Finished (complete or cancelled) more than DAYS ago.")
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+@click.pass_obj
+def prune(app: AppContext, days: int, dry_run: bool) -> None:
+    """Delete complete and cancelled tasks finished more than DAYS ago, with their history.
+
+    A finished task that an unfinished one still waits for is kept. Attempt logs are
+    left in LOG_DIR/tasks/.
+    """
+    from datetime import timedelta
+
+    with _open_store(app) as (_, store):
+        removed, kept = store.prune(timedelta(days=days), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    ids = f": {_id_ranges(removed)}" if removed else ""
+    click.echo(f"{verb} {len(removed)} task{'s' if len(removed) != 1 else ''} finished more "
+               f"than {days} day{'s' if days != 1 else ''} ago{ids}")
+    if kept:
+        click.echo(f"kept {_id_ranges(kept)}: unfinished tasks wait for them")
+
+
+def _id_ranges(ids: list[str]) -> str:
+    """``1-3, 7`` for ids 1, 2, 3, 7."""
+    numbers = sorted(int(i) for i in ids)
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for number in [*numbers[1:], None]:
+        if number is not None and number == prev + 1:
+            prev = number
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if number is not None:
+            start = prev = number
+    return ", ".join(parts)
 
 
 # --- import ------------------------------------------------------------------------------

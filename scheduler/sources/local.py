@@ -5,6 +5,9 @@ a retry time (``not_before``) and a result; every status change is validated aga
 small state machine, runs in one ``BEGIN IMMEDIATE`` transaction and appends a row to the
 ``history`` table, which is append-only (triggers refuse UPDATE and DELETE).
 
+``task edit`` changes the fields of a task that is not running; ``task delete`` removes a
+task that never ran, ``task prune`` finished tasks, each with its history.
+
 Allowed changes: idle -> working (claim); working -> complete, idle (requeued with a
 retry time), failed (parked after the last attempt) or cancelled; idle -> cancelled;
 failed or cancelled -> idle (retry, attempts reset).
@@ -61,6 +64,7 @@ BUSY_TIMEOUT_MS = 5000
 CHUNK = 500
 
 RECIPE_RULE = "1-64 characters from A-Z a-z 0-9 _ . - (no '/', not starting with '.')"
+EDIT_FIELDS = ("title", "description", "queue", "assignee", "priority", "recipe")
 IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe",
                  "files")
 
@@ -172,9 +176,19 @@ def _migration_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE tasks ADD COLUMN files TEXT NOT NULL DEFAULT ''")
 
 
+def _migration_4(conn: sqlite3.Connection) -> None:
+    """History stays append-only while its task exists; ``task delete`` and ``task prune``
+    remove a task's rows together with the task (task row first, in one transaction)."""
+    conn.execute("DROP TRIGGER history_append_only_delete")
+    conn.execute(
+        """CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+           WHEN EXISTS (SELECT 1 FROM tasks WHERE id = OLD.task_id)
+           BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""")
+
+
 #: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2,
-                                                          _migration_3]
+                                                          _migration_3, _migration_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -800,6 +814,129 @@ class LocalStore:
                        detail=detail or "cancelled", lease_token=None)
             return self._fetch(conn, row["id"])
 
+    def edit(self, task_id: str, changes: dict[str, Any], *, block: Iterable[str] = (),
+             unblock: Iterable[str] = (), actor: str = "cli") -> Task:
+        """Change ``changes`` (title, description, queue, assignee, priority, recipe; None
+        clears queue, assignee and recipe) and the blockers of a task that is not working
+        or complete, with the checks of :meth:`add_task`; one history row says what
+        changed."""
+        unknown = set(changes) - set(EDIT_FIELDS)
+        if unknown:
+            raise InputError(f"cannot edit {', '.join(sorted(unknown))}; accepted: "
+                             f"{', '.join(EDIT_FIELDS)}")
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            if row["status"] in (WORKING, COMPLETE):
+                raise InvalidTransition(
+                    f"task {row['id']} is {row['status']}; only idle, failed or cancelled "
+                    "tasks can be edited" + (" (cancel it first)" if row["status"] == WORKING
+                                             else ""))
+            current = dict(conn.execute(
+                "SELECT title, description, queue, assignee, priority, recipe FROM tasks "
+                "WHERE id = ?", (row["id"],)).fetchone())
+            wanted = {**current, **changes}
+            errors = _field_errors(title=wanted["title"], description=wanted["description"],
+                                   queue=wanted["queue"], assignee=wanted["assignee"],
+                                   priority=wanted["priority"], recipe=wanted["recipe"])
+            add_numbers, bad = _parse_blocker_ids(block)
+            drop_numbers, bad_drop = _parse_blocker_ids(unblock)
+            errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an "
+                       "existing task" for value in [*bad, *bad_drop]]
+            if errors:
+                raise InputError("; ".join(errors))
+            if isinstance(wanted["title"], str):
+                wanted["title"] = wanted["title"].strip()
+            said = [f"{name} {_shown(current[name])} -> {_shown(wanted[name])}"
+                    for name in EDIT_FIELDS if wanted[name] != current[name]]
+            self._check_exist(conn, add_numbers, "blocked_by")
+            for blocker in sorted(add_numbers):
+                if blocker == row["id"] or self._reaches(conn, blocker, row["id"]):
+                    raise InputError(f"task {blocker} cannot block task {row['id']}: task "
+                                     f"{row['id']} would (transitively) block itself")
+                if conn.execute("INSERT OR IGNORE INTO blockers (task_id, blocker_id) "
+                                "VALUES (?, ?)", (row["id"], blocker)).rowcount:
+                    said.append(f"now blocked by {blocker}")
+            for blocker in sorted(drop_numbers):
+                if not conn.execute("DELETE FROM blockers WHERE task_id = ? AND "
+                                    "blocker_id = ?", (row["id"], blocker)).rowcount:
+                    raise InputError(f"task {row['id']} is not blocked by {blocker}; nothing "
+                                     "to unblock")
+                said.append(f"no longer blocked by {blocker}")
+            if not said:
+                raise InputError(f"task {row['id']}: nothing to change (give a new value)")
+            now = self._iso_now()
+            conn.execute(
+                "UPDATE tasks SET title = ?, description = ?, queue = ?, assignee = ?, "
+                "priority = ?, recipe = ?, updated_at = ? WHERE id = ?",
+                (wanted["title"], wanted["description"], wanted["queue"], wanted["assignee"],
+                 wanted["priority"], wanted["recipe"], now, row["id"]))
+            self._log(conn, row["id"], row["status"], row["status"], actor,
+                      "edited: " + "; ".join(said), now)
+            return self._fetch(conn, row["id"])
+
+    def delete(self, task_id: str) -> Task:
+        """Remove a task that never ran, with its history; refused for a task that ran
+        (its history is kept: cancel it instead) or that another task waits for."""
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            found = self._fetch(conn, row["id"])
+            ran = conn.execute("SELECT 1 FROM history WHERE task_id = ? AND to_status = ? "
+                               "LIMIT 1", (row["id"], WORKING)).fetchone()
+            if ran or row["status"] != IDLE and row["status"] != CANCELLED:
+                raise InvalidTransition(
+                    f"task {row['id']} has run, so its history is kept; accepted: a task "
+                    "that never ran (cancel a task to stop it for good; 'task prune' "
+                    "removes finished ones)")
+            self._refuse_if_waited_for(conn, [row["id"]])
+            self._remove(conn, [row["id"]])
+            return found
+
+    def prune(self, older_than: timedelta, *, dry_run: bool = False) -> tuple[list[str],
+                                                                              list[str]]:
+        """Remove complete and cancelled tasks finished longer than ``older_than`` ago,
+        with their history. Returns (removed ids, kept ids): a finished task that a task
+        not complete still waits for (it may be retried) is kept."""
+        cutoff = _clock.to_iso(self._now() - older_than)
+        with self._write() as conn:
+            candidates = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE status IN (?, ?) AND updated_at < ? ORDER BY id",
+                (COMPLETE, CANCELLED, cutoff))]
+            waited: set[int] = set()
+            for start in range(0, len(candidates), CHUNK):
+                chunk = candidates[start:start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                waited.update(r[0] for r in conn.execute(
+                    f"SELECT b.blocker_id FROM blockers b JOIN tasks t ON t.id = b.task_id "
+                    f"WHERE b.blocker_id IN ({marks}) AND t.status != ?",
+                    (*chunk, COMPLETE)))
+            removed = [n for n in candidates if n not in waited]
+            if not dry_run:
+                self._remove(conn, removed)
+        return [str(n) for n in removed], [str(n) for n in sorted(waited)]
+
+    def _refuse_if_waited_for(self, conn: sqlite3.Connection, numbers: list[int]) -> None:
+        marks = ",".join("?" * len(numbers))
+        waiting = [str(r[0]) for r in conn.execute(
+            f"SELECT DISTINCT task_id FROM blockers WHERE blocker_id IN ({marks}) "
+            "ORDER BY task_id", numbers)]
+        if waiting:
+            raise InputError(f"task {', '.join(map(str, numbers))} is a blocker of task "
+                             f"{', '.join(waiting)}; remove it there first "
+                             f"('task edit {waiting[0]} --unblock {numbers[0]}')")
+
+    @staticmethod
+    def _remove(conn: sqlite3.Connection, numbers: list[int]) -> None:
+        """Delete tasks, their blocker edges and then their history (allowed once the task
+        row is gone; foreign keys are checked at commit)."""
+        conn.execute("PRAGMA defer_foreign_keys = ON")
+        for start in range(0, len(numbers), CHUNK):
+            chunk = numbers[start:start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM blockers WHERE task_id IN ({marks}) "
+                         f"OR blocker_id IN ({marks})", (*chunk, *chunk))
+            conn.execute(f"DELETE FROM tasks WHERE id IN ({marks})", chunk)
+            conn.execute(f"DELETE FROM history WHERE task_id IN ({marks})", chunk)
+
     def import_tasks(self, specs: list, actor: str = "import") -> list[Task]:
         """Add every task of ``specs`` (a parsed JSON list) or none: all items are
         validated first; an error names the item index and the field."""
@@ -940,6 +1077,10 @@ def _ref_cycles(refs: list[list[int]]) -> list[str]:
                 path.append(child)
                 stack.append((child, iter(refs[child])))
     return errors
+
+
+def _shown(value: object) -> str:
+    return "-" if value is None or value == "" else repr(value)
 
 
 def _error_reason(result: Result, attempts: int) -> str:
