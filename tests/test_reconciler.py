@@ -231,13 +231,17 @@ class Scheduler:
 
 
 def kill_leftovers(base: Path) -> None:
-    """SIGKILL every process started for this test (wrappers, agents, schedulers)."""
+    """SIGKILL every process started for this test (wrappers, agents, schedulers): its
+    command line names the base directory, or it runs in it (a wrapper's title names
+    only its task and agent)."""
     needle = str(base)
     mine = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
         try:
-            if proc.pid != os.getpid() and any(needle in part
-                                               for part in proc.info["cmdline"] or ()):
+            cwd = proc.info["cwd"] or ""
+            if proc.pid != os.getpid() and (
+                    any(needle in part for part in proc.info["cmdline"] or ())
+                    or cwd == needle or cwd.startswith(needle + os.sep)):
                 mine.append(proc)
         except (psutil.Error, TypeError):
             continue
