@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Test workers: the suite mostly waits on real processes, so two per core pays off.
-TEST_WORKERS ?= 4
+# Test workers: one per CPU (pytest-xdist); the suite mostly waits on real processes.
+TEST_WORKERS ?= auto
 
 .PHONY: run test test-fast lint bench clean
 
@@ -30,12 +30,12 @@ run: $(VENV)/.installed
 
 ## test: install with dev extras and run the whole test suite (what CI runs), in parallel
 test: $(VENV)/.installed-dev
-	$(call step,"running the test suite ($(TEST_WORKERS) workers)")
+	$(call step,"running the whole test suite (pytest -n $(TEST_WORKERS))")
 	@$(BIN)/python -m pytest -q -p xdist -n $(TEST_WORKERS)
 
 ## test-fast: the unit tests only (no spawned schedulers, wrappers or agents), in seconds
 test-fast: $(VENV)/.installed-dev
-	@$(BIN)/python -m pytest -q -p xdist -n 2 -m "not processes"
+	@$(BIN)/python -m pytest -q -p xdist -n $(TEST_WORKERS) -m "not processes"
 
 ## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed-dev
