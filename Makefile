@@ -15,12 +15,12 @@ $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(call step,"installing tinyscheduler and its 6 dependencies into $(VENV) (pip; ~10 s the first time)")
+	$(call step,"installing tinyscheduler and its 6 dependencies into $(VENV) (pip; 10-20 s the first time)")
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(call step,"installing the dev tools into $(VENV): pytest, ruff, mypy, import-linter (pip; ~30 s the first time)")
+	$(call step,"installing the dev tools into $(VENV): pytest, ruff, mypy, import-linter (pip; 20-30 s the first time)")
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 

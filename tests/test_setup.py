@@ -237,6 +237,7 @@ def test_a_missing_agent_program_is_a_config_error(cwd, capsys, monkeypatch, com
     for args in (("run", "--once"), ("run", "--once", "--dry-run"), ("run", "--daemon")):
         code, _, err = cli(capsys, *args)
         assert code == 2 and "is not found" in err, args
+        assert "no env file was loaded" in err and "--env-file FILE" in err
 
 
 def test_a_relative_agent_program_resolves_against_the_work_dir(cwd, capsys, monkeypatch):

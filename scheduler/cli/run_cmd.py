@@ -52,6 +52,9 @@ def run(app: AppContext, once: bool, daemon: bool, dry_run: bool | None, as_json
 
     problem = agent_program_problem(settings)
     if problem:
+        if settings.env_file is None:
+            problem += ("; note: no env file was loaded (none named, no ./tinyscheduler.env "
+                        "or ./.env here): pass --env-file FILE before the subcommand")
         raise ConfigError(problem)
     return runner.run(settings, daemon=daemon, dry_run=settings.dry_run,
                       as_json=as_json, reload=lambda: _reload(app, flags))
