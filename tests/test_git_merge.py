@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler import faults
 from scheduler.merge.git_merge import (
     CHECK_FAILED,
     CONFLICT,
@@ -222,7 +223,7 @@ merge(Git(repo), "main", sys.argv[2], message="merge it",
 def test_kill_9_at_each_merge_point_leaves_the_target_whole(repo, point):
     before = repo.rev()
     repo.branch("task-1", {"a.txt": "a\n"})
-    env = {**os.environ, "TINYSCHEDULER_TEST_CRASH_AT": point, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, faults.CRASH_AT_VARIABLE: point, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", KILL, str(repo.path), "task-1"], env=env,
                           capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr

@@ -296,6 +296,10 @@ def test_the_crash_hook_is_named_as_a_test_hook_wherever_it_is_set(cwd, capsys, 
     assert code == 0
     assert f"WARNING  test hook {faults.CRASH_AT_VARIABLE}=after-spawn is set: the " \
            "scheduler SIGKILLs itself" in out
+    for point in faults.MERGE_POINTS:
+        monkeypatch.setenv(faults.CRASH_AT_VARIABLE, point)
+        assert "names no crash point" not in str(faults.armed())
+    monkeypatch.setenv(faults.CRASH_AT_VARIABLE, "after-spawn")
     code, _, err = cli(capsys, "run", "--once", "--dry-run")
     assert code == 0 and "test hook" in err
     assert not faults.CRASH_AT_VARIABLE.startswith(PREFIX)  # no env file can carry it
@@ -325,3 +329,11 @@ def test_a_held_lock_is_explained_as_the_docs_say(cwd, mode, says):
     assert "another scheduler is reconciling" in proc.stderr and says in proc.stderr
     docs = (ROOT / "docs" / "operations.md").read_text()
     assert says in docs
+
+
+def test_a_preset_goes_into_the_env_file_that_is_loaded(cwd, capsys):
+    (cwd / "tinyscheduler.env").write_text(f"{PREFIX}HEARTBEAT_SEC=7\n")
+    code, out, _ = cli(capsys, "validate-config", "--fix", "--preset", "goose")
+    assert "tinyscheduler.env" in out
+    assert "AGENT_COMMAND" in (cwd / "tinyscheduler.env").read_text()
+    assert not (cwd / ".env").exists()
