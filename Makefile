@@ -15,7 +15,7 @@ $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(call step,"installing tinyscheduler and its 6 dependencies into $(VENV) (pip; 10-20 s the first time)")
+	$(call step,"installing tinyscheduler and its dependencies into $(VENV) (pip; 10-20 s the first time)")
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $@
 
