@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(call step,"installing the dev tools into $(VENV): pytest, ruff, mypy, import-linter (pip; 20-30 s the first time)")
+	$(call step,"installing the dev tools into $(VENV): pytest ruff mypy import-linter (pip; 20-30 s the first time)")
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 

@@ -3,6 +3,7 @@ and a fast target for the unit tests. Checked with ``make -n`` (nothing runs).""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,7 +30,10 @@ def test_every_slow_step_is_announced_first(tmp_path, target):
             if " -m venv " in line or " -m pip " in line or " -m pytest" in line]
     assert slow, lines
     for index in slow:
-        assert index > 0 and lines[index - 1].startswith("printf '== %s\\n'"), lines[index]
+        announce = lines[index - 1] if index > 0 else ""
+        assert announce.startswith("printf '== %s\\n'"), lines[index]
+        words = shlex.split(announce)  # a step's text is one well-quoted word
+        assert len(words) == 3 and words[2].startswith(("creating", "installing", "running"))
 
 
 def test_make_run_installs_only_the_runtime(tmp_path):
