@@ -148,3 +148,12 @@ def test_agent_table_columns_line_up_with_short_names(cwd, capsys):
     assert table == ["  AGENT  QUEUE   LIMIT",
                      "  a      q       1",
                      "  bb     review  1"]
+
+
+def test_the_pass_summary_names_at_most_20_unrunnable_tasks(cwd, capsys):
+    for number in range(25):
+        assert cli(capsys, "task", "add", f"lost {number}", "--queue", "nowhere")[0] == 0
+    assert cli(capsys, "run", "--once")[0] == 0
+    code, out, _ = cli(capsys, "status")
+    assert "NO AGENT CAN RUN 25 task(s), the first 20 shown" in out
+    assert out.count("queue nowhere has no agents") == 20

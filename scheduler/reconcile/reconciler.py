@@ -47,8 +47,10 @@ from scheduler.state.pauses import Pauses
 
 log = get_logger("pass")
 
-#: At most this many tasks that no agent can run are listed per pass (plan, status).
+#: At most this many tasks that no agent can run are listed per pass (the plan), and at
+#: most this many of them are named in the pass summary (status, metrics.jsonl).
 MAX_UNRUNNABLE_LISTED = 100
+MAX_UNRUNNABLE_SUMMARY = 20
 
 #: Lease metadata key: the spawn token the source was claimed with, kept by a re-own.
 CLAIM_TOKEN_KEY = "claimed_with"
@@ -74,7 +76,7 @@ class PassSummary:
     paused: str = "not paused"
     agents: list = field(default_factory=list)
     cost_today_usd: dict = field(default_factory=dict)  #: agent -> spent this UTC day
-    #: idle tasks no agent can run: [{"task": id, "reason": why}], at most 100
+    #: idle tasks no agent can run: [{"task": id, "reason": why}], the first 20
     unrunnable: list = field(default_factory=list)
     errors: list = field(default_factory=list)
 
@@ -456,7 +458,8 @@ class Reconciler:
         summary.blocked_skipped = the_plan.skipped("blocked")
         summary.skipped = dict(Counter(skip.kind for skip in the_plan.skips))
         summary.unrunnable = [{"task": skip.task_id, "reason": skip.reason}
-                              for skip in the_plan.skips if skip.kind == "unknown-agent"]
+                              for skip in the_plan.skips
+                              if skip.kind == "unknown-agent"][:MAX_UNRUNNABLE_SUMMARY]
         summary.agents = [
             {"agent": a.name, "queue": a.queue, "used": a.used, "limit": a.limit,
              "planned": a.planned, "paused": a.paused, **({"held": a.held} if a.held else {})}

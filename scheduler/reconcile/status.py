@@ -130,9 +130,11 @@ def render(report: dict) -> str:
         lines += [f"  error: {e}" for e in last["errors"][:10]]
         unrunnable = last.get("unrunnable") or []
         if unrunnable:
-            lines.append(f"NO AGENT CAN RUN {len(unrunnable)} task(s) (fix the task with "
+            total = max(len(unrunnable), (last.get("skipped") or {}).get("unknown-agent", 0))
+            more = f", the first {len(unrunnable)} shown" if total > len(unrunnable) else ""
+            lines.append(f"NO AGENT CAN RUN {total} task(s){more} (fix the task with "
                          "'task edit', or the agent control file):")
-            lines += [f"  task {row['task']}: {row['reason']}" for row in unrunnable[:20]]
+            lines += [f"  task {row['task']}: {row['reason']}" for row in unrunnable]
     src = report["source"]
     lines.append(f"SOURCE   {src['kind']}: {'ok' if src['ok'] else 'FAILING'} - {src['detail']}")
     lines.append("")
