@@ -157,3 +157,31 @@ def test_the_pass_summary_names_at_most_20_unrunnable_tasks(cwd, capsys):
     code, out, _ = cli(capsys, "status")
     assert "NO AGENT CAN RUN 25 task(s), the first 20 shown" in out
     assert out.count("queue nowhere has no agents") == 20
+
+
+@pytest.mark.processes
+def test_an_agent_that_could_not_start_makes_the_next_pass_fail(tmp_path):
+    """A wrapper finds the recipe missing after the pass that spawned it has ended: the
+    next pass says so and exits 1, and status is unhealthy, instead of all being well
+    while the task burns its attempts."""
+    import shlex
+    import sys
+
+    from test_reconciler import Scheduler, kill_leftovers, wait_for
+
+    s = Scheduler(tmp_path, {"vaela": "dev"}, {"vaela": 1}, MAX_ATTEMPTS=5,
+                  AGENT_COMMAND=f"{shlex.quote(sys.executable)} -c pass {{recipe_path}}")
+    try:
+        task_id = s.add("needs a recipe", "--queue", "dev")
+        s.run_once()
+        failed = wait_for(lambda: s.tasks()[task_id].last_error,
+                          what="the launch failure to be recorded")
+        assert failed.startswith("attempt 1 launch_failed")
+
+        second = s.run_once(expect=1)
+        assert f"task {task_id}: its agent could not start: recipe 'vaela.yaml' not found" \
+            in second.stderr
+        status = s.cli("status")
+        assert status.returncode == 1 and "its agent could not start" in status.stdout
+    finally:
+        kill_leftovers(tmp_path)

@@ -44,6 +44,7 @@ from scheduler.sources.base import (
 from scheduler.state import liveness, outbox, taskfile, throttles
 from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
 from scheduler.state.pauses import Pauses
+from scheduler.state.records import read_last_pass
 
 log = get_logger("pass")
 
@@ -112,6 +113,7 @@ class Reconciler:
         self._source = source
         self._launcher = launcher
         self.mode = mode
+        self._previous_pass: str | None = None  #: when this process's last pass started
         self.policy = RetryPolicy.from_settings(settings)
 
     @property
@@ -147,6 +149,7 @@ class Reconciler:
             if self._launcher is not None:
                 self._launcher.reap()  # exited wrappers of earlier passes (exec mode)
             self._deliver_outbox(summary)
+            self._report_launch_failures(summary)
         leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
         verdicts = {lease.task_id: self._judge(lease, now) for lease in leases}
@@ -171,6 +174,24 @@ class Reconciler:
         return PassResult(summary, the_plan)
 
     # --- step 1: the outbox ----------------------------------------------------------------
+
+    def _report_launch_failures(self, summary: PassSummary) -> None:
+        """Attempts whose agent could not start since the previous pass are errors of this
+        one (exit 1, an unhealthy status): each failed in a wrapper, after that pass ended."""
+        finder = getattr(self.source, "launch_failures", None)
+        after = self._previous_pass
+        if after is None:
+            last = read_last_pass(self.settings)
+            after = last.get("time") if last else None
+        self._previous_pass = summary.time
+        if finder is None or not isinstance(after, str):
+            return
+        try:
+            failures = finder(after, summary.time)
+        except SourceError:
+            return  # listing the tasks reports the source's trouble
+        summary.errors += [f"task {task_id}: its agent could not start: {why}"
+                           for task_id, why in failures]
 
     def _deliver_outbox(self, summary: PassSummary) -> None:
         for path in outbox.pending(self.settings.outbox_dir):

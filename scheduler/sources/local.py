@@ -37,6 +37,7 @@ from scheduler.sources.base import (
     COMPLETE,
     FAILED,
     IDLE,
+    LAUNCH_FAILED,
     NEEDS_HUMAN,
     NOT_STARTED,
     OUTCOME_CANCELLED,
@@ -765,6 +766,19 @@ class LocalStore:
                 "SELECT at, from_status, to_status, actor, detail FROM history "
                 "WHERE task_id = ? ORDER BY id", (int(number),))
         ]
+
+    def launch_failures(self, after: str, until: str, limit: int = 20) -> list[tuple[str, str]]:
+        """(task id, why) of attempts whose agent could not start, recorded in the history
+        after ``after`` and up to ``until`` (ISO times as :func:`clock.to_iso` writes)."""
+        rows = self._query(
+            "SELECT task_id, detail FROM history WHERE at > ? AND at <= ? AND detail LIKE ? "
+            "ORDER BY id LIMIT ?", (after, until, f"{LAUNCH_FAILED}:%", limit))
+        found = []
+        for task_id, detail in rows:
+            lines = detail.splitlines()
+            reasons = [line[len("reason: "):] for line in lines if line.startswith("reason: ")]
+            found.append((str(task_id), reasons[0] if reasons else lines[0]))
+        return found
 
     def run_counts(self, task_ids: Iterable[str]) -> dict[str, int]:
         """How many times each task was started (claims in its history)."""
