@@ -1,6 +1,6 @@
 """A test hook, not a setting: ``_TINYSCHEDULER_TEST_HOOK_CRASH_AT=<point>`` makes the
-scheduler SIGKILL itself at that point of the spawn protocol or of a merge (the crash
-tests use it).
+scheduler (spawn protocol), the wrapper (workspace creation) or a merge SIGKILL itself at
+that point (the crash tests use it).
 
 The name is outside the ``TINYSCHEDULER_*`` settings on purpose, so that no env file,
 ``config --show`` or copied settings block carries it; it is read from the process
@@ -17,9 +17,14 @@ CRASH_AT_VARIABLE = "_TINYSCHEDULER_TEST_HOOK_CRASH_AT"
 
 #: The points of the spawn protocol where a crash can be injected.
 POINTS = ("after-lease", "after-claim", "after-spawn", "after-reclaim-report")
+#: The points of workspace creation (in the wrapper): holding the repository's git lock,
+#: between registering a worktree and checking it out, and once it is checked out but
+#: not yet recorded as ready.
+WORKSPACE_POINTS = ("workspace-after-lock", "workspace-mid-add", "workspace-after-add")
 
 #: The points of the merge executor (scheduler/merge/git_merge.py).
 MERGE_POINTS = ("merge-before-check", "merge-before-cas", "merge-after-cas")
+ALL_POINTS = POINTS + WORKSPACE_POINTS + MERGE_POINTS
 
 
 def armed() -> str | None:
@@ -27,11 +32,11 @@ def armed() -> str | None:
     value = os.environ.get(CRASH_AT_VARIABLE)
     if value is None:
         return None
-    if value in POINTS or value in MERGE_POINTS:
+    if value in ALL_POINTS:
         return (f"test hook {CRASH_AT_VARIABLE}={value} is set: the scheduler SIGKILLs "
                 "itself at that point every time it passes it; unset it outside the tests")
     return (f"test hook {CRASH_AT_VARIABLE}={value!r} is set but names no crash point "
-            f"(points: {', '.join(POINTS + MERGE_POINTS)}); it does nothing; unset it")
+            f"(points: {', '.join(ALL_POINTS)}); it does nothing; unset it")
 
 
 def crash_point(point: str) -> None:

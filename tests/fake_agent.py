@@ -18,6 +18,10 @@ fixed number of operands::
                            and sleeps; write its pid to FILE
     ready FILE             write this process's pid to FILE (a "started" marker)
     wait FILE              wait until FILE exists (polling)
+    write FILE TEXT        write TEXT to FILE (relative paths: in the working directory)
+    append FILE TEXT       append one line TEXT to FILE
+    expect FILE            exit 66 unless FILE exists
+    absent FILE            exit 67 if FILE exists
     --                     stop: the remaining arguments are not steps
 
 Files are written atomically (temp file + rename), so a reader never sees half of one.
@@ -33,7 +37,8 @@ import sys
 import time
 
 ARITY = {"exit": 1, "print": 1, "lines": 1, "sleep": 1, "ignore-term": 0, "on-term": 1,
-         "argv": 1, "env": 2, "grandchild": 1, "ready": 1, "wait": 1}
+         "argv": 1, "env": 2, "grandchild": 1, "ready": 1, "wait": 1, "write": 2, "append": 2,
+         "expect": 1, "absent": 1}
 
 
 def write(path: str, text: str) -> None:
@@ -94,6 +99,18 @@ def lines(count: str) -> None:
         say(f"line {number}")
 
 
+def append(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, (text + "\n").encode())
+    os.close(fd)
+
+
+def expect(path: str, present: bool, code: int) -> None:
+    if os.path.exists(path) != present:
+        say(f"fake_agent: {path} {'missing' if present else 'present'}")
+        sys.exit(code)
+
+
 STEPS = {
     "print": say,
     "lines": lines,
@@ -105,6 +122,10 @@ STEPS = {
     "grandchild": grandchild,
     "ready": lambda path: write(path, str(os.getpid())),
     "wait": wait,
+    "write": write,
+    "append": append,
+    "expect": lambda path: expect(path, True, 66),
+    "absent": lambda path: expect(path, False, 67),
 }
 
 

@@ -5,15 +5,19 @@ gate pipe: the wrapper records the agent's pid in the lease first and only then 
 the gate, so an agent never works unrecorded. A close-on-exec error pipe tells the
 wrapper whether the exec succeeded. The agent inherits one duplicate of the lease's
 liveness-lock descriptor (same open file description, same flock), so a wrapper killed
-with SIGKILL leaves the lock held for as long as its agent lives.
+with SIGKILL leaves the lock held for as long as its agent lives. Resource limits
+(setrlimit) are applied in the child just before the exec, so they bind the agent alone.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import time
+
+from scheduler.workspace.limits import apply as apply_rlimits
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                     signal.SIGXFSZ, signal.SIGCHLD)
@@ -23,16 +27,17 @@ class AgentProcess:
     """A forked, gated agent. ``start`` -> ``release`` -> ``wait``/``poll``."""
 
     def __init__(self, argv: list[str], *, env: dict, cwd, output_fd: int,
-                 lock_fd: int | None) -> None:
+                 lock_fd: int | None, rlimits: list[tuple[int, int, int]] = ()) -> None:
         self.argv = argv
         self.returncode: int | None = None
+        self.rusage: resource.struct_rusage | None = None
         gate_r, self._gate_w = os.pipe()
         self._error_r, error_w = os.pipe()  # both ends close-on-exec
         self.pid = os.fork()
         if self.pid == 0:
             os.close(self._gate_w)
             os.close(self._error_r)
-            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w)
+            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, list(rlimits))
         os.close(gate_r)
         os.close(error_w)
         self._pidfd = _pidfd(self.pid)
@@ -66,17 +71,17 @@ class AgentProcess:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             if pid:
-                self._reaped(status)
+                self._reaped(status, usage)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait up to ``timeout`` seconds (None = forever); the return code or None."""
         if timeout is None:
             if self.returncode is None:
-                _, status = os.waitpid(self.pid, 0)
-                self._reaped(status)
+                _, status, usage = os.wait4(self.pid, 0)
+                self._reaped(status, usage)
             return self.returncode
         deadline = time.monotonic() + timeout
         while self.poll() is None:
@@ -89,11 +94,18 @@ class AgentProcess:
                 time.sleep(min(remaining, 0.02))
         return self.returncode
 
-    def _reaped(self, status: int) -> None:
+    def _reaped(self, status: int, usage: resource.struct_rusage) -> None:
         self.returncode = os.waitstatus_to_exitcode(status)
+        self.rusage = usage
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the agent and the children it waited for used."""
+        if self.rusage is None:
+            return None
+        return self.rusage.ru_utime + self.rusage.ru_stime
 
     def signal_group(self, signum: int) -> bool:
         """Signal the agent's whole process group (it leads its own session).
@@ -105,7 +117,7 @@ class AgentProcess:
         return True
 
 
-def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
+def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, rlimits) -> None:
     """In the forked child: detach, wait for the gate, exec. Never returns.
 
     A failure before the gate opens is reported only once the wrapper has decided (gate
@@ -135,6 +147,7 @@ def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w) -> None:
         if not os.read(gate_r, 1):  # the wrapper died before recording us
             os._exit(127)
         os.close(gate_r)
+        apply_rlimits(rlimits)
         os.execvpe(argv[0], argv, env)
     except BaseException as exc:  # report why, then leave
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 #: Every placeholder AGENT_COMMAND may use.
 PLACEHOLDERS = ("task_id", "agent", "queue", "attempt", "recipe", "recipe_path", "title",
-                "prompt", "task_file", "base_path", "goose_bin")
+                "prompt", "task_file", "base_path", "goose_bin", "workspace", "branch")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 RECIPE_SUFFIXES = (".yaml", ".yml", ".json")
 

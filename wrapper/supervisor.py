@@ -32,6 +32,8 @@ from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
 from scheduler.state import outbox, taskfile, throttles, wake
 from scheduler.state.leases import FINISHING, LeaseStore
+from scheduler.workspace import limits, modes, sandbox
+from scheduler.workspace.base import Context, Workspace, WorkspaceError
 from wrapper.agent import AgentProcess
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
 from wrapper.judge import judge
@@ -53,6 +55,7 @@ class Attempt:
     signal: int | None = None
     fenced: bool = False
     note: str = ""
+    limit: str = ""  #: the resource limit that stopped the agent, e.g. "CPU limit 60 s"
 
 
 class Supervisor:
@@ -68,6 +71,9 @@ class Supervisor:
         self._signal_r = self._signal_w = -1
         self._stop_signal: int | None = None
         self._judged_problem = ""
+        self.workspace: Workspace | None = None
+        self.context: Context | None = None
+        self._fenced = False
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -105,13 +111,18 @@ class Supervisor:
             attempt = self._launch_and_wait(lease, log_path)
         except Exception as exc:  # a bug here must still leave a result behind
             attempt = Attempt(base.LAUNCH_FAILED, note=f"wrapper error: {exc!r}")
-        duration = time.monotonic() - started
         if attempt.fenced:
-            self._footer(attempt, duration)
+            self._footer(attempt, time.monotonic() - started)
             self._line(f"lease of task {self.task_id} was reclaimed or re-owned: "
                        "agent stopped, nothing reported")
             return 0
         said = self._judge(lease, attempt, log_path)
+        if self.workspace is not None and self.context is not None:
+            try:
+                modes.end(self.context, self.workspace, attempt.outcome)
+            except Exception as exc:  # the outcome stands whatever the cleanup does
+                self._line(f"workspace: after the attempt: {exc!r}")
+        duration = time.monotonic() - started
         self._footer(attempt, duration)
         result = self._result(lease, attempt, duration, log_path, said)
         if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) is None:
@@ -119,6 +130,11 @@ class Supervisor:
             return 0
         self._hold_or_release_agent(lease.agent, result, said)
         self._deliver(result)
+        if self.workspace is not None and self.context is not None:
+            try:
+                modes.tidy(self.context, self.workspace, attempt.outcome)
+            except Exception as exc:
+                self._line(f"workspace: cleanup failed: {exc!r}")
         self.store.delete(self.task_id, self.token)
         self.liveness.release()
         wake.nudge(self.settings.wake_socket)
@@ -128,12 +144,29 @@ class Supervisor:
 
     def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
         task = taskfile.read(self.settings.task_log_dir, self.task_id)
+        self.context = Context(self.settings, self.task_id, lease.attempt,
+                               title=str(task.get("title", "")), log_fd=self.log.fileno(),
+                               tick=self._tick, note=self._line)
+        try:
+            self.workspace = modes.begin(self.context)
+        except WorkspaceError as exc:
+            self._header(lease, [])
+            if self._fenced:
+                return Attempt(base.OUTCOME_CANCELLED, fenced=True)
+            if self._stop_signal is not None:
+                return Attempt(base.OUTCOME_CANCELLED,
+                               note=f"wrapper got signal {self._stop_signal} while preparing "
+                                    "the workspace")
+            return Attempt(base.LAUNCH_FAILED, note=str(exc))
+        workspace = self.workspace
         values = {
             "task_id": self.task_id, "agent": lease.agent, "queue": lease.queue or "",
             "attempt": str(lease.attempt), "recipe": "", "recipe_path": "",
             "title": task.get("title", ""),
             "task_file": str(taskfile.path_for(self.settings.task_log_dir, self.task_id)),
             "base_path": str(self.settings.base_path), "goose_bin": self.settings.goose_bin,
+            "workspace": str(workspace.path) if workspace else "",
+            "branch": (workspace.branch or "") if workspace else "",
         }
         template = self.settings.agent_command
         result_path = result_file.path_for(self.task_dir, lease.attempt)
@@ -149,7 +182,16 @@ class Supervisor:
         except (LaunchError, ValueError) as exc:
             self._header(lease, [])
             return Attempt(base.LAUNCH_FAILED, note=str(exc))
+        try:
+            agent_limits = limits.effective(self.settings, _resources_of(self.settings,
+                                                                         lease.agent))
+            argv = self._sandboxed(argv, workspace)
+        except (LaunchError, ConfigError) as exc:
+            self._header(lease, argv)
+            return Attempt(base.LAUNCH_FAILED, note=str(exc))
         self._header(lease, argv)
+        if agent_limits:
+            self._line(f"limits {agent_limits.describe()}")
         env = dict(os.environ)
         env.pop("TINYSCHEDULER_MCP_TOKEN", None)  # the scheduler's secret, not the agent's
         env.update({
@@ -159,7 +201,15 @@ class Supervisor:
             "TINYSCHEDULER_TASK_FILE": values["task_file"],
             "TINYSCHEDULER_RESULT_FILE": str(result_path),
         })
-        return self._supervise(lease, argv, env)
+        if workspace is not None:
+            env["TINYSCHEDULER_WORKSPACE"] = str(workspace.path)
+            recorded = {"workspace": str(workspace.path), "branch": workspace.branch,
+                        "base_commit": workspace.base_commit}
+            if workspace.branch:
+                env["TINYSCHEDULER_BRANCH"] = workspace.branch
+            taskfile.update(self.settings.task_log_dir, self.task_id, **recorded)
+        attempt = self._supervise(lease, argv, env, agent_limits)
+        return attempt
 
     def _prompt(self, lease, task: dict) -> str:
         """The task's prompt from PROMPT_TEMPLATE_FILE (or the default); ValueError names a
@@ -225,14 +275,31 @@ class Supervisor:
         except (OSError, ValueError) as exc:
             self._line(f"could not record the agent's hold or cost ({exc})")
 
-    def _supervise(self, lease, argv: list[str], env: dict) -> Attempt:
+    def _sandboxed(self, argv: list[str], workspace: Workspace | None) -> list[str]:
+        """The agent's argv, under bubblewrap when SANDBOX=bwrap."""
+        if self.settings.sandbox != "bwrap":
+            return argv
+        program = sandbox.find()
+        if program is None:
+            raise LaunchError(f"SANDBOX=bwrap but bwrap is not on PATH; {sandbox.INSTALL_HINT}")
+        cwd = workspace.path if workspace is not None else self.settings.work_dir
+        writable = list(self.settings.sandbox_writable)
+        if workspace is not None and workspace.mode == "worktree":
+            writable += sandbox.git_writable(workspace.path)
+        return sandbox.wrap(argv, program=program,
+                            workspace=workspace.path if workspace else None, cwd=cwd,
+                            writable=writable, readable=[self.task_dir])
+
+    def _supervise(self, lease, argv: list[str], env: dict,
+                   agent_limits: limits.Limits = limits.NONE) -> Attempt:
         """Start the agent gated, record it in the lease, open the gate, wait."""
         held = self.liveness.fileno()
         assert held is not None and self.log is not None  # adopted, attempt log open
         lock_fd = os.dup(held)  # filelock's at-fork hook closes its own
+        cwd = self.workspace.path if self.workspace is not None else self.settings.work_dir
         try:
-            agent = AgentProcess(argv, env=env, cwd=self.settings.work_dir,
-                                 output_fd=self.log.fileno(), lock_fd=lock_fd)
+            agent = AgentProcess(argv, env=env, cwd=cwd, output_fd=self.log.fileno(),
+                                 lock_fd=lock_fd, rlimits=limits.rlimits(agent_limits))
         finally:
             os.close(lock_fd)
         recorded = self.store.heartbeat(self.task_id, self.token, clock.now(),
@@ -250,7 +317,10 @@ class Supervisor:
             error = agent.release()
             if error is not None:
                 return Attempt(base.LAUNCH_FAILED, note=error)
-            return self._wait(agent)
+            attempt = self._wait(agent)
+            if attempt.outcome != base.SUCCEEDED and agent_limits:
+                self._name_limit(attempt, agent, agent_limits)
+            return attempt
         except BaseException:
             # Never leave an agent running unsupervised: the attempt is about to be
             # reported and its lease deleted.
@@ -258,6 +328,27 @@ class Supervisor:
                 agent.signal_group(signal.SIGKILL)
                 agent.wait()
             raise
+
+    def _name_limit(self, attempt: Attempt, agent: AgentProcess,
+                    agent_limits: limits.Limits) -> None:
+        """Say which resource limit stopped the agent, when that can be told."""
+        log_path = Path(f"/proc/self/fd/{self.log.fileno()}")
+        named = limits.name_the_limit(
+            agent_limits, exit_code=attempt.exit_code, signum=attempt.signal,
+            cpu_sec=agent.cpu_seconds(), tail=_tail(log_path, SUMMARY_TAIL_BYTES),
+            sandboxed=self.settings.sandbox == "bwrap")
+        if named:
+            attempt.limit = named
+            attempt.note = f"{named}; {attempt.note}" if attempt.note else named
+            self._line(f"the agent was stopped by its {named}")
+
+    def _tick(self) -> bool:
+        """Called during long workspace steps and hooks: keep the lease alive; False when
+        the attempt must stop (fenced, or a stop signal arrived)."""
+        if self.store.heartbeat(self.task_id, self.token, clock.now()) is None:
+            self._fenced = True
+            return False
+        return self._stop_signal is None
 
     # --- waiting ------------------------------------------------------------------------
 
@@ -381,6 +472,8 @@ class Supervisor:
                 said: AgentResult | None = None) -> Result:
         tail = _tail(log_path, SUMMARY_TAIL_BYTES)
         code = _how_ended(attempt)
+        if attempt.limit:
+            code = f"{attempt.limit} ({code})"
         told = said.summary.strip() if said is not None else ""
         used = _usage_text(said)
         summary = (f"{attempt.outcome}: {code}, {duration:.1f} s{used}, attempt {lease.attempt}, "
@@ -427,6 +520,18 @@ class Supervisor:
 
 
 # --- process helpers -----------------------------------------------------------------------
+
+
+def _resources_of(settings, agent: str):
+    """The agent's resource limits from its agent-control entry (None: the globals)."""
+    from scheduler.config.registry import parse_control_entries
+
+    if not settings.agent_control_file.exists():
+        return None
+    for entry in parse_control_entries(settings.agent_control_file):
+        if entry.name == agent:
+            return entry.resources
+    return None
 
 
 def _start_time_of(pid: int) -> float | None:

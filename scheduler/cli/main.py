@@ -48,7 +48,14 @@ def version() -> None:
 
 
 def _register_commands() -> None:
-    from scheduler.cli import agents_cmd, config_cmd, init_cmd, run_cmd, task_cmd
+    from scheduler.cli import (
+        agents_cmd,
+        config_cmd,
+        init_cmd,
+        run_cmd,
+        task_cmd,
+        workspace_cmd,
+    )
 
     for command in (
         init_cmd.init,
@@ -61,6 +68,7 @@ def _register_commands() -> None:
         run_cmd.resume,
         task_cmd.task,
         agents_cmd.agents,
+        workspace_cmd.workspace,
     ):
         cli.add_command(command)
 

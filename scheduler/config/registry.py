@@ -1,8 +1,11 @@
 """The agent registry: which agents exist, which queue each serves, and its slot limit.
 
 ``agent-control.json`` is a JSON array of ``{"agentName": ..., "agentType": ...}``; the
-type is the queue the agent takes unassigned work from. No file means legacy mode:
-agents are the keys of AGENT_LIMITS and only tasks already assigned to them run.
+type is the queue the agent takes unassigned work from. An entry may also carry the
+agent's resource limits (``memoryMaxMb``, ``cpuMaxSec``, ``fileMaxMb``, ``openFilesMax``,
+whole numbers >= 0, 0 = none), which override the global AGENT_* settings. No file means
+legacy mode: agents are the keys of AGENT_LIMITS and only tasks already assigned to them
+run.
 """
 
 from __future__ import annotations
@@ -25,11 +28,36 @@ CONTROL_KEYS = ("agentName", "agentType")
 DEFAULT_AGENTS = (("dispatcher", "orchestrator"), ("architect", "architect"))
 
 
+#: Resource-limit fields of an agent-control entry -> the attribute of :class:`Resources`.
+RESOURCE_FIELDS = {"memoryMaxMb": "memory_mb", "cpuMaxSec": "cpu_sec", "fileMaxMb": "file_mb",
+                   "openFilesMax": "open_files"}
+#: Largest value accepted for a resource limit.
+MAX_RESOURCE_VALUE = 2**40
+
+
+@dataclass(frozen=True)
+class Resources:
+    """An agent's resource limits; None = the global setting, 0 = no limit."""
+
+    memory_mb: int | None = None
+    cpu_sec: int | None = None
+    file_mb: int | None = None
+    open_files: int | None = None
+
+
+@dataclass(frozen=True)
+class ControlEntry:
+    name: str
+    queue: str
+    resources: Resources = Resources()
+
+
 @dataclass(frozen=True)
 class Agent:
     name: str
     queue: str | None  #: None in legacy mode
     limit: int
+    resources: Resources = Resources()
 
 
 @dataclass(frozen=True)
@@ -88,6 +116,11 @@ class Registry:
 
 def parse_control_file(path: Path) -> list[tuple[str, str]]:
     """The (agentName, agentType) pairs of a control file, or ConfigError saying what is wrong."""
+    return [(entry.name, entry.queue) for entry in parse_control_entries(path)]
+
+
+def parse_control_entries(path: Path) -> list[ControlEntry]:
+    """The entries of a control file, or ConfigError saying what is wrong."""
     try:
         size = path.stat().st_size
         if size > MAX_CONTROL_FILE_BYTES:
@@ -109,7 +142,7 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
     if not isinstance(raw, list):
         raise ConfigError(f"agent control file {path}: the file holds {_json_kind(raw)}; "
                           f"{accepted}")
-    pairs: list[tuple[str, str]] = []
+    entries: list[ControlEntry] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
         where = f"agent control file {path}: item {index}"
@@ -133,8 +166,22 @@ def parse_control_file(path: Path) -> list[tuple[str, str]]:
             raise ConfigError(f"{where}: duplicate agentName {name!r}; "
                               "accepted: each agentName at most once")
         seen.add(name)
-        pairs.append((name, item["agentType"]))
-    return pairs
+        entries.append(ControlEntry(name, item["agentType"], _resources(item, where)))
+    return entries
+
+
+def _resources(item: dict, where: str) -> Resources:
+    values: dict[str, int] = {}
+    for key, attr in RESOURCE_FIELDS.items():
+        if key not in item:
+            continue
+        value = item[key]
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 0 <= value <= MAX_RESOURCE_VALUE:
+            raise ConfigError(f"{where}: {key} is {value!r}; accepted: a whole number from 0 "
+                              f"(no limit) to {MAX_RESOURCE_VALUE}")
+        values[attr] = value
+    return Resources(**values)
 
 
 def _json_kind(value: object) -> str:
@@ -160,8 +207,8 @@ def load_registry(
         agents = tuple(Agent(name, None, limit) for name, limit in sorted(limits.items()))
         return Registry(agents, legacy=True)
     agents = tuple(
-        Agent(name, queue, limits.get(name, default_limit))
-        for name, queue in parse_control_file(control_file)
+        Agent(entry.name, entry.queue, limits.get(entry.name, default_limit), entry.resources)
+        for entry in parse_control_entries(control_file)
     )
     names = {agent.name for agent in agents}
     return Registry(agents, legacy=False,

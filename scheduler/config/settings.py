@@ -160,6 +160,15 @@ def parse_patterns(text: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _parse_optional_command(text: str) -> str:
+    return _parse_command(text) if text.strip() else ""
+
+
+def _parse_path_list(text: str) -> tuple[Path, ...]:
+    """``a:b:c`` (like PATH) into paths; empty parts are ignored."""
+    return tuple(Path(part.strip()).expanduser() for part in text.split(":") if part.strip())
+
+
 def parse_agent_limits(text: str) -> dict[str, int]:
     """Parse ``{"a": 1, "b": 2}`` or ``a=1,b=2`` into a name -> limit mapping."""
     value = text.strip()
@@ -318,6 +327,54 @@ OPTIONS: tuple[Option, ...] = (
     Option("DRY_RUN", "false", _parse_bool, "Plan and print, change nothing.", "true"),
     Option("DISABLE_BLOCKING", "false", _parse_bool,
            "Rollback switch: the source's own order, no blocker filtering.", "false"),
+    # --- isolation: workspaces, hooks, resource limits, sandbox (docs/workspaces.md) ---
+    Option("WORKSPACE_MODE", "none", _choice_parser("none", "worktree", "directory"),
+           "Where agents work: none (in WORK_DIR), worktree (a git worktree per task) or "
+           "directory (a private directory per task).", "worktree"),
+    Option("REPO_DIR", "", _parse_path, "worktree mode: the git repository tasks work on "
+           "(its own working tree is never modified).", "/srv/agents/repo", is_path=True),
+    Option("TARGET_BRANCH", "", _parse_text, "worktree mode: the branch work starts from.",
+           "main", default_note="the branch checked out in REPO_DIR"),
+    _path("WORKSPACES_DIR", "state/workspaces", "Where per-task workspaces are made "
+          "(task-<id>).", "/srv/agents/workspaces"),
+    Option("WORKSPACE_TEMPLATE", "", _parse_path, "directory mode: a directory copied into "
+           "each new workspace.", "/srv/agents/template", is_path=True),
+    Option("WORKSPACE_FRESH_ON_RETRY", "false", _parse_bool,
+           "A retry gets a new workspace from the current target instead of reusing the last "
+           "one (unmerged work is kept on a branch).", "true"),
+    Option("AUTO_COMMIT", "true", _parse_bool, "worktree mode: commit what the agent left "
+           "uncommitted when its attempt ends.", "false"),
+    Option("GIT_AUTHOR_NAME", "tinyscheduler", _parse_text, "Author of automatic commits.",
+           "Agent Bot"),
+    Option("GIT_AUTHOR_EMAIL", "tinyscheduler@localhost", _parse_text,
+           "Author e-mail of automatic commits.", "agents@example.com"),
+    Option("MIN_FREE_DISK_MB", "500", _int_parser(0), "Below this much free space where "
+           "workspaces are made, tasks are skipped (not failed); 0 = no check.", "2048"),
+    Option("HOOK_AFTER_CREATE", "", _parse_optional_command, "Hook argv run once when a "
+           "workspace is first made; placeholders {task_id} {workspace} {branch} {attempt}.",
+           "npm ci"),
+    Option("HOOK_BEFORE_RUN", "", _parse_optional_command,
+           "Hook argv run before every attempt (same placeholders).", "make deps"),
+    Option("HOOK_AFTER_RUN", "", _parse_optional_command, "Hook argv run after every attempt "
+           "(also {outcome}); a failure is logged only.", "make clean"),
+    Option("HOOK_BEFORE_REMOVE", "", _parse_optional_command, "Hook argv run before a "
+           "workspace is deleted; a failure is logged only.", "rm -rf node_modules"),
+    Option("HOOK_TIMEOUT_SEC", "300", _int_parser(1),
+           "Longest a hook may run (then SIGTERM, SIGKILL after KILL_GRACE_SEC).", "600"),
+    Option("AGENT_MEMORY_MAX_MB", "0", _int_parser(0),
+           "Address-space limit of an agent (setrlimit RLIMIT_AS); 0 = none.", "4096"),
+    Option("AGENT_CPU_MAX_SEC", "0", _int_parser(0),
+           "CPU-seconds limit of an agent (RLIMIT_CPU); 0 = none.", "3600"),
+    Option("AGENT_FILE_MAX_MB", "0", _int_parser(0),
+           "Largest file an agent may write (RLIMIT_FSIZE); 0 = none.", "1024"),
+    Option("AGENT_OPEN_FILES_MAX", "0", _int_parser(0),
+           "Open files limit of an agent (RLIMIT_NOFILE); 0 = inherited.", "4096"),
+    Option("SANDBOX", "none", _choice_parser("none", "bwrap"),
+           "none, or bwrap: the agent runs under bubblewrap, the file system read-only "
+           "except its workspace and SANDBOX_WRITABLE.", "bwrap"),
+    Option("SANDBOX_WRITABLE", "", _parse_path_list,
+           "bwrap: more writable paths, separated by ':' (e.g. a cache).",
+           "/root/.cache:/srv/agents/npm-cache"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -381,6 +438,27 @@ class Settings:
     log_format: str = "text"
     dry_run: bool = False
     disable_blocking: bool = False
+    workspace_mode: str = "none"
+    repo_dir: Path | None = None
+    target_branch: str = ""
+    workspaces_dir: Path = Path("state/workspaces")
+    workspace_template: Path | None = None
+    workspace_fresh_on_retry: bool = False
+    auto_commit: bool = True
+    git_author_name: str = "tinyscheduler"
+    git_author_email: str = "tinyscheduler@localhost"
+    min_free_disk_mb: int = 500
+    hook_after_create: str = ""
+    hook_before_run: str = ""
+    hook_after_run: str = ""
+    hook_before_remove: str = ""
+    hook_timeout_sec: int = 300
+    agent_memory_max_mb: int = 0
+    agent_cpu_max_sec: int = 0
+    agent_file_max_mb: int = 0
+    agent_open_files_max: int = 0
+    sandbox: str = "none"
+    sandbox_writable: tuple[Path, ...] = ()
     env_file: Path | None = None
     #: how the env file was chosen: ``--env-file``, ``TINYSCHEDULER_ENV_FILE``, ``found
     #: in the current directory``, or "" when none was loaded
@@ -426,6 +504,10 @@ class Settings:
                 value = "********"
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = [str(item) for item in value]
+            elif value is None:
+                value = ""
             elif isinstance(value, Mapping):
                 value = dict(value)
             shown[option.name] = Resolved(value, self.origins.get(option.name, "default"))
@@ -497,6 +579,7 @@ def load_settings(
     values["AGENT_LIMITS"] = limits
 
     _derive_defaults(values, cwd)
+    _check_workspaces(values, origins)
     if values["TASK_SOURCE"] == "tinytask" and not values["MCP_ENDPOINT"]:
         raise ConfigError(
             f"{PREFIX}TASK_SOURCE=tinytask (from {origins['TASK_SOURCE']}) needs "
@@ -550,11 +633,63 @@ def _derive_defaults(values: dict[str, Any], cwd: Path) -> None:
         value = values[option.name]
         if option.is_path and isinstance(value, Path) and not value.is_absolute():
             values[option.name] = base / value
+    values["SANDBOX_WRITABLE"] = tuple(
+        path if path.is_absolute() else base / path for path in values["SANDBOX_WRITABLE"] or ())
     if values["TASK_SOURCE"] is None:
         values["TASK_SOURCE"] = "tinytask" if values["MCP_ENDPOINT"] else "local"
     if values["HOSTNAME"] is None:
         # os.uname() is what socket.gethostname() returns on Linux, without importing socket
         values["HOSTNAME"] = os.uname().nodename.split(".")[0] or "localhost"
     for option in OPTIONS:
-        if values[option.name] is None:
+        if values[option.name] is None and option.name not in _OPTIONAL_PATHS:
             values[option.name] = "" if option.default == "" else option.parse(option.default)
+
+
+#: Path settings whose absence is None rather than a default path.
+_OPTIONAL_PATHS = ("REPO_DIR", "WORKSPACE_TEMPLATE")
+#: Longest a ``git`` call made while loading the settings may take.
+_GIT_TIMEOUT_SEC = 10
+
+
+def _check_workspaces(values: dict[str, Any], origins: Mapping[str, str]) -> None:
+    """worktree mode needs REPO_DIR and a target branch (default: REPO_DIR's own branch);
+    workspaces may not live inside REPO_DIR's working tree (that would modify it)."""
+    mode = values["WORKSPACE_MODE"]
+    if mode == "directory" and values["WORKSPACE_TEMPLATE"] is not None \
+            and not values["WORKSPACE_TEMPLATE"].is_dir():
+        raise ConfigError(f"{PREFIX}WORKSPACE_TEMPLATE={values['WORKSPACE_TEMPLATE']} (from "
+                          f"{origins['WORKSPACE_TEMPLATE']}) is not a directory; accepted: an "
+                          "existing directory to copy into each workspace, or empty")
+    if mode != "worktree":
+        return
+    repo = values["REPO_DIR"]
+    if repo is None or not repo.is_dir():
+        shown = "is not set" if repo is None else f"={repo} is not a directory"
+        raise ConfigError(f"{PREFIX}WORKSPACE_MODE=worktree needs {PREFIX}REPO_DIR, which "
+                          f"{shown}; accepted: the path of a git repository")
+    workspaces = values["WORKSPACES_DIR"]
+    if workspaces.resolve().is_relative_to(repo.resolve()):
+        raise ConfigError(f"{PREFIX}WORKSPACES_DIR={workspaces} is inside {PREFIX}REPO_DIR="
+                          f"{repo}: worktrees there would change the repository's own working "
+                          "tree; accepted: a directory outside REPO_DIR")
+    if not values["TARGET_BRANCH"]:
+        values["TARGET_BRANCH"] = _checked_out_branch(repo)
+
+
+def _checked_out_branch(repo: Path) -> str:
+    import subprocess
+
+    why = "HEAD is detached"
+    try:
+        proc = subprocess.run(["git", "-C", str(repo), "symbolic-ref", "--quiet", "--short",
+                               "HEAD"], capture_output=True, text=True, timeout=_GIT_TIMEOUT_SEC,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode == 0 and proc.stdout.strip():
+            return proc.stdout.strip()
+        if proc.returncode != 1:
+            why = (proc.stderr.strip().splitlines() or ["git failed"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = f"git could not run: {exc}"
+    raise ConfigError(f"{PREFIX}TARGET_BRANCH is not set and {PREFIX}REPO_DIR={repo} has no "
+                      f"branch checked out ({why}); accepted: set {PREFIX}TARGET_BRANCH to the "
+                      "branch work starts from")

@@ -45,3 +45,12 @@ def read(task_log_dir: Path, task_id: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def update(task_log_dir: Path, task_id: str, **fields: Any) -> None:
+    """Add ``fields`` to the task file (the wrapper records the workspace and branch)."""
+    data = read(task_log_dir, task_id)
+    if not data:
+        return
+    data.update(fields)
+    atomic_write_json(path_for(task_log_dir, task_id), data, durable=False)

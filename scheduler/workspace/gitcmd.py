@@ -1,0 +1,96 @@
+"""``git`` calls: argv only (no shell), bounded in time, a clean environment, and a lock
+per repository for what git does not make safe to run concurrently (worktree add and
+remove, ref updates)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from scheduler.errors import TinySchedulerError
+from scheduler.fsutil import ensure_private_dir, kernel_flock
+from scheduler.workspace.process import Finished, Tick, run_bounded
+
+#: Longest one git call may take (a checkout of a very large repository included).
+GIT_TIMEOUT_SEC = 300
+#: Longest a wrapper waits for another one's git operation on the same repository.
+LOCK_TIMEOUT_SEC = 600
+#: Configuration every call carries: no hooks of the repository, no signing, no pager.
+_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false",
+           "-c", "core.pager=cat", "-c", "advice.detachedHead=false")
+
+
+class GitError(TinySchedulerError):
+    """A git command failed; the message names the command and git's last words."""
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for git: no GIT_* variable of ours leaks in (GIT_DIR would redirect
+    every command), no prompt, messages in English."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GIT_") and not k.startswith("TINYSCHEDULER_")}
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"})
+    env.update(extra or {})
+    return env
+
+
+def run(repo: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
+        tick: Tick | None = None, tick_every: float = 15.0,
+        timeout: float = GIT_TIMEOUT_SEC) -> Finished:
+    """``git -C repo args...``; raises :class:`GitError` on failure when ``check``."""
+    argv = ["git", "-C", str(repo), *_CONFIG, *args]
+    done = run_bounded(argv, cwd=repo if repo.is_dir() else "/", env=env or git_env(),
+                       timeout=timeout, tick=tick, tick_every=tick_every)
+    if check and not done.ok:
+        raise GitError(f"git {' '.join(args[:3])} in {repo}: {done.describe(timeout)}"
+                       + (f": {done.tail(3)}" if done.tail(3) else ""))
+    return done
+
+
+def out(repo: Path, *args: str, **kwargs) -> str:
+    """The stripped stdout of a git command that must succeed."""
+    return run(repo, *args, **kwargs).output.decode(errors="replace").strip()
+
+
+def rev(repo: Path, ref: str) -> str | None:
+    """The commit ``ref`` names, or None when there is none."""
+    done = run(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    text = done.output.decode(errors="replace").strip()
+    return text if done.ok and text else None
+
+
+def lock_path(state_dir: Path, repo: Path) -> Path:
+    """The lock file that serialises git operations on ``repo`` (one per repository)."""
+    digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+    return state_dir / "git-locks" / f"repo-{digest}.lock"
+
+
+@contextmanager
+def repo_lock(state_dir: Path, repo: Path, *, tick: Tick | None = None,
+              tick_every: float = 15.0, timeout: float = LOCK_TIMEOUT_SEC) -> Iterator[None]:
+    """Hold the repository's lock (a kernel flock: a killed holder frees it at once)."""
+    from filelock import Timeout
+
+    path = lock_path(state_dir, repo)
+    ensure_private_dir(path.parent)
+    lock = kernel_flock(path, on_acquired=lambda _fd: None)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lock.acquire(timeout=max(0.0, min(tick_every, deadline - time.monotonic())),
+                         poll_interval=0.01)
+            break
+        except Timeout:
+            if time.monotonic() >= deadline:
+                raise GitError(f"another process held the git lock {path} for more than "
+                               f"{timeout} s") from None
+            if tick is not None and not tick():
+                raise GitError("the lease was lost while waiting for the git lock") from None
+    try:
+        yield
+    finally:
+        lock.release()
