@@ -286,9 +286,14 @@ class Supervisor:
         writable = list(self.settings.sandbox_writable)
         if workspace is not None and workspace.mode == "worktree":
             writable += sandbox.git_writable(workspace.path)
+        # Read-only views of BASE_PATH and REPO_DIR come back after the private /tmp (where
+        # they would otherwise be hidden, or replaced by writable scratch directories).
+        readable = [self.settings.base_path, self.task_dir]
+        if self.settings.repo_dir is not None:
+            readable.insert(1, self.settings.repo_dir)
         return sandbox.wrap(argv, program=program,
                             workspace=workspace.path if workspace else None, cwd=cwd,
-                            writable=writable, readable=[self.task_dir])
+                            writable=writable, readable=readable)
 
     def _supervise(self, lease, argv: list[str], env: dict,
                    agent_limits: limits.Limits = limits.NONE) -> Attempt:

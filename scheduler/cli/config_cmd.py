@@ -65,6 +65,7 @@ def validate_config(app: AppContext, fix: bool, preset: str | None) -> int:
         findings += _check_control_file(settings, fix)
     findings += _check_agent_command(settings)
     findings += _check_source(settings)
+    findings += _check_workspaces(settings)
     findings += [_unknown_variable(name) for name in settings.unknown_variables]
     from scheduler import faults
 
@@ -254,6 +255,12 @@ def _check_agent_command(settings) -> list[Finding]:
     if problem:
         return [Finding("error", problem)]
     return [Finding("ok", f"agent command {find_agent_program(settings)}")]
+
+
+def _check_workspaces(settings) -> list[Finding]:
+    from scheduler.workspace.checks import check
+
+    return [Finding(level, message) for level, message in check(settings)]
 
 
 def _check_source(settings) -> list[Finding]:

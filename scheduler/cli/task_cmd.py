@@ -212,9 +212,15 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         history = store.history(task_id)
         blocking_ids = store.blocking(task_id)
         related = store.current([*found.blocked_by, *blocking_ids])
+    from dataclasses import asdict
+
+    from scheduler.workspace import record
+
+    kept = record.read(app.settings().task_log_dir, found.id)
     if as_json:
         data = task_to_dict(found)
         data.update(
+            workspace=asdict(kept) if kept else None,
             **details,
             blockers=[_brief(i, related[i]) for i in found.blocked_by],
             blocking=[_brief(i, related[i]) for i in blocking_ids],
@@ -232,6 +238,7 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         ("blocked", "yes" if found.is_blocked else "no"),
         ("last error", found.last_error), ("result", details["result_summary"]),
         ("used", _usage(details)),
+        ("workspace", _workspace_line(kept)),
     )
     click.echo(f"task {found.id}: {found.title}")
     for label, value in fields:
@@ -266,6 +273,14 @@ def _usage(details: dict[str, Any]) -> str:
     if details.get("tokens_in") or details.get("tokens_out"):
         parts.append(f"{details['tokens_in']:,} tokens in, {details['tokens_out']:,} out")
     return ", ".join(parts)
+
+
+def _workspace_line(kept: Any) -> str | None:
+    if kept is None:
+        return None
+    state = "removed" if kept.state == "removed" else "kept"
+    branch = f", branch {kept.branch}" if kept.branch else ""
+    return f"{kept.path} ({state}{branch})"
 
 
 def _brief(task_id: str, other: Any) -> dict[str, Any]:

@@ -270,8 +270,8 @@ OPTIONS: tuple[Option, ...] = (
            "/usr/local/bin/goose"),
     Option("AGENT_COMMAND", DEFAULT_AGENT_COMMAND, _parse_command,
            "Agent argv template; placeholders {task_id} {agent} {queue} {attempt} {recipe} "
-           "{recipe_path} {title} {prompt} {task_file} {base_path} {goose_bin}; never run by a "
-           "shell.",
+           "{recipe_path} {title} {prompt} {task_file} {base_path} {goose_bin} {workspace} "
+           "{branch}; never run by a shell.",
            "my-agent --task {task_id} --file {task_file}"),
     Option("LOOP_INTERVAL_SEC", "60", _int_parser(1), "Daemon: seconds between passes.", "30"),
     Option("HEARTBEAT_SEC", "15", _int_parser(1), "Wrapper heartbeat interval.", "10"),
@@ -332,13 +332,15 @@ OPTIONS: tuple[Option, ...] = (
            "Where agents work: none (in WORK_DIR), worktree (a git worktree per task) or "
            "directory (a private directory per task).", "worktree"),
     Option("REPO_DIR", "", _parse_path, "worktree mode: the git repository tasks work on "
-           "(its own working tree is never modified).", "/srv/agents/repo", is_path=True),
+           "(its own working tree is never modified).", "/srv/agents/repo", is_path=True,
+           default_note="none; required in worktree mode"),
     Option("TARGET_BRANCH", "", _parse_text, "worktree mode: the branch work starts from.",
            "main", default_note="the branch checked out in REPO_DIR"),
     _path("WORKSPACES_DIR", "state/workspaces", "Where per-task workspaces are made "
           "(task-<id>).", "/srv/agents/workspaces"),
     Option("WORKSPACE_TEMPLATE", "", _parse_path, "directory mode: a directory copied into "
-           "each new workspace.", "/srv/agents/template", is_path=True),
+           "each new workspace.", "/srv/agents/template", is_path=True,
+           default_note="none: an empty directory"),
     Option("WORKSPACE_FRESH_ON_RETRY", "false", _parse_bool,
            "A retry gets a new workspace from the current target instead of reusing the last "
            "one (unmerged work is kept on a branch).", "true"),
@@ -352,13 +354,15 @@ OPTIONS: tuple[Option, ...] = (
            "workspaces are made, tasks are skipped (not failed); 0 = no check.", "2048"),
     Option("HOOK_AFTER_CREATE", "", _parse_optional_command, "Hook argv run once when a "
            "workspace is first made; placeholders {task_id} {workspace} {branch} {attempt}.",
-           "npm ci"),
+           "npm ci", default_note="none"),
     Option("HOOK_BEFORE_RUN", "", _parse_optional_command,
-           "Hook argv run before every attempt (same placeholders).", "make deps"),
+           "Hook argv run before every attempt (same placeholders).", "make deps",
+           default_note="none"),
     Option("HOOK_AFTER_RUN", "", _parse_optional_command, "Hook argv run after every attempt "
-           "(also {outcome}); a failure is logged only.", "make clean"),
+           "(also {outcome}); a failure is logged only.", "make clean", default_note="none"),
     Option("HOOK_BEFORE_REMOVE", "", _parse_optional_command, "Hook argv run before a "
-           "workspace is deleted; a failure is logged only.", "rm -rf node_modules"),
+           "workspace is deleted; a failure is logged only.", "rm -rf node_modules",
+           default_note="none"),
     Option("HOOK_TIMEOUT_SEC", "300", _int_parser(1),
            "Longest a hook may run (then SIGTERM, SIGKILL after KILL_GRACE_SEC).", "600"),
     Option("AGENT_MEMORY_MAX_MB", "0", _int_parser(0),
@@ -374,7 +378,7 @@ OPTIONS: tuple[Option, ...] = (
            "except its workspace and SANDBOX_WRITABLE.", "bwrap"),
     Option("SANDBOX_WRITABLE", "", _parse_path_list,
            "bwrap: more writable paths, separated by ':' (e.g. a cache).",
-           "/root/.cache:/srv/agents/npm-cache"),
+           "/root/.cache:/srv/agents/npm-cache", default_note="none"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}

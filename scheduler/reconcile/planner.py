@@ -15,7 +15,9 @@ Rules, in order:
 * per agent, free slots = limit - its live leases; tasks already assigned to an agent go
   first, since they can run nowhere else;
 * per queue, unassigned tasks go one by one to the pool member with the most free slots,
-  ties broken by name; legacy mode (no registry file) runs assigned tasks only.
+  ties broken by name; legacy mode (no registry file) runs assigned tasks only;
+* with too little free disk for workspaces (``low_disk``, measured by the caller), every
+  task that could run is skipped with that reason instead (not failed).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Spawn:
 class Skip:
     task_id: str
     reason: str
-    kind: str  #: leased | parked | backoff | blocked | paused | no-slot | unknown-agent
+    kind: str  #: leased | parked | backoff | blocked | paused | no-slot | unknown-agent | low-disk
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,15 @@ def plan(
     pauses: Pauses = NO_PAUSES,
     holds: Mapping[str, Hold] | None = None,
     occupied: Mapping[str, Sequence[str]] | None = None,
+    low_disk: str | None = None,
 ) -> Plan:
     """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
     to registry agents, and unassigned in registry queues), blocked ones included.
     ``holds`` are agents held back (rate-limited, over budget): they get no new task and
     their queue's other agents take its work. ``occupied`` maps the tasks running or
     waiting to merge to their declared (or changed) files: a task whose declared files
-    overlap any of them, or those of a task planned earlier in this pass, waits."""
+    overlap any of them, or those of a task planned earlier in this pass, waits.
+    ``low_disk`` says why there is not enough free disk for a workspace (None: enough)."""
     holds = holds or {}
     claimed = {task_id: tuple(files) for task_id, files in (occupied or {}).items() if files}
     tasks = _unique(tasks)
@@ -138,6 +142,9 @@ def plan(
     skips: list[Skip] = []
     eligible = _eligible(tasks, leased, now, disable_blocking, skips)
     ordered = eligible if disable_blocking else _by_importance(eligible, tasks)
+    if low_disk is not None:
+        skips += [Skip(task.id, f"low disk: {low_disk}", "low-disk") for task in ordered]
+        ordered = []
 
     spawns: list[Spawn] = []
     assigned = [t for t in ordered if t.assignee]

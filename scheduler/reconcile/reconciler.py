@@ -75,6 +75,7 @@ class PassSummary:
     outbox_delivered: int = 0
     outbox_pending: int = 0
     paused: str = "not paused"
+    low_disk: str = ""  #: why tasks were skipped for lack of disk ("" = enough)
     agents: list = field(default_factory=list)
     cost_today_usd: dict = field(default_factory=dict)  #: agent -> spent this UTC day
     #: idle tasks no agent can run: [{"task": id, "reason": why}], the first 20
@@ -162,9 +163,11 @@ class Reconciler:
         tasks = [] if dry_run and no_store_yet else self._list_tasks(summary)
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
                  for lease in leases]
+        low_disk = self._disk_shortage()
+        summary.low_disk = low_disk or ""
         the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
                         disable_blocking=self.settings.disable_blocking, pauses=pauses,
-                        holds=self._holds(now, summary),
+                        holds=self._holds(now, summary), low_disk=low_disk,
                         occupied=self._occupied(leases, tasks or [], summary))
         if dry_run:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
@@ -319,6 +322,17 @@ class Reconciler:
                 summary.stopped += 1
                 log.warning("stopping run the source no longer wants", extra={"fields": {
                     "task": lease.task_id, "agent": lease.agent, "source_state": state}})
+
+    def _disk_shortage(self) -> str | None:
+        """Too little free space where workspaces are made? (Only when they are made.)"""
+        if self.settings.workspace_mode == "none":
+            return None
+        from scheduler.workspace.disk import shortage
+
+        low = shortage(self.settings.workspaces_dir, self.settings.min_free_disk_mb)
+        if low:
+            log.warning("low disk: tasks skipped", extra={"fields": {"why": low}})
+        return low
 
     # --- step 3: the source -----------------------------------------------------------------
 

@@ -34,6 +34,8 @@ def collect(settings) -> dict:
     else:
         if last.get("errors"):
             problems.append(f"last pass had {len(last['errors'])} error(s)")
+        if last.get("low_disk"):
+            problems.append(f"low disk, tasks skipped: {last['low_disk']}")
         age = (now - clock.from_iso(last["time"])).total_seconds()
         last["age_sec"] = round(age, 1)
         if last.get("mode") == "daemon" and age > STALE_INTERVALS * settings.loop_interval_sec:
@@ -128,6 +130,8 @@ def render(report: dict) -> str:
                      f"{last['blocked_skipped']} blocked, {len(last['errors'])} errors, "
                      f"{last['duration_sec'] * 1000:.0f} ms")
         lines += [f"  error: {e}" for e in last["errors"][:10]]
+        if last.get("low_disk"):
+            lines.append(f"  LOW DISK: tasks skipped ({last['low_disk']})")
         unrunnable = last.get("unrunnable") or []
         if unrunnable:
             total = max(len(unrunnable), (last.get("skipped") or {}).get("unknown-agent", 0))
