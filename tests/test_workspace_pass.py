@@ -46,7 +46,7 @@ def test_a_wrapper_killed_while_making_a_worktree_leaves_a_repairable_one(
     before = tree_snapshot(repo)
     task = s.add("make a file", "--queue", "dev")
     s.run_once(TEST_CRASH_AT=point)  # the forked wrapper SIGKILLs itself at the point
-    wait_for(lambda: s.leases() and not s.leases()[task].pid is None
+    wait_for(lambda: s.leases() and s.leases()[task].pid is not None
              and not _alive(s.leases()[task].pid), what="the wrapper to die")
 
     s.pass_until(s.all_done, timeout=60)

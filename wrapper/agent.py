@@ -27,7 +27,8 @@ class AgentProcess:
     """A forked, gated agent. ``start`` -> ``release`` -> ``wait``/``poll``."""
 
     def __init__(self, argv: list[str], *, env: dict, cwd, output_fd: int,
-                 lock_fd: int | None, rlimits: list[tuple[int, int, int]] = ()) -> None:
+                 lock_fd: int | None,
+                 rlimits: list[tuple[int, int, int]] | None = None) -> None:
         self.argv = argv
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
@@ -37,7 +38,7 @@ class AgentProcess:
         if self.pid == 0:
             os.close(self._gate_w)
             os.close(self._error_r)
-            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, list(rlimits))
+            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, list(rlimits or ()))
         os.close(gate_r)
         os.close(error_w)
         self._pidfd = _pidfd(self.pid)

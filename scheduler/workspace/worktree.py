@@ -52,7 +52,7 @@ def prepare(ctx: Context) -> Workspace:
                  and rec.path == str(path) and os.path.realpath(path) in listed
                  and (path / ".git").is_file())
         fresh = s.workspace_fresh_on_retry and rec is not None and 0 < rec.attempt < ctx.attempt
-        if ready and not fresh:
+        if ready and not fresh and rec is not None:
             ctx.note(f"workspace {path}: reused (branch {branch})")
             return Workspace(ctx.task_id, "worktree", path, branch, rec.base_commit)
         if ready and rec is not None:
