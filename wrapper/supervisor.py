@@ -145,7 +145,8 @@ class Supervisor:
     def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
         task = taskfile.read(self.settings.task_log_dir, self.task_id)
         self.context = Context(self.settings, self.task_id, lease.attempt,
-                               title=str(task.get("title", "")), log_fd=self.log.fileno(),
+                               title=str(task.get("title", "")),
+                               log_fd=self.log.fileno() if self.log else None,
                                tick=self._tick, note=self._line)
         try:
             self.workspace = modes.begin(self.context)
@@ -337,7 +338,7 @@ class Supervisor:
     def _name_limit(self, attempt: Attempt, agent: AgentProcess,
                     agent_limits: limits.Limits) -> None:
         """Say which resource limit stopped the agent, when that can be told."""
-        log_path = Path(f"/proc/self/fd/{self.log.fileno()}")
+        log_path = self.task_dir / f"attempt-{self.context.attempt if self.context else 1}.log"
         named = limits.name_the_limit(
             agent_limits, exit_code=attempt.exit_code, signum=attempt.signal,
             cpu_sec=agent.cpu_seconds(), tail=_tail(log_path, SUMMARY_TAIL_BYTES),
