@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Test workers: one per CPU (pytest-xdist); the suite mostly waits on real processes.
 TEST_WORKERS ?= auto
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run demo-parallel test test-fast lint bench clean
 
 # Each step prints one line first, so a long install is never a silent wait.
 step = @printf '== %s\n' $(1)
@@ -37,6 +37,10 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	@$(BIN)/python -m pytest -q -p xdist -n $(TEST_WORKERS) -m "not processes"
 
+## demo-parallel: three agents edit one git repository at once, each in its own worktree
+demo-parallel: $(VENV)/.installed
+	@PATH="$(abspath $(BIN)):$$PATH" sh examples/parallel-repo/run.sh
+
 ## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check scheduler wrapper tests bench scripts
@@ -47,4 +51,4 @@ bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state

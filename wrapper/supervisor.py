@@ -74,6 +74,7 @@ class Supervisor:
         self.workspace: Workspace | None = None
         self.context: Context | None = None
         self._fenced = False
+        self._headed = False
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -144,6 +145,8 @@ class Supervisor:
 
     def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
         task = taskfile.read(self.settings.task_log_dir, self.task_id)
+        if self.settings.workspace_mode != "none":
+            self._first_line(lease)  # workspace notes follow it
         self.context = Context(self.settings, self.task_id, lease.attempt,
                                title=str(task.get("title", "")),
                                log_fd=self.log.fileno() if self.log else None,
@@ -462,10 +465,16 @@ class Supervisor:
             self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n".encode())
 
     def _header(self, lease, argv: list[str]) -> None:
-        self._line(f"task {self.task_id} agent {lease.agent} attempt {lease.attempt} "
-                   f"host {self.settings.hostname}")
+        """The attempt's first line (once), then the argv and start time."""
+        self._first_line(lease)
         self._line(f"argv {json.dumps(argv)}")
         self._line(f"started {clock.to_iso(clock.now())}")
+
+    def _first_line(self, lease) -> None:
+        if not self._headed:
+            self._headed = True
+            self._line(f"task {self.task_id} agent {lease.agent} attempt {lease.attempt} "
+                       f"host {self.settings.hostname}")
 
     def _footer(self, attempt: Attempt, duration: float) -> None:
         code = _how_ended(attempt)
