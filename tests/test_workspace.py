@@ -252,3 +252,16 @@ def test_a_parked_task_keeps_its_workspace_and_unmerged_branch(make_rig, repo: P
     assert (ws / "wip.txt").read_text() == "half done"
     assert git(repo, "show", f"{BRANCH.format(task.id)}:wip.txt") == "half done"
     assert git(ws, "status", "--porcelain") == ""
+
+
+def test_the_wrapper_gives_a_task_back_unstarted_when_the_disk_is_low(make_rig,
+                                                                        repo: Path) -> None:
+    rig = worktree_rig(make_rig, repo)
+    marker = repo.parent / "agent-ran"
+    token = rig.prepare(task := rig.add())
+    assert rig.run(task.id, token, MIN_FREE_DISK_MB=10**9,
+                   AGENT_COMMAND=agent_command("write", str(marker), "x")) == 0
+    task = rig.tasks.get(task.id)
+    assert task.status == IDLE and task.attempts == 0  # skipped, not failed
+    assert "low disk" in rig.summary(task.id) and not marker.exists()
+    assert not workspace_of(rig, task.id).exists()

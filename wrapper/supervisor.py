@@ -33,7 +33,7 @@ from scheduler.sources.base import Result, RetryPolicy
 from scheduler.state import outbox, taskfile, throttles, wake
 from scheduler.state.leases import FINISHING, LeaseStore
 from scheduler.workspace import limits, modes, sandbox
-from scheduler.workspace.base import Context, Workspace, WorkspaceError
+from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
 from wrapper.agent import AgentProcess
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
 from wrapper.judge import judge
@@ -161,6 +161,8 @@ class Supervisor:
                 return Attempt(base.OUTCOME_CANCELLED,
                                note=f"wrapper got signal {self._stop_signal} while preparing "
                                     "the workspace")
+            if isinstance(exc, LowDisk):  # skipped, not failed: no attempt is counted
+                return Attempt(base.NOT_STARTED, note=str(exc))
             return Attempt(base.LAUNCH_FAILED, note=str(exc))
         workspace = self.workspace
         values = {

@@ -16,6 +16,10 @@ class WorkspaceError(TinySchedulerError):
     """The workspace could not be made or used: the attempt ends ``launch_failed``."""
 
 
+class LowDisk(WorkspaceError):
+    """Too little free disk for a new workspace: the attempt is given back unstarted."""
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A task's prepared workspace."""

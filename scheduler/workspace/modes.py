@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from scheduler.workspace import directory, disk, hooks, record, worktree
-from scheduler.workspace.base import Context, Workspace, WorkspaceError
+from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
 from scheduler.workspace.gitcmd import GitError
 
 
@@ -24,7 +24,7 @@ def begin(ctx: Context) -> Workspace | None:
     low = disk.shortage(s.workspaces_dir, s.min_free_disk_mb)
     current = record.read(s.task_log_dir, ctx.task_id)
     if low and (current is None or current.state != record.READY):
-        raise WorkspaceError(f"not enough free disk to make a workspace: {low}")
+        raise LowDisk(f"low disk: {low}")
     prepare = worktree.prepare if s.workspace_mode == "worktree" else directory.prepare
     try:
         workspace = prepare(ctx)

@@ -24,6 +24,8 @@ from scheduler.workspace.base import Context, Workspace, WorkspaceError, aside_p
 
 #: Every task branch lives under this prefix (the merge queue relies on it).
 BRANCH_PREFIX = "tinyscheduler/task-"
+#: Parallel checkout: files are written by this many processes (it waits on I/O).
+CHECKOUT_WORKERS = 4
 #: Branches with work of an earlier attempt, kept when a retry starts fresh.
 KEPT_PREFIX = "tinyscheduler/kept/task-"
 
@@ -79,8 +81,8 @@ def prepare(ctx: Context) -> Workspace:
                     tick=ctx.tick, tick_every=ctx.tick_every)
     faults.crash_point("workspace-mid-add")
     # The checkout itself touches only this worktree (its index and files): no lock.
-    git.run(path, "reset", "--hard", "--quiet", "HEAD", tick=ctx.tick,
-            tick_every=ctx.tick_every)
+    git.run(path, "-c", f"checkout.workers={CHECKOUT_WORKERS}", "reset", "--hard", "--quiet",
+            "HEAD", tick=ctx.tick, tick_every=ctx.tick_every)
     os.chmod(path, 0o700)
     faults.crash_point("workspace-after-add")
     record.write(s.task_log_dir, rec.changed(state=record.READY))
