@@ -187,3 +187,14 @@ def test_duplicate_tasks_from_two_listings_are_planned_once():
     reg = registry(("a", "dev", 5))
     result = plan([], [task(1), task(1)], reg, NOW)
     assert spawned(result) == [("1", "a")]
+
+
+def test_low_disk_skips_every_runnable_task_with_the_reason_and_nothing_else():
+    registry = Registry((Agent("vaela", "dev", 2),), legacy=False)
+    tasks = [task(1), task(2, blocked_by=[1]), task(3, parked=True)]
+    result = plan([], tasks, registry, NOW, low_disk="12 MB free at /ws, below 500")
+    assert result.spawns == ()
+    kinds = {skip.task_id: (skip.kind, skip.reason) for skip in result.skips}
+    assert kinds["1"] == ("low-disk", "low disk: 12 MB free at /ws, below 500")
+    assert kinds["2"][0] == "blocked" and kinds["3"][0] == "parked"
+    assert [s.task.id for s in plan([], tasks, registry, NOW).spawns] == ["1"]

@@ -118,6 +118,10 @@ class Supervisor:
                        "agent stopped, nothing reported")
             return 0
         said = self._judge(lease, attempt, log_path)
+        if self.context is not None:
+            # From here on a stop signal no longer interrupts git or hooks: the attempt
+            # has ended, and committing its work is what keeps it.
+            self.context.tick = self._keep_alive
         if self.workspace is not None and self.context is not None:
             try:
                 modes.end(self.context, self.workspace, attempt.outcome)
@@ -360,6 +364,10 @@ class Supervisor:
             self._fenced = True
             return False
         return self._stop_signal is None
+
+    def _keep_alive(self) -> bool:
+        """Heartbeat only; False when fenced."""
+        return self.store.heartbeat(self.task_id, self.token, clock.now()) is not None
 
     # --- waiting ------------------------------------------------------------------------
 
