@@ -238,7 +238,7 @@ class Supervisor:
             "description": task.get("description", ""), "queue": lease.queue or "",
             "agent": lease.agent, "attempt": lease.attempt, "previous_summary": previous,
             "previous_error": task.get("last_error") or "",
-            "workspace": str(self.settings.work_dir),
+            "workspace": str(self.workspace.path if self.workspace else self.settings.work_dir),
         })
 
     # --- judging the outcome ------------------------------------------------------------
