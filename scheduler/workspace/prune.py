@@ -93,6 +93,9 @@ def _prune_one(settings, rec: record.Record, force: bool) -> list[Action]:
     path = Path(rec.path)
     repo = Path(rec.repo_dir) if rec.repo_dir else None
     gone = True
+    if not _plausible(path, rec.task_id):
+        return [Action(rec.task_id, "skipped", f"record names {path}, not a task-{rec.task_id} "
+                                               "directory; left alone")]
     if os.path.lexists(path):
         removed, detail = _remove_dir(ctx, rec, path, repo, force)
         actions.append(Action(rec.task_id, "removed" if removed else "kept", detail))
@@ -107,6 +110,12 @@ def _prune_one(settings, rec: record.Record, force: bool) -> list[Action]:
             state=record.REMOVED if gone else rec.state,
             note="; ".join(a.detail for a in actions if a.done == "kept")))
     return actions
+
+
+def _plausible(path: Path, task_id: str) -> bool:
+    """Only ever delete what looks like a workspace: an absolute ``.../task-<id>`` that is
+    not a symlink."""
+    return path.is_absolute() and path.name == f"task-{task_id}" and not path.is_symlink()
 
 
 def _remove_dir(ctx: Context, rec: record.Record, path: Path, repo: Path | None,
