@@ -25,7 +25,7 @@ from scheduler.workspace.base import Context, Workspace, WorkspaceError, aside_p
 #: Every task branch lives under this prefix (the merge queue relies on it).
 BRANCH_PREFIX = "tinyscheduler/task-"
 #: Parallel checkout: files are written by this many processes (it waits on I/O).
-CHECKOUT_WORKERS = 4
+CHECKOUT_WORKERS = 8
 #: Branches with work of an earlier attempt, kept when a retry starts fresh.
 KEPT_PREFIX = "tinyscheduler/kept/task-"
 
