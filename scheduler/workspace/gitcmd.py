@@ -4,7 +4,6 @@ remove, ref updates)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -65,6 +64,8 @@ def rev(repo: Path, ref: str) -> str | None:
 
 def lock_path(state_dir: Path, repo: Path) -> Path:
     """The lock file that serialises git operations on ``repo`` (one per repository)."""
+    import hashlib  # only when a workspace is made, not for every wrapper start
+
     digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
     return state_dir / "git-locks" / f"repo-{digest}.lock"
 
