@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 from test_wrapper import FAKE_AGENT, PY, RUN_TIMEOUT, Rig, agent_command, wait_for
 from test_wrapper import make_rig as make_rig  # noqa: F401 - the fixture
@@ -265,3 +267,28 @@ def test_the_wrapper_gives_a_task_back_unstarted_when_the_disk_is_low(make_rig,
     assert task.status == IDLE and task.attempts == 0  # skipped, not failed
     assert "low disk" in rig.summary(task.id) and not marker.exists()
     assert not workspace_of(rig, task.id).exists()
+
+
+def test_a_hook_dies_with_its_wrapper(make_rig, repo: Path) -> None:
+    ready = repo.parent / "hook-pid"
+    rig = worktree_rig(make_rig, repo,
+                       HOOK_BEFORE_RUN=agent_command("ready", str(ready), "sleep", "60"))
+    token = rig.prepare(task := rig.add())
+    wrapper = rig.spawn(task.id, token)
+    hook_pid = _read_pid(ready)
+    rig.track(hook_pid)
+    os.kill(wrapper.pid, signal.SIGKILL)
+    wrapper.wait(RUN_TIMEOUT)
+    wait_for(lambda: _gone(hook_pid), RUN_TIMEOUT, "the hook to die with its wrapper")
+
+
+def _read_pid(path: Path) -> int:
+    wait_for(path.exists, RUN_TIMEOUT, f"{path.name} to be written")
+    return int(path.read_text())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -50,7 +50,7 @@ def run(ctx: Context, name: str, workspace: Workspace, outcome: str = "") -> str
     timeout = ctx.settings.hook_timeout_sec
     done = run_bounded(argv, cwd=workspace.path, env=env, timeout=timeout,
                        grace=ctx.settings.kill_grace_sec, sink_fd=ctx.log_fd, tick=ctx.tick,
-                       tick_every=ctx.tick_every)
+                       tick_every=ctx.tick_every, die_with_parent=True)
     ctx.note(f"hook {name} {done.describe(timeout)}")
     return None if done.ok else failure(name, done, timeout)
 

@@ -57,13 +57,16 @@ class Finished:
 
 def run_bounded(argv: Sequence[str], *, cwd: Path | str, env: Mapping[str, str],
                 timeout: float, grace: float = 5.0, sink_fd: int | None = None,
-                tick: Tick | None = None, tick_every: float = 15.0) -> Finished:
+                tick: Tick | None = None, tick_every: float = 15.0,
+                die_with_parent: bool = False) -> Finished:
     """Run ``argv``; copy its output to ``sink_fd`` (if given) and keep it; never raises
-    for the command's own failure."""
+    for the command's own failure. ``die_with_parent``: the command gets SIGKILL if this
+    process dies first (nobody would enforce its time bound any more)."""
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=_die_with(os.getpid()) if die_with_parent else None)
     except OSError as exc:
         return Finished(None, b"", error=f"{argv[0]}: {exc.strerror or exc}")
     assert proc.stdout is not None
@@ -116,6 +119,20 @@ def _pump(proc: subprocess.Popen, kept: bytearray, timeout: float, sink_fd: int 
             _write_all(sink_fd, chunk)
         if len(kept) < MAX_OUTPUT_BYTES:
             kept += chunk[:MAX_OUTPUT_BYTES - len(kept)]
+
+
+def _die_with(parent: int):
+    """In the child, before exec: SIGKILL when ``parent`` dies (Linux prctl
+    PR_SET_PDEATHSIG); if it is already gone, exit at once."""
+    def arm() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def _read(fd: int) -> bytes | None:
