@@ -360,3 +360,21 @@ def test_the_daily_budget_resumes_at_midnight_utc(tmp_path):
         assert held["vaela"].reason.endswith("paused until 2026-12-03T00:00:00.000Z")
         frozen.tick(timedelta(seconds=61))
         assert holds.holds(throttles.load_all(directory), clock.now(), {"vaela": 3.0}) == {}
+
+
+def test_the_agent_control_file_takes_the_per_agent_rules(tmp_path):
+    from scheduler.agents import options
+    from scheduler.config.registry import parse_control_file
+    from scheduler.config.settings import load_settings
+
+    path = tmp_path / "agent-control.json"
+    path.write_text(json.dumps([{"agentName": "vaela", "agentType": "dev",
+                                 "rateLimitPatterns": ["RESOURCE_EXHAUSTED"],
+                                 "rateLimitExitCodes": [75], "dailyCostMaxUsd": 20}]))
+    assert parse_control_file(path) == [("vaela", "dev")]
+    settings = load_settings(environ={"TINYSCHEDULER_AGENT_CONTROL_FILE": str(path)},
+                             cwd=tmp_path)
+    mine = options.for_agent(settings, "vaela")
+    assert (mine.rate_limit_exit_codes, mine.daily_cost_max_usd) == ((75,), 20.0)
+    assert mine.rate_limit_patterns.search("status: RESOURCE_EXHAUSTED")
+    assert not mine.rate_limit_patterns.search("429 Too Many Requests")

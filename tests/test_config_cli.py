@@ -291,11 +291,11 @@ def test_malformed_control_file_names_line_and_column(cwd, capsys):
         ("agents", 'the file holds the string "agents"'),
         (["dispatcher"], 'item 0 is the string "dispatcher"'),
         ([{"agentName": "a", "agentType": "q"}, 5], "item 1 is the number 5"),
-        ([{"agentType": "q"}], "item 0 has the keys agentType; accepted: exactly agentName and "
-                               "agentType"),
+        ([{"agentType": "q"}], "item 0 has the keys agentType; accepted: agentName and "
+                               "agentType, optionally memoryMaxMb"),
         ([{"agentName": "a"}], "item 0 has the keys agentName;"),
-        ([{"name": "a", "type": "q"}], "item 0 has the keys name, type; accepted: exactly "
-                                       "agentName and agentType"),
+        ([{"name": "a", "type": "q"}], "item 0 has the keys name, type; accepted: "
+                                       "agentName and agentType, optionally"),
         ([{"agentName": "a", "agentType": "q", "limit": 2}],
          "item 0 has the keys agentName, agentType, limit"),
         ([{"agentName": "", "agentType": "q"}], "item 0: agentName is an empty string"),

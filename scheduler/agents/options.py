@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.agents.ratelimit import DEFAULT_PATTERNS, compile_patterns
+from scheduler.config.registry import AGENT_RULE_KEYS
 from scheduler.errors import ConfigError
 
-KEYS = ("rateLimitPatterns", "rateLimitExitCodes", "dailyCostMaxUsd")
+KEYS = AGENT_RULE_KEYS
 
 
 @dataclass(frozen=True)

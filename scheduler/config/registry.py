@@ -33,6 +33,10 @@ RESOURCE_FIELDS = {"memoryMaxMb": "memory_mb", "cpuMaxSec": "cpu_sec", "fileMaxM
                    "openFilesMax": "open_files"}
 #: Largest value accepted for a resource limit.
 MAX_RESOURCE_VALUE = 2**40
+#: Per-agent keys of the real-agent rules, checked in scheduler.agents.options.
+AGENT_RULE_KEYS = ("rateLimitPatterns", "rateLimitExitCodes", "dailyCostMaxUsd")
+#: Keys an entry may have besides the required ones.
+OPTIONAL_KEYS = (*RESOURCE_FIELDS, *AGENT_RULE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,12 @@ def parse_control_entries(path: Path) -> list[ControlEntry]:
         where = f"agent control file {path}: item {index}"
         if not isinstance(item, dict):
             raise ConfigError(f"{where} is {_json_kind(item)}; {accepted}")
-        unknown = sorted(set(item) - set(CONTROL_KEYS))
+        unknown = sorted(set(item) - set(CONTROL_KEYS) - set(OPTIONAL_KEYS))
         missing = [key for key in CONTROL_KEYS if key not in item]
         if unknown or missing:
             found = ", ".join(sorted(item)) or "none"
-            raise ConfigError(f"{where} has the keys {found}; accepted: exactly agentName and "
-                              "agentType")
+            raise ConfigError(f"{where} has the keys {found}; accepted: agentName and "
+                              f"agentType, optionally {', '.join(OPTIONAL_KEYS)}")
         for key in CONTROL_KEYS:
             value = item[key]
             if not isinstance(value, str) or not value.strip():
