@@ -45,7 +45,9 @@ def test_a_wrapper_killed_while_making_a_worktree_leaves_a_repairable_one(
     repo = s.repo  # type: ignore[attr-defined]
     before = tree_snapshot(repo)
     task = s.add("make a file", "--queue", "dev")
-    s.run_once(TEST_CRASH_AT=point)  # the forked wrapper SIGKILLs itself at the point
+    env = s.environ()
+    env[faults.CRASH_AT_VARIABLE] = point  # the forked wrapper SIGKILLs itself at the point
+    assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid is not None
              and not _alive(s.leases()[task].pid), what="the wrapper to die")
 
@@ -68,7 +70,9 @@ def test_a_wrapper_killed_while_making_a_directory_leaves_none(make_scheduler,
     s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, WORKSPACE_MODE="directory",
                        MIN_FREE_DISK_MB=0, AGENT_COMMAND=fake("write", "done.txt", "x"))
     task = s.add("make a file", "--queue", "dev")
-    s.run_once(TEST_CRASH_AT="workspace-mid-add")
+    env = s.environ()
+    env[faults.CRASH_AT_VARIABLE] = "workspace-mid-add"
+    assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid
              and not _alive(s.leases()[task].pid), what="the wrapper to die")
     s.pass_until(s.all_done, timeout=60)
