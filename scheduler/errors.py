@@ -42,6 +42,12 @@ class SourceError(TinySchedulerError):
     """The task source failed: unreachable, an HTTP error, garbage data."""
 
 
+class SourceUnavailable(SourceError):
+    """The source could not be reached or did not answer in time (connection, timeout,
+    5xx, a deadline): the whole source is down, not one task. A write that failed this
+    way may still have been applied."""
+
+
 class LeaseError(TinySchedulerError):
     """A lease could not be read or written."""
 

@@ -30,6 +30,12 @@ Fault injection applies to the next requests of any path, in arrival order (a re
 logged in ``requests`` before its fault): ``fail_next(n, status=500)`` answers with that
 status and an ErrorResponse; ``delay_next(n, seconds)`` sleeps before answering (cut short
 when the server closes); ``garbage_next(n)`` answers 200 with a body that is not JSON.
+Hostile modes, each still answering in the contract's shapes: ``lose_next(n, method=None)``
+applies the request and then closes the connection without an answer (a lost answer);
+``trickle_next(n, interval)`` sends the answer one byte per ``interval`` seconds (defeats
+a per-read timeout); ``endless_pages = True`` makes every listing answer full pages of
+new ParsedTask objects whatever the offset (pagination that never ends); ``ignore_limit =
+True`` answers every listing whole, whatever ``limit`` asks for.
 ``FakeTinyTask(require_token="s3cr3t")`` answers 401 unless ``Authorization: Bearer
 s3cr3t`` is sent; ``FakeTinyTask(health=False)`` has no ``/health`` (404), as in the
 contract. ``set_task(task_id, **fields)`` overwrites raw fields (bad data included).
@@ -86,6 +92,10 @@ class FakeTinyTask:
         self._fail = (0, 500)
         self._delay = (0, 0.0)
         self._garbage = 0
+        self._lose: tuple[int, str | None] = (0, None)
+        self._trickle = (0, 0.0)
+        self.endless_pages = False
+        self.ignore_limit = False
         self._closing = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -175,6 +185,16 @@ class FakeTinyTask:
         with self._lock:
             self._garbage = n
 
+    def lose_next(self, n: int, method: str | None = None) -> None:
+        """Apply the next ``n`` requests (of ``method``, if given), answer none of them."""
+        with self._lock:
+            self._lose = (n, method)
+
+    def trickle_next(self, n: int, interval: float) -> None:
+        """Send the next ``n`` answers one byte every ``interval`` seconds."""
+        with self._lock:
+            self._trickle = (n, interval)
+
     # --- the model (called with the lock held) ----------------------------------------
 
     def _create(self, fields: dict) -> int:
@@ -215,6 +235,13 @@ class FakeTinyTask:
             raise _Problem(400, f"Invalid status: {status}")
         limit = _number_param(query, "limit", 100)
         offset = _number_param(query, "offset", 0)
+        if self.endless_pages:  # always a full page of tasks never seen before
+            stamp = _now()
+            return [{**self._view(next(iter(self.tasks.values()))), "id": 10**9 + offset + i,
+                     "status": status or "idle", "created_at": stamp}
+                    for i in range(limit)] if self.tasks else []
+        if self.ignore_limit:
+            limit = len(self.tasks)
         assigned = query.get("assigned_to")
         archived = query.get("include_archived", "false").lower() == "true"
         if queue is None:
@@ -345,6 +372,19 @@ class FakeTinyTask:
 
     # --- one request (called from handler threads) ------------------------------------
 
+    def _take_answer_faults(self, method: str) -> tuple[bool, float]:
+        """(lose this answer, trickle interval) for a request of ``method``."""
+        with self._lock:
+            lose = False
+            if self._lose[0] > 0 and self._lose[1] in (None, method):
+                self._lose = (self._lose[0] - 1, self._lose[1])
+                lose = True
+            interval = 0.0
+            if not lose and self._trickle[0] > 0:
+                self._trickle = (self._trickle[0] - 1, self._trickle[1])
+                interval = self._trickle[1]
+            return lose, interval
+
     def _take_faults(self) -> tuple[float, int | None, bool]:
         with self._lock:
             delay = 0.0
@@ -434,12 +474,28 @@ def _handler_for(fake: FakeTinyTask) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw_body = self.rfile.read(length) if length else b""
             status, payload = fake._handle(self.command, self.path, self.headers, raw_body)
+            lose, interval = fake._take_answer_faults(self.command)
+            if lose:  # applied, never answered: the client sees the connection drop
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if interval:
+                    self.wfile.flush()
+                    for i in range(len(payload)):
+                        if fake._closing.wait(interval):
+                            break
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                else:
+                    self.wfile.write(payload)
             except OSError:  # the client gave up (timeout) or the server is closing
                 self.close_connection = True
 

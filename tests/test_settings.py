@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from scheduler.config.settings import (
     parse_agent_limits,
 )
 from scheduler.errors import ConfigError
+from scheduler.state.leases import Lease, encode
 
 
 def write_env(path: Path, values: dict[str, str]) -> Path:
@@ -187,8 +190,27 @@ def assert_names(message: str, name: str, origin: str, accepted: str) -> None:
 )
 def test_int_errors(tmp_path, name, text, minimum):
     message = error_of(tmp_path, env={name: text})
-    assert_names(message, name, "environment", f"a whole number >= {minimum}")
+    bounded = name in ("HEARTBEAT_SEC", "STALE_MULTIPLIER")
+    accepted = f"a whole number from {minimum} to" if bounded else f"a whole number >= {minimum}"
+    assert_names(message, name, "environment", accepted)
     assert repr(text) in message
+
+
+@pytest.mark.parametrize(("name", "text", "maximum"),
+                         [("HEARTBEAT_SEC", "1000001", 10**6),
+                          ("STALE_MULTIPLIER", "1001", 1000)])
+def test_heartbeat_bounds_are_the_lease_decoder_s(tmp_path, name, text, maximum):
+    """Above its bound the value is refused at load (the lease decoder would refuse every
+    lease written with it); at the bound it loads, and a lease written with it decodes."""
+    message = error_of(tmp_path, env={name: text})
+    assert_names(message, name, "environment", f"from {2 if 'STALE' in name else 1} "
+                                               f"to {maximum}")
+    settings = load(tmp_path, env={name: str(maximum)})
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    lease = Lease(task_id="1", agent="a", state="running", spawn_token="t", started_at=now,
+                  heartbeat=now, host="h", heartbeat_sec=settings.heartbeat_sec,
+                  stale_multiplier=settings.stale_multiplier)
+    assert Lease.from_json(json.loads(encode(lease))) == lease
 
 
 def test_int_error_names_env_file_and_flag_origin(tmp_path):
@@ -196,7 +218,7 @@ def test_int_error_names_env_file_and_flag_origin(tmp_path):
     message = error_of(tmp_path, file={"MAX_RUNTIME_SEC": "soon"})
     assert_names(message, "MAX_RUNTIME_SEC", f"env file {env_file}", ">= 1")
     message = error_of(tmp_path, flags={"HEARTBEAT_SEC": "0"})
-    assert_names(message, "HEARTBEAT_SEC", "flag", ">= 1")
+    assert_names(message, "HEARTBEAT_SEC", "flag", "from 1 to")
 
 
 def test_int_accepts_surrounding_spaces_and_minimum(tmp_path):

@@ -31,7 +31,16 @@ from scheduler.config.registry import Agent, Registry
 from scheduler.config.settings import PREFIX, load_settings
 from scheduler.reconcile.launcher import ForkLauncher
 from scheduler.reconcile.reconciler import Reconciler
-from scheduler.sources.base import CANCELLED, COMPLETE, FAILED, IDLE, WORKING, Task
+from scheduler.sources.base import (
+    CANCELLED,
+    COMPLETE,
+    FAILED,
+    IDLE,
+    WORKING,
+    Result,
+    RetryPolicy,
+    Task,
+)
 from scheduler.sources.local import LocalStore
 from scheduler.state import taskfile
 from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
@@ -469,8 +478,9 @@ def test_processes_an_agent_leaves_behind_end_with_it(rig: Rig) -> None:
 
 def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In process: the lease store fails at the first heartbeat (say, a full disk). The
-    attempt is reported as a wrapper error, and the agent must not outlive it."""
+    """In process: the lease store fails at the first heartbeat with a bug (an error
+    that is not I/O). The attempt is reported as a wrapper error, and the agent must not
+    outlive it. (I/O errors are retried without touching the agent: test_hardening.)"""
     task = rig.add()
     token = rig.prepare(task)
     ready = rig.path("ready")
@@ -480,7 +490,7 @@ def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
 
     def heartbeat(self, task_id, token, now, **changes):
         if not changes:
-            raise OSError(28, "No space left on device")
+            raise RuntimeError("a bug in the heartbeat")
         return real_heartbeat(self, task_id, token, now, **changes)
 
     monkeypatch.setattr(LeaseStore, "heartbeat", heartbeat)
@@ -490,7 +500,7 @@ def test_a_wrapper_error_while_the_agent_runs_stops_the_agent(
     assert gone(agent)
     task = rig.tasks.get(task.id)
     assert task.status == IDLE and task.last_error.startswith("attempt 1 launch_failed")
-    assert "wrapper error: OSError(28, 'No space left on device')" in rig.summary(task.id)
+    assert "wrapper error: RuntimeError('a bug in the heartbeat')" in rig.summary(task.id)
     assert rig.leases.read(task.id) is None
     assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
@@ -568,15 +578,19 @@ def test_the_wrapper_refuses_a_lease_path_that_names_no_task(rig: Rig) -> None:
 # --- fencing and crashes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["deleted", "re-owned"])
+@pytest.mark.parametrize("how", ["reclaimed", "re-owned"])
 def test_a_fenced_wrapper_stops_its_agent_and_reports_nothing(rig: Rig, how: str) -> None:
+    """Re-owned: the lease names another token. Reclaimed: the lease is gone and the
+    source no longer has the task working under this attempt's token."""
     task = rig.add()
     token = rig.prepare(task)
     ready = rig.path("ready")
     wrapper = rig.spawn(task.id, token,
                         AGENT_COMMAND=agent_command("ready", str(ready), "sleep", "30"))
     agent = rig.track(read_pid(ready))
-    if how == "deleted":
+    if how == "reclaimed":
+        rig.tasks.report(Result(task.id, AGENT, 1, "reclaimed", token, "reclaimed: test"),
+                         RetryPolicy(3, 10))
         assert rig.leases.delete(task.id, token)
     else:
         rig.leases.update(replace(rig.leases.read(task.id), spawn_token="f" * 16))
@@ -584,11 +598,14 @@ def test_a_fenced_wrapper_stops_its_agent_and_reports_nothing(rig: Rig, how: str
     assert wrapper.wait(RUN_TIMEOUT) == 0
     assert time.monotonic() - fenced_at < rig.settings.heartbeat_sec + 1.5
     assert gone(agent)
-    assert rig.tasks.get(task.id).status == WORKING  # nothing reported
-    assert history_after_claim(rig, task.id) == []
+    if how == "re-owned":
+        assert rig.tasks.get(task.id).status == WORKING  # nothing reported
+        assert history_after_claim(rig, task.id) == []
+    else:  # only the reclaim's own report
+        assert [row["to_status"] for row in history_after_claim(rig, task.id)] == [IDLE]
     assert not list(rig.settings.outbox_dir.glob("*.json"))
     after = rig.leases.read(task.id)
-    if how == "deleted":
+    if how == "reclaimed":
         assert after is None
     else:  # the new owner's lease is left alone
         assert after is not None and after.spawn_token == "f" * 16

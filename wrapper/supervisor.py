@@ -12,7 +12,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,12 +26,12 @@ from scheduler import clock
 from scheduler.agents import options as agent_options
 from scheduler.agents import prompt, ratelimit, result_file
 from scheduler.agents.result_file import AgentResult
-from scheduler.errors import ConfigError
+from scheduler.errors import AlreadyLeased, ConfigError, LeaseError, SourceError
 from scheduler.fsutil import ensure_private_dir
 from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
 from scheduler.state import outbox, taskfile, throttles, wake
-from scheduler.state.leases import FINISHING, LeaseStore
+from scheduler.state.leases import FINISHING, Lease, LeaseStore
 from scheduler.workspace import limits, modes, sandbox
 from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
 from wrapper.agent import AgentProcess
@@ -44,6 +44,14 @@ SUMMARY_TAIL_BYTES = 2048
 SUMMARY_MAX_BYTES = 4096
 #: How often output growth is checked for the idle timeout.
 IDLE_CHECK_SEC = 1.0
+#: The longest one report to the source may take, every call included (seconds).
+REPORT_DEADLINE_SEC = 60.0
+#: While a result can be neither reported nor written to the outbox (disk full, source
+#: down), the wrapper keeps it in memory and retries, waiting at most this long between.
+KEEP_RETRY_MAX_SEC = 30.0
+
+#: Verdicts of one heartbeat.
+BEAT_OK, BEAT_RETRY, BEAT_FENCED = "ok", "retry", "fenced"
 
 
 @dataclass
@@ -75,6 +83,9 @@ class Supervisor:
         self.context: Context | None = None
         self._fenced = False
         self._headed = False
+        self._lease: Lease | None = None  #: the lease as this wrapper last wrote it
+        self._pending: dict = {}  #: lease fields a failed heartbeat did not record yet
+        self._source = None
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -88,6 +99,7 @@ class Supervisor:
             return 0  # someone else owns it, or it was reclaimed: run nothing
         lease, self.liveness = adopted
         set_title(wrapper_title(self.task_id, lease.agent))
+        self._lease = lease
         # From here to the end, SIGTERM/SIGINT are noted, not fatal: before the agent runs
         # they cancel the attempt, while it runs they stop it, while the result is being
         # recorded they change nothing (dying there would lose the attempt's outcome).
@@ -101,6 +113,9 @@ class Supervisor:
             if self.log is not None:
                 self.log.close()
                 self.log = None
+            if self._source is not None:
+                self._source.close()
+                self._source = None
 
     def _attempt(self, lease) -> int:
         started = time.monotonic()
@@ -130,20 +145,101 @@ class Supervisor:
         duration = time.monotonic() - started
         self._footer(attempt, duration)
         result = self._result(lease, attempt, duration, log_path, said)
-        if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) is None:
-            self._line("lease vanished before reporting: nothing reported")
+        if self._beat_until_decided(state=FINISHING) == BEAT_FENCED:
+            self._line("lease vanished or was re-owned before reporting: nothing reported")
             return 0
         self._hold_or_release_agent(lease.agent, result, said)
-        self._deliver(result)
+        self._record(result)
         if self.workspace is not None and self.context is not None:
             try:
                 modes.tidy(self.context, self.workspace, attempt.outcome)
             except Exception as exc:
                 self._line(f"workspace: cleanup failed: {exc!r}")
-        self.store.delete(self.task_id, self.token)
+        self._retry(lambda: self.store.delete(self.task_id, self.token), "deleting the lease")
         self.liveness.release()
         wake.nudge(self.settings.wake_socket)
         return 0
+
+    # --- the lease while the agent runs -------------------------------------------------
+
+    def _beat(self, **changes) -> str:
+        """One heartbeat (plus field ``changes``). I/O errors (disk full, read-only) never
+        touch the agent: ``retry``. Only a lease that names another owner, or is gone while
+        the source no longer has the task working under our token, fences: ``fenced``.
+        A lease gone or damaged while the task is still ours is rewritten from memory."""
+        changes = {**self._pending, **changes}
+        try:
+            updated = self.store.heartbeat(self.task_id, self.token, clock.now(), **changes)
+        except (OSError, LeaseError) as exc:
+            self._pending = changes
+            self._line(f"heartbeat failed ({exc}); the agent keeps running, retrying")
+            return BEAT_RETRY
+        if updated is not None:
+            self._lease, self._pending = updated, {}
+            return BEAT_OK
+        return self._recover_lease(changes)
+
+    def _recover_lease(self, changes: dict) -> str:
+        try:
+            current = self.store.read(self.task_id)  # a damaged file is quarantined here
+        except (OSError, LeaseError) as exc:
+            self._pending = changes
+            self._line(f"lease unreadable ({exc}); retrying")
+            return BEAT_RETRY
+        if current is not None:
+            return BEAT_FENCED  # another owner's token: the scheduler re-owned it
+        if outbox.path_for(self.settings.outbox_dir, self.task_id, self.token).exists():
+            return BEAT_FENCED  # a pass reclaimed it and kept its result in the outbox
+        try:
+            task = self._open_source().current([self.task_id]).get(self.task_id)
+        except (SourceError, OSError) as exc:
+            self._pending = changes
+            self._line(f"lease missing and the task source unreachable ({exc}); the agent "
+                       "keeps running, retrying")
+            return BEAT_RETRY
+        if task is None or task.status != base.WORKING or task.lease_token != self.token:
+            return BEAT_FENCED  # reclaimed and reported: the task moved on
+        assert self._lease is not None
+        lease = replace(self._lease, heartbeat=clock.now(), **changes)
+        try:
+            self.store.create(lease)
+        except AlreadyLeased:
+            return BEAT_RETRY  # someone wrote one meanwhile: judged at the next beat
+        except (OSError, LeaseError) as exc:
+            self._pending = changes
+            self._line(f"rewriting the missing lease failed ({exc}); retrying")
+            return BEAT_RETRY
+        self._lease, self._pending = lease, {}
+        self._line("lease was missing or damaged while the task is still ours: rewritten "
+                   "from the wrapper's own record")
+        return BEAT_OK
+
+    def _beat_until_decided(self, **changes) -> str:
+        """Heartbeat until it is ``ok`` or ``fenced`` (retrying I/O errors with backoff)."""
+        delay = 0.1
+        while (verdict := self._beat(**changes)) == BEAT_RETRY:
+            time.sleep(delay)
+            delay = min(delay * 2, KEEP_RETRY_MAX_SEC, float(self.settings.heartbeat_sec))
+        return verdict
+
+    def _open_source(self):
+        if self._source is None:
+            from scheduler.sources import open_source
+
+            self._source = open_source(self.settings)
+        return self._source
+
+    def _retry(self, action, what: str) -> None:
+        """Run a state change, retrying I/O errors with backoff (a full disk frees up)."""
+        delay = 0.1
+        while True:
+            try:
+                action()
+                return
+            except (OSError, LeaseError) as exc:
+                self._line(f"{what} failed ({exc}); retrying")
+                time.sleep(delay)
+                delay = min(delay * 2, KEEP_RETRY_MAX_SEC)
 
     # --- launching ----------------------------------------------------------------------
 
@@ -317,10 +413,8 @@ class Supervisor:
                                  lock_fd=lock_fd, rlimits=limits.rlimits(agent_limits))
         finally:
             os.close(lock_fd)
-        recorded = self.store.heartbeat(self.task_id, self.token, clock.now(),
-                                        agent_pid=agent.pid,
-                                        agent_started_at=_start_time_of(agent.pid))
-        if recorded is None:
+        verdict = self._beat(agent_pid=agent.pid, agent_started_at=_start_time_of(agent.pid))
+        if verdict == BEAT_FENCED:
             agent.abort()
             return Attempt(base.OUTCOME_CANCELLED, fenced=True)
         try:
@@ -360,14 +454,14 @@ class Supervisor:
     def _tick(self) -> bool:
         """Called during long workspace steps and hooks: keep the lease alive; False when
         the attempt must stop (fenced, or a stop signal arrived)."""
-        if self.store.heartbeat(self.task_id, self.token, clock.now()) is None:
+        if self._beat() == BEAT_FENCED:  # an I/O error only retries at the next tick
             self._fenced = True
             return False
         return self._stop_signal is None
 
     def _keep_alive(self) -> bool:
         """Heartbeat only; False when fenced."""
-        return self.store.heartbeat(self.task_id, self.token, clock.now()) is not None
+        return self._beat() != BEAT_FENCED
 
     # --- waiting ------------------------------------------------------------------------
 
@@ -409,7 +503,7 @@ class Supervisor:
                                   f"ran longer than {settings.max_runtime_sec} s")
             if now >= next_heartbeat:
                 next_heartbeat = now + settings.heartbeat_sec
-                if self.store.heartbeat(self.task_id, self.token, clock.now()) is None:
+                if self._beat() == BEAT_FENCED:
                     attempt = self._stop(agent, base.OUTCOME_CANCELLED, "fenced")
                     attempt.fenced = True
                     return attempt
@@ -472,7 +566,10 @@ class Supervisor:
 
     def _line(self, text: str) -> None:
         if self.log is not None:
-            self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n".encode())
+            try:
+                self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n".encode())
+            except OSError:
+                pass  # a full disk loses a log line, never the attempt
 
     def _header(self, lease, argv: list[str]) -> None:
         """The attempt's first line (once), then the argv and start time."""
@@ -527,21 +624,52 @@ class Supervisor:
             detail=detail,
         )
 
-    def _deliver(self, result: Result) -> None:
-        """Report to the source; if it cannot be reached, keep the result in the outbox."""
-        from scheduler.sources import open_source
+    def _record(self, result: Result) -> None:
+        """Make the result safe: first in the outbox (so a slow or hung source can lose
+        nothing, whatever happens to this process), then reported to the source, then the
+        outbox entry removed. While it can be neither written nor reported, it is kept in
+        memory and retried, the lease heartbeated meanwhile."""
+        delay = 0.5
+        while True:
+            kept = self._keep(result)
+            reported = self._report(result)
+            if reported and kept is not None:
+                try:
+                    kept.unlink(missing_ok=True)
+                except OSError as exc:  # delivered again later: ignored as a duplicate
+                    self._line(f"delivered, but the outbox entry stays ({exc})")
+            if reported or kept is not None:
+                return
+            self._line(f"result neither reported nor written to the outbox; kept in memory, "
+                       f"retrying in {delay:.1f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, KEEP_RETRY_MAX_SEC)
+            if self._beat(state=FINISHING) == BEAT_FENCED:
+                self._line("lease re-owned while the result was kept in memory: dropped")
+                return
 
+    def _keep(self, result: Result) -> Path | None:
+        try:
+            return outbox.write(self.settings.outbox_dir, result)
+        except OSError as exc:
+            self._line(f"the result could not be written to the outbox ({exc})")
+            return None
+
+    def _report(self, result: Result) -> bool:
+        """Report to the source within REPORT_DEADLINE_SEC; True when it took it."""
         policy = RetryPolicy.from_settings(self.settings)
         try:
-            source = open_source(self.settings)
-            try:
-                applied = source.report(result, policy)
-            finally:
-                source.close()
-            self._line(f"reported {result.outcome}: {applied.action} {applied.note}".rstrip())
+            source = self._open_source()
+            setter = getattr(source, "set_deadline", None)
+            if setter is not None:
+                setter(time.monotonic() + REPORT_DEADLINE_SEC)
+            applied = source.report(result, policy)
         except Exception as exc:
-            path = outbox.write(self.settings.outbox_dir, result)
-            self._line(f"task source unreachable ({exc}); result kept in {path}")
+            self._line(f"task source unreachable ({exc}); result kept in "
+                       f"{outbox.path_for(self.settings.outbox_dir, result.task_id, result.token)}")
+            return False
+        self._line(f"reported {result.outcome}: {applied.action} {applied.note}".rstrip())
+        return True
 
 
 # --- process helpers -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler import bounds
 from scheduler.errors import ConfigError
 from scheduler.names import NAME_RULE, is_valid_name
 
@@ -52,14 +53,17 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("accepted: 1/true/yes or 0/false/no (any case)")
 
 
-def _int_parser(minimum: int) -> Callable[[str], int]:
+def _int_parser(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    accepted = (f"accepted: a whole number >= {minimum}" if maximum is None
+                else f"accepted: a whole number from {minimum} to {maximum}")
+
     def parse(text: str) -> int:
         try:
             value = int(text.strip())
         except ValueError:
-            raise ValueError(f"accepted: a whole number >= {minimum}") from None
-        if value < minimum:
-            raise ValueError(f"accepted: a whole number >= {minimum}")
+            raise ValueError(accepted) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(accepted)
         return value
 
     return parse
@@ -274,8 +278,11 @@ OPTIONS: tuple[Option, ...] = (
            "{branch}; never run by a shell.",
            "my-agent --task {task_id} --file {task_file}"),
     Option("LOOP_INTERVAL_SEC", "60", _int_parser(1), "Daemon: seconds between passes.", "30"),
-    Option("HEARTBEAT_SEC", "15", _int_parser(1), "Wrapper heartbeat interval.", "10"),
-    Option("STALE_MULTIPLIER", "4", _int_parser(2),
+    Option("HEARTBEAT_SEC", "15",
+           _int_parser(bounds.HEARTBEAT_SEC_MIN, bounds.HEARTBEAT_SEC_MAX),
+           "Wrapper heartbeat interval.", "10"),
+    Option("STALE_MULTIPLIER", "4",
+           _int_parser(bounds.STALE_MULTIPLIER_MIN, bounds.STALE_MULTIPLIER_MAX),
            "A heartbeat older than HEARTBEAT_SEC x this is stale.", "4"),
     Option("MAX_RUNTIME_SEC", "3600", _int_parser(1), "Watchdog: longest allowed run.", "7200"),
     Option("IDLE_TIMEOUT_SEC", "0", _int_parser(0),

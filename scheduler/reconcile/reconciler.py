@@ -12,7 +12,6 @@ nothing anywhere: no lease, no source write, no process.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from scheduler.errors import (
     InvalidTransition,
     LeaseError,
     SourceError,
+    SourceUnavailable,
 )
 from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
@@ -42,7 +42,15 @@ from scheduler.sources.base import (
     Task,
 )
 from scheduler.state import liveness, outbox, taskfile, throttles
-from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore
+from scheduler.state.leases import (
+    RUNNING,
+    STARTING,
+    Lease,
+    LeaseStore,
+    is_owned,
+    new_token,
+    owner_tag,
+)
 from scheduler.state.pauses import Pauses
 from scheduler.state.records import read_last_pass
 
@@ -55,6 +63,10 @@ MAX_UNRUNNABLE_SUMMARY = 20
 
 #: Lease metadata key: the spawn token the source was claimed with, kept by a re-own.
 CLAIM_TOKEN_KEY = "claimed_with"
+#: Every call to the task source in one pass ends within this many seconds.
+PASS_SOURCE_DEADLINE_SEC = 120.0
+#: Reclaim reason of a task working under one of our tokens with no lease.
+STRANDED = "stranded"
 
 
 @dataclass
@@ -96,6 +108,12 @@ class PassSummary:
                 f"{len(self.errors)} errors, {self.duration_sec * 1000:.0f} ms")
 
 
+def _apply_deadline(source, deadline: float | None) -> None:
+    setter = getattr(source, "set_deadline", None)  # sources with network calls have one
+    if setter is not None:
+        setter(deadline)
+
+
 @dataclass
 class PassResult:
     summary: PassSummary
@@ -116,6 +134,9 @@ class Reconciler:
         self.mode = mode
         self._previous_pass: str | None = None  #: when this process's last pass started
         self.policy = RetryPolicy.from_settings(settings)
+        self.owner = owner_tag(settings.hostname, settings.running_dir)
+        self.source_deadline_sec = PASS_SOURCE_DEADLINE_SEC
+        self._source_deadline: float | None = None
 
     @property
     def source(self):
@@ -123,6 +144,7 @@ class Reconciler:
             from scheduler.sources import open_source
 
             self._source = open_source(self.settings)
+            _apply_deadline(self._source, self._source_deadline)
         return self._source
 
     @property
@@ -146,6 +168,21 @@ class Reconciler:
         now = clock.now()
         summary = PassSummary(time=clock.to_iso(now), mode=self.mode, dry_run=dry_run,
                               source=self.settings.task_source, paused=pauses.describe())
+        self._set_source_deadline(started + self.source_deadline_sec)
+        try:
+            the_plan = self._pass(summary, now, dry_run, pauses)
+        finally:
+            self._set_source_deadline(None)
+        self._summarise(the_plan, summary, started)
+        return PassResult(summary, the_plan)
+
+    def _set_source_deadline(self, deadline: float | None) -> None:
+        """Bound every source call of this pass (applied when the source is opened)."""
+        self._source_deadline = deadline
+        if self._source is not None:
+            _apply_deadline(self._source, deadline)
+
+    def _pass(self, summary: PassSummary, now, dry_run: bool, pauses: Pauses) -> Plan:
         if not dry_run:
             if self._launcher is not None:
                 self._launcher.reap()  # exited wrappers of earlier passes (exec mode)
@@ -159,6 +196,7 @@ class Reconciler:
             verdicts = {lease.task_id: None for lease in leases}
             self.store.remove_stale_lock_files({lease.task_id for lease in leases})
             self._stop_unwanted(leases, summary)
+            self._requeue_stranded(leases, summary)
         no_store_yet = self.settings.task_source == "local" and not self.settings.tasks_db.exists()
         tasks = [] if dry_run and no_store_yet else self._list_tasks(summary)
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
@@ -173,8 +211,7 @@ class Reconciler:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
         elif tasks is not None:
             self._spawn_all(the_plan, now, summary)
-        self._summarise(the_plan, summary, started)
-        return PassResult(summary, the_plan)
+        return the_plan
 
     # --- step 1: the outbox ----------------------------------------------------------------
 
@@ -197,24 +234,43 @@ class Reconciler:
                            for task_id, why in failures]
 
     def _deliver_outbox(self, summary: PassSummary) -> None:
+        """Deliver every entry, each on its own: a bad entry is quarantined, an entry whose
+        wrapper is still alive (it is delivering it itself) is left to it, and only an
+        unreachable source stops the rest."""
         for path in outbox.pending(self.settings.outbox_dir):
             try:
                 result = outbox.load(path)
             except (ValueError, OSError) as exc:
-                moved = outbox.quarantine(path, str(exc))
-                summary.errors.append(f"outbox entry {path.name} unreadable ({exc}); "
-                                      f"moved to {moved}")
+                self._quarantine_entry(path, f"unreadable ({exc})", summary)
                 continue
+            if self.probe.lock_held(result.task_id):
+                continue  # its wrapper is alive and reporting it
             try:
                 applied = self.source.report(result, self.policy)
-            except SourceError as exc:
+            except SourceUnavailable as exc:
                 summary.errors.append(f"outbox delivery failed: {exc}")
                 break
+            except SourceError as exc:
+                summary.errors.append(f"outbox entry {path.name} not delivered: {exc}")
+                continue
+            except Exception as exc:  # one bad record never stops everyone
+                self._quarantine_entry(path, f"delivery raised {exc!r}", summary)
+                continue
             path.unlink(missing_ok=True)
             summary.outbox_delivered += 1
             log.info("delivered outbox result", extra={"fields": {
                 "task": result.task_id, "outcome": result.outcome, "action": applied.action}})
         summary.outbox_pending = len(outbox.pending(self.settings.outbox_dir))
+
+    @staticmethod
+    def _quarantine_entry(path, why: str, summary: PassSummary) -> None:
+        try:
+            moved = outbox.quarantine(path, why)
+        except OSError as exc:
+            summary.errors.append(f"outbox entry {path.name} {why}; could not be moved "
+                                  f"aside: {exc}")
+            return
+        summary.errors.append(f"outbox entry {path.name} {why}; moved to {moved}")
 
     # --- step 2: leases ----------------------------------------------------------------------
 
@@ -262,7 +318,7 @@ class Reconciler:
         # The source knows the attempt by the token it was claimed with; keep it across
         # re-owns so a pass that dies after the fence still reports under it.
         claimed_with = lease.metadata.get(CLAIM_TOKEN_KEY) or lease.spawn_token
-        token = secrets.token_hex(8)
+        token = new_token(self.owner)
         metadata = {**lease.metadata, CLAIM_TOKEN_KEY: claimed_with}
         if self.store.reown(lease, token, metadata=metadata) is None:
             log.info("lease changed since it was judged; left for the next pass",
@@ -334,6 +390,46 @@ class Reconciler:
             log.warning("low disk: tasks skipped", extra={"fields": {"why": low}})
         return low
 
+    def _requeue_stranded(self, leases: list[Lease], summary: PassSummary) -> None:
+        """The other way round: a task the source has working under one of this scheduler's
+        tokens but with no lease here (the lease was deleted or quarantined, or a pass died
+        between claim and lease bookkeeping) would stay working for ever. Requeue it,
+        unless its liveness lock is held: then its wrapper still runs (it rewrites a
+        missing lease itself). Leases are listed before the source, and only this pass
+        creates leases, so a task claimed by this pass can never look stranded."""
+        leased = {lease.task_id for lease in leases}
+        try:
+            working = self.source.working()
+        except SourceError as exc:
+            summary.errors.append(f"checking working tasks failed: {exc}")
+            return
+        for task in working:
+            token = task.lease_token
+            if task.id in leased or not is_owned(token, self.owner):
+                continue
+            try:
+                if self.probe.lock_held(task.id):
+                    continue
+                if not is_valid_name(task.assignee):
+                    summary.errors.append(f"task {task.id} is stranded in working with no "
+                                          "agent assigned; left for a human")
+                    continue
+                assert token is not None
+                log.warning("requeueing task stranded in working with no lease",
+                            extra={"fields": {"task": task.id, "token": token}})
+                self._report_or_keep(Result(
+                    task_id=task.id, agent=task.assignee, attempt=task.attempts + 1,
+                    outcome=RECLAIMED, token=token,
+                    summary=f"reclaimed: stranded (working under lease {token} of host "
+                            f"{self.settings.hostname} with no lease file and no live "
+                            "wrapper; requeued)",
+                    host=self.settings.hostname, finished_at=clock.now(),
+                    detail={"reason": STRANDED}))
+            except (LeaseError, OSError, ValueError) as exc:
+                summary.errors.append(f"task {task.id}: requeueing stranded task failed: {exc}")
+                continue
+            summary.reclaimed[STRANDED] = summary.reclaimed.get(STRANDED, 0) + 1
+
     # --- step 3: the source -----------------------------------------------------------------
 
     def _list_tasks(self, summary: PassSummary) -> list[Task] | None:
@@ -378,9 +474,12 @@ class Reconciler:
         for spawn in the_plan.spawns:
             try:
                 token = self._lease_and_claim(spawn.task, spawn.agent, now)
-            except SourceError as exc:
+            except SourceUnavailable as exc:
                 summary.errors.append(f"task {spawn.task.id}: {exc}")
                 break  # the source is down: stop spawning, keep the pass going
+            except SourceError as exc:
+                summary.errors.append(f"task {spawn.task.id}: {exc}")
+                continue  # this task only
             except (OSError, LeaseError) as exc:
                 summary.errors.append(f"task {spawn.task.id}: lease failed: {exc}")
                 continue
@@ -416,7 +515,7 @@ class Reconciler:
                         extra={"fields": {"task": repr(task.id), "recipe": repr(task.recipe)}})
             return None
         s = self.settings
-        token = secrets.token_hex(8)
+        token = new_token(self.owner)
         lease = Lease(
             task_id=task.id, agent=agent, state=STARTING, spawn_token=token, started_at=now,
             heartbeat=now, host=s.hostname, attempt=task.attempts + 1, queue=task.queue,
@@ -435,6 +534,14 @@ class Reconciler:
             log.info("task taken meanwhile", extra={"fields": {"task": task.id,
                                                                "why": str(exc)}})
             return None
+        except SourceError:
+            # The claim may have reached the source (a lost answer): keep the `starting`
+            # lease. No wrapper will adopt it, so the spawn timeout reclaims it and
+            # reports "not started" under this token, which requeues the task if the
+            # claim was applied and changes nothing if it was not.
+            log.warning("claim failed, maybe after reaching the source; the starting lease "
+                        "is kept until the spawn timeout", extra={"fields": {"task": task.id}})
+            raise
         except BaseException:
             self.store.delete(task.id, token)
             raise

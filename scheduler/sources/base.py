@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from scheduler.bounds import BACKOFF_MAX_SEC
+
 #: Task statuses. TinyTask knows idle/working/complete; the local store adds the other two.
 IDLE, WORKING, COMPLETE, FAILED, CANCELLED = "idle", "working", "complete", "failed", "cancelled"
 
@@ -62,6 +64,8 @@ class Task:
     parked: bool = False  #: parked after MAX_ATTEMPTS; skipped until a human intervenes
     last_error: str | None = None
     files: tuple[str, ...] = ()  #: declared file patterns (see scheduler.merge.files)
+    #: The spawn token of the attempt in flight (working tasks), as the source keeps it.
+    lease_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,9 @@ class RetryPolicy:
                    settings.max_total_runtime_sec, settings.max_task_cost_usd)
 
     def delay_after(self, attempt: int) -> int:
-        return self.backoff_sec * (2 ** max(attempt - 1, 0))
+        """Seconds to wait after ``attempt`` failed; at most ``BACKOFF_MAX_SEC``."""
+        exponent = min(max(attempt - 1, 0), 64)  # 2**64 x any backoff is past the cap
+        return min(self.backoff_sec * (2 ** exponent), BACKOFF_MAX_SEC)
 
     def budget_spent(self, total_runtime_sec: float, total_cost_usd: float) -> str | None:
         """Why a task may not be dispatched again, or None while within its budget."""
@@ -171,6 +177,10 @@ class TaskSource(Protocol):
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         """The current state of these tasks (None = deleted), to reconcile running leases."""
+
+    def working(self) -> list[Task]:
+        """Every working task (every page), each with its ``lease_token``: the other side
+        of the reconciliation (a task working under one of our tokens with no lease)."""
 
     def claim(self, task_id: str, agent: str, token: str) -> None:
         """Assign to ``agent`` and mark working, remembering ``token`` for the attempt.

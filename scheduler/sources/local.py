@@ -200,7 +200,8 @@ _COLUMNS = """
     t.attempts, t.last_error, t.not_before, t.created_at, t.files,
     (SELECT group_concat(b.blocker_id) FROM blockers b WHERE b.task_id = t.id) AS blocker_ids,
     EXISTS (SELECT 1 FROM blockers b JOIN tasks bt ON bt.id = b.blocker_id
-            WHERE b.task_id = t.id AND bt.status != 'complete') AS blocked
+            WHERE b.task_id = t.id AND bt.status != 'complete') AS blocked,
+    t.lease_token
 """
 SELECT_TASKS = f"SELECT {_COLUMNS} FROM tasks t"
 READY_QUEUE_SQL = (
@@ -230,7 +231,7 @@ def _parse_time(text: str | None) -> datetime | None:
 def _row_to_task(row: Sequence[Any]) -> Task:
     """One row of ``SELECT_TASKS`` (a tuple or sqlite3.Row), read by position."""
     (task_id, title, description, queue, assignee, status, priority, recipe, attempts,
-     last_error, not_before, created_at, files, blockers, blocked) = row
+     last_error, not_before, created_at, files, blockers, blocked, lease_token) = row
     blocked_by = tuple(str(i) for i in sorted(int(x) for x in blockers.split(","))) \
         if blockers else ()
     return Task(
@@ -239,7 +240,7 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         created_at=_parse_time(created_at), blocked_by=blocked_by, is_blocked=bool(blocked),
         recipe=recipe, attempts=attempts, not_before=_parse_time(not_before),
         parked=status == FAILED, last_error=last_error,
-        files=tuple(json.loads(files)) if files else (),
+        files=tuple(json.loads(files)) if files else (), lease_token=lease_token,
     )
 
 
@@ -552,6 +553,9 @@ class LocalStore:
             if number is not None:
                 found[key] = by_number.get(number)
         return found
+
+    def working(self) -> list[Task]:
+        return self._ready(f"{SELECT_TASKS} WHERE t.status = ? ORDER BY t.id", WORKING)
 
     def claim(self, task_id: str, agent: str, token: str) -> None:
         if not is_valid_name(agent):

@@ -29,8 +29,9 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from scheduler import __version__
+from scheduler.bounds import TASK_ID_MAX, TASK_ID_MAX_DIGITS, is_task_number
 from scheduler.clock import from_iso, now, to_iso
-from scheduler.errors import InvalidTransition, SourceError
+from scheduler.errors import InvalidTransition, SourceError, SourceUnavailable
 from scheduler.file_patterns import BadPattern
 from scheduler.file_patterns import check as check_pattern
 from scheduler.names import NAME_RULE, is_valid_name
@@ -58,7 +59,16 @@ log = logging.getLogger("tinyscheduler.tinytask")
 API_PREFIX = "/api/v1"
 PAGE_SIZE = 100  #: the server's documented default ``limit``
 STATUSES = ("idle", "working", "complete")
-_DIGITS = re.compile(r"[0-9]{1,18}")
+_DIGITS = re.compile(rf"[0-9]{{1,{TASK_ID_MAX_DIGITS}}}")
+
+#: The longest one API call may take, every retry and wait included (seconds).
+CALL_DEADLINE_SEC = 30.0
+#: The largest response body read from the server (bytes, after decompression).
+MAX_BODY_BYTES = 16 * 2**20
+#: The most pages one listing reads (PAGE_SIZE items each).
+MAX_LIST_PAGES = 500
+#: The most items one listing collects.
+MAX_LIST_ITEMS = 50_000
 
 TAG_RECIPE = "recipe:"
 TAG_FILES = "files:"
@@ -76,6 +86,22 @@ class _Retryable(Exception):
     """One attempt failed in a way worth retrying (connection, timeout, 429, 5xx)."""
 
 
+class _Answer:
+    """A response read whole within the call's deadline and size cap."""
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code, self.content = status_code, content
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+
 class _BadTask(ValueError):
     """A task object from the server that cannot be used; ``field`` names what is wrong."""
 
@@ -88,14 +114,13 @@ class _BadTask(ValueError):
 
 
 def _positive_int(value: object) -> int | None:
-    """An integer id from a JSON number (``5`` or ``5.0``), else None."""
+    """A task id from a JSON number (``5`` or ``5.0``) that both sources accept (at most
+    18 digits), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= TASK_ID_MAX:
         value = int(value)
-    if isinstance(value, int) and value > 0:
-        return value
-    return None
+    return value if is_task_number(value) else None  # type: ignore[return-value]
 
 
 def _id_number(task_id: object) -> int:
@@ -230,7 +255,8 @@ def to_task(raw: object) -> Task:
         raise _BadTask(None, "task", raw, "expected a JSON object")
     number = _positive_int(raw.get("id"))
     if number is None:
-        raise _BadTask(raw.get("id"), "id", raw.get("id"), "expected a positive integer")
+        raise _BadTask(raw.get("id"), "id", raw.get("id"),
+                       f"expected a positive integer of at most {TASK_ID_MAX_DIGITS} digits")
     fields = _Fields(raw, str(number))
     status = raw.get("status")
     if status not in STATUSES:
@@ -256,6 +282,7 @@ def to_task(raw: object) -> Task:
         not_before=_retry_after(fields.task_id, tags),
         parked=TAG_PARKED in tags,
         files=_declared_files(fields.task_id, tags),
+        lease_token=next(iter(_tag_values(tags, TAG_LEASE)), None),
     )
 
 
@@ -290,6 +317,10 @@ class TinyTaskSource:
         sleep=time.sleep,
         clock=now,
         page_size: int = PAGE_SIZE,
+        call_deadline: float = CALL_DEADLINE_SEC,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_pages: int = MAX_LIST_PAGES,
+        max_items: int = MAX_LIST_ITEMS,
     ) -> None:
         endpoint = (endpoint or "").strip().rstrip("/")
         if not endpoint.startswith(("http://", "https://")):
@@ -303,6 +334,13 @@ class TinyTaskSource:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.page_size = page_size
+        self.call_deadline = call_deadline
+        self.max_body_bytes = max_body_bytes
+        self.max_pages = max_pages
+        self.max_items = max_items
+        #: time.monotonic() after which no call starts or continues (a pass's deadline)
+        self.deadline: float | None = None
+        self._call_deadline_at = 0.0
         self._sleep = sleep
         self._clock = clock
         self._client: Any = None
@@ -349,7 +387,7 @@ class TinyTaskSource:
         )
         self._client_pid = os.getpid()
         self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retry_attempts),
+            stop=self._stop,
             wait=self._backoff,
             retry=tenacity.retry_if_exception_type(_Retryable),
             sleep=self._sleep,
@@ -357,20 +395,61 @@ class TinyTaskSource:
         )
         return self._client
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """No call runs past ``deadline`` (a ``time.monotonic()`` value; None: no limit
+        beyond each call's own). The reconciler sets one per pass, the wrapper one per
+        report."""
+        self.deadline = deadline
+
+    def _stop(self, retry_state) -> bool:
+        return (retry_state.attempt_number >= self.retry_attempts
+                or time.monotonic() >= self._call_deadline_at)
+
     def _backoff(self, retry_state) -> float:
         """Seconds before the next attempt: initial x 2^(n-1), plus up to ``initial`` of
-        jitter, at most ``retry_max``."""
+        jitter, at most ``retry_max`` and never past the call's deadline."""
         base = self.retry_initial * 2 ** (retry_state.attempt_number - 1)
-        return min(self.retry_max, base + random.uniform(0, self.retry_initial))
+        wait = min(self.retry_max, base + random.uniform(0, self.retry_initial))
+        return max(0.0, min(wait, self._call_deadline_at - time.monotonic()))
+
+    def _deadline_for_call(self) -> tuple[float, str]:
+        """When this call must end, and the limit that sets it (for the error)."""
+        own = time.monotonic() + self.call_deadline
+        if self.deadline is not None and self.deadline < own:
+            return self.deadline, "the deadline of this pass or report"
+        return own, f"the {self.call_deadline:g} s deadline per call (CALL_DEADLINE_SEC)"
+
+    def _read_body(self, response, deadline: float, limit: str, shown: str) -> bytes:
+        """The whole body, or SourceError when it is too large or too slow to arrive."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise SourceError(self._redact(
+                f"TinyTask {shown} answered with a body of {int(declared)} bytes, more than "
+                f"the {self.max_body_bytes} bytes accepted (MAX_BODY_BYTES)"))
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise SourceError(self._redact(
+                    f"TinyTask {shown} answered with a body larger than the "
+                    f"{self.max_body_bytes} bytes accepted (MAX_BODY_BYTES)"))
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise SourceUnavailable(self._redact(
+                    f"TinyTask {shown} did not finish its answer within {limit}"))
+        return b"".join(chunks)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "********") if self._token else text
 
     def _call(self, method: str, path: str, *, params: dict | None = None,
               body: dict | None = None, root: bool = False, allow_404: bool = False,
-              lenient: bool = False) -> Any:
+              lenient: bool = False, retry: bool = True) -> Any:
         """One API call with retries; the decoded JSON body, or None for an allowed 404.
-        ``lenient``: a 2xx body that is not JSON is returned as text."""
+        ``lenient``: a 2xx body that is not JSON is returned as text. Bounded in time (the
+        call's deadline, within the pass's) and in size (MAX_BODY_BYTES); a call that
+        could not get an answer raises :class:`SourceUnavailable`."""
         import httpx
 
         client = self._http()
@@ -378,30 +457,43 @@ class TinyTaskSource:
         shown = self.endpoint + ("" if root else API_PREFIX) + path
         if params:
             shown += "?" + urlencode(params)
+        deadline, limit = self._deadline_for_call()
+        self._call_deadline_at = deadline if retry else 0.0
         attempts = 0
 
-        def attempt():
+        def attempt() -> _Answer:
             nonlocal attempts
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SourceUnavailable(self._redact(
+                    f"TinyTask {method} {shown}: no time left within {limit}"))
             attempts += 1
             started = time.perf_counter()
+            per_read = min(self.timeout, remaining)
+            timeout = httpx.Timeout(connect=min(per_read, 5.0), read=per_read,
+                                    write=per_read, pool=per_read)
             try:
-                response = client.request(method, url, params=params, json=body)
+                with client.stream(method, url, params=params, json=body,
+                                   timeout=timeout) as response:
+                    answer = _Answer(response.status_code,
+                                     self._read_body(response, deadline, limit,
+                                                     f"{method} {shown}"))
             except httpx.TransportError as exc:
                 log.debug("TinyTask %s %s -> %s after %.1f ms", method, path,
                           type(exc).__name__, (time.perf_counter() - started) * 1000)
                 raise _Retryable(f"{type(exc).__name__}: {exc}" if str(exc)
                                  else type(exc).__name__) from exc
-            log.debug("TinyTask %s %s -> %d in %.1f ms", method, path, response.status_code,
+            log.debug("TinyTask %s %s -> %d in %.1f ms", method, path, answer.status_code,
                       (time.perf_counter() - started) * 1000)
-            if response.status_code == 429 or response.status_code >= 500:
-                raise _Retryable(f"HTTP {response.status_code}{self._error_text(response)}")
-            return response
+            if answer.status_code == 429 or answer.status_code >= 500:
+                raise _Retryable(f"HTTP {answer.status_code}{self._error_text(answer)}")
+            return answer
 
         try:
             response = self._retrying(attempt)
         except _Retryable as exc:
             times = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-            raise SourceError(self._redact(
+            raise SourceUnavailable(self._redact(
                 f"TinyTask {method} {shown} failed after {times}: {exc}")) from None
         status = response.status_code
         # A 404 means "no such task" only when TinyTask itself says so (ErrorResponse);
@@ -417,19 +509,19 @@ class TinyTaskSource:
             raise SourceError(f"TinyTask {method} {shown} failed: unexpected HTTP {status}")
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             if lenient:
                 return response.text
             raise SourceError(self._redact(
                 f"TinyTask {method} {shown} returned HTTP {status} with a body that is not "
-                f"JSON ({exc}): {response.text[:80]!r}")) from None
+                f"JSON ({str(exc)[:120]}): {response.text[:80]!r}")) from None
 
     @staticmethod
     def _error_text(response) -> str:
         """The ErrorResponse message of a failed call, if the body has one (short)."""
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return ""
         if isinstance(data, dict) and isinstance(data.get("error"), str):
             return f" ({data['error'][:200]})"
@@ -440,14 +532,20 @@ class TinyTaskSource:
         items: list = []
         seen: set[str] = set()
         offset = 0
-        while True:
+        for _page_number in range(self.max_pages):
             page = self._call("GET", path, params={**params, "limit": self.page_size,
                                                    "offset": offset})
             where = f"TinyTask GET {self.endpoint}{API_PREFIX}{path} (offset {offset})"
             if not isinstance(page, list):
                 raise SourceError(f"{where} returned {type(page).__name__}, "
                                   "expected a TaskList (JSON array)")
+            if len(page) > self.page_size:
+                raise SourceError(f"{where} returned {len(page)} items for limit "
+                                  f"{self.page_size}: the server ignores limit")
             items.extend(page)
+            if len(items) > self.max_items:
+                raise SourceError(f"{where}: the listing has more than {self.max_items} items "
+                                  "(MAX_LIST_ITEMS); listing stopped")
             if len(page) < self.page_size:
                 return items
             ids = {str(item.get("id")) if isinstance(item, dict) else "" for item in page}
@@ -455,6 +553,8 @@ class TinyTaskSource:
                 raise SourceError(f"{where} repeated the previous page: pagination broken")
             seen |= ids
             offset += len(page)
+        raise SourceError(f"TinyTask GET {self.endpoint}{API_PREFIX}{path}: more than "
+                          f"{self.max_pages} pages (MAX_LIST_PAGES); listing stopped")
 
     def _tasks(self, raws: list, wanted) -> list[Task]:
         """Convert a listing; skip (count and log) unusable tasks and duplicates."""
@@ -509,13 +609,17 @@ class TinyTaskSource:
         wanted = set(task_ids)
         if len(wanted) > 1:  # one paged listing of working tasks instead of a GET each
             for raw in self._list("/tasks", {"status": WORKING}):
-                if str(raw.get("id")) in wanted:
+                if isinstance(raw, dict) and str(raw.get("id")) in wanted:
                     found[str(raw["id"])] = self._convert(raw)
         for task_id in task_ids:
             if task_id not in found:  # not working any more (or deleted): ask for it
                 raw = self._get_raw(task_id)
                 found[task_id] = None if raw is None else self._convert(raw)
         return found
+
+    def working(self) -> list[Task]:
+        raws = self._list("/tasks", {"status": WORKING})
+        return self._tasks(raws, lambda t: t.status == WORKING)
 
     @staticmethod
     def _convert(raw: dict) -> Task:
@@ -535,6 +639,18 @@ class TinyTaskSource:
             raise InvalidTransition(f"task {task_id} is assigned to {owner!r}, not {agent!r}")
         tags = _without(self._tags_of(raw), TAG_LEASE, TAG_APPLIED) + [TAG_LEASE + token]
         self._patch(task_id, {"status": WORKING, "assigned_to": agent, "tags": tags})
+        # TinyTask has no compare-and-set: two schedulers sharing one server can both
+        # claim a task. Read it back: whoever finds another lease tag lost, and refuses.
+        after = self._get_raw(task_id)
+        leases = _tag_values(self._tags_of(after), TAG_LEASE) if after is not None else []
+        if leases != [token]:
+            log.error("TinyTask task %s was claimed by another scheduler at the same time "
+                      "(lease tags %s): not run here. TinyTask mode supports one scheduler "
+                      "per server", task_id, leases)
+            raise InvalidTransition(
+                f"task {task_id} was claimed by another scheduler at the same time (lease "
+                f"{', '.join(leases) or 'none'}, not {token}); TinyTask mode supports one "
+                "scheduler per server")
 
     def report(self, result: Result, policy: RetryPolicy) -> Applied:
         raw = self._get_raw(result.task_id)
@@ -590,7 +706,7 @@ class TinyTaskSource:
                         f"retry after {retry_at}: {result.summary}")
         # State first, then the note: if we die in between, a re-delivery finds the
         # applied tag and writes the missing comment (see _redeliver).
-        self._comment(result.task_id, _with_token(text, result.token))
+        self._comment(result.task_id, _with_token(text, result.token), result.token)
         return Applied(action, text[:200])
 
     def _redeliver(self, raw: dict, result: Result) -> Applied:
@@ -602,7 +718,8 @@ class TinyTaskSource:
             and c["content"].endswith(_token_footer(result.token)) for c in comments
         ):
             self._comment(result.task_id,
-                          _with_token(f"{result.outcome}: {result.summary}", result.token))
+                          _with_token(f"{result.outcome}: {result.summary}", result.token),
+                          result.token)
             note += "; its missing comment was written"
         return Applied("ignored", note)
 
@@ -614,12 +731,32 @@ class TinyTaskSource:
             raise SourceError(f"TinyTask PATCH /tasks/{task_id} returned a "
                               f"{type(data).__name__}, expected a ParsedTask object")
 
-    def _comment(self, task_id: str, content: str) -> None:
-        data = self._call("POST", f"/tasks/{_id_number(task_id)}/comments",
-                          body={"content": content, "created_by": ACTOR_SCHEDULER})
-        if not isinstance(data, dict):
-            raise SourceError(f"TinyTask POST /tasks/{task_id}/comments returned a "
-                              f"{type(data).__name__}, expected a CommentData object")
+    def _comment(self, task_id: str, content: str, token: str) -> None:
+        """POST the result's comment exactly once: a POST whose answer was lost may have
+        been applied, so before posting again look for the lease token's footer."""
+        path = f"/tasks/{_id_number(task_id)}/comments"
+        for attempt in range(1, self.retry_attempts + 1):
+            if attempt > 1 and self._has_comment(path, token):
+                return
+            try:
+                data = self._call("POST", path, retry=False,
+                                  body={"content": content, "created_by": ACTOR_SCHEDULER})
+            except SourceUnavailable:
+                if attempt == self.retry_attempts:
+                    raise
+                self._sleep(min(self.retry_max, self.retry_initial * 2 ** (attempt - 1)))
+                continue
+            if not isinstance(data, dict):
+                raise SourceError(f"TinyTask POST /tasks/{task_id}/comments returned a "
+                                  f"{type(data).__name__}, expected a CommentData object")
+            return
+
+    def _has_comment(self, path: str, token: str) -> bool:
+        comments = self._call("GET", path)
+        footer = _token_footer(token)
+        return isinstance(comments, list) and any(
+            isinstance(c, dict) and isinstance(c.get("content"), str)
+            and c["content"].endswith(footer) for c in comments)
 
     def health(self) -> Health:
         """GET /health at the server root (absent from the contract: a 404 is tolerated),

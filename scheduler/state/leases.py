@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scheduler import clock
+from scheduler import bounds, clock
 from scheduler.errors import AlreadyLeased, LeaseError
 from scheduler.fsutil import (
     FILE_MODE,
@@ -138,9 +138,14 @@ class Lease:
             values[name] = _opt_int(data, name)
         for name in ("pid_started_at", "agent_started_at"):
             values[name] = _opt_float(data, name)
-        # bounded so that interval x multiplier stays a valid timedelta
-        values["heartbeat_sec"] = _int(data, "heartbeat_sec", 15, minimum=1, maximum=10**6)
-        values["stale_multiplier"] = _int(data, "stale_multiplier", 4, minimum=1, maximum=10**3)
+        # the bounds the settings enforce (one table), so interval x multiplier stays a
+        # valid timedelta and every lease a scheduler writes decodes
+        values["heartbeat_sec"] = _int(data, "heartbeat_sec", 15,
+                                       minimum=bounds.HEARTBEAT_SEC_MIN,
+                                       maximum=bounds.HEARTBEAT_SEC_MAX)
+        values["stale_multiplier"] = _int(data, "stale_multiplier", 4,
+                                          minimum=bounds.LEASE_STALE_MULTIPLIER_MIN,
+                                          maximum=bounds.STALE_MULTIPLIER_MAX)
         metadata = data.get("metadata", {})
         if metadata is None:
             metadata = {}
@@ -590,6 +595,32 @@ class LeaseStore:
             if _unlink_if_free(self.running_dir / name):
                 removed += 1
         return removed
+
+
+# --- spawn tokens -----------------------------------------------------------------------
+
+#: Hex characters of a spawn token that name the scheduler that made it.
+OWNER_CHARS = 8
+
+
+def owner_tag(hostname: str, running_dir: Path) -> str:
+    """The prefix of every spawn token this scheduler (host + lease directory) makes, so a
+    pass can tell its own attempts in the source from another scheduler's."""
+    import hashlib
+
+    key = f"{hostname}\0{os.path.abspath(running_dir)}".encode()
+    return hashlib.sha256(key).hexdigest()[:OWNER_CHARS]
+
+
+def new_token(owner: str) -> str:
+    """A fresh spawn token: the owner tag, then 16 random hex characters."""
+    return owner + os.urandom(8).hex()
+
+
+def is_owned(token: object, owner: str) -> bool:
+    """True when ``token`` was made by the scheduler with this owner tag."""
+    return (isinstance(token, str) and len(token) == OWNER_CHARS + 16
+            and token.startswith(owner))
 
 
 def _to_ms(moment: datetime) -> datetime:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from scheduler.state.leases import STARTING, Lease, LeaseStore
+from scheduler.state.leases import FINISHING, STARTING, Lease, LeaseStore
 
 if TYPE_CHECKING:
     import psutil
@@ -91,6 +91,8 @@ def classify(
     - this host's lease: a free liveness lock sends us to the process; a pid that is gone
       is ``pid-dead``, one whose start time differs (or was never recorded) is
       ``pid-reused``. A held lock, or a matching process, go on to the time rules.
+    - this host's ``finishing`` lease whose lock is held by its live wrapper: alive
+      (the wrapper is recording the result; it is never killed for a slow source).
     - time rules: ``runtime-exceeded`` after max_runtime + kill_grace + the lease's
       heartbeat interval. The wrapper enforces MAX_RUNTIME itself (and reports the task
       as timed out); the watchdog is only the backstop, so it leaves the wrapper time to
@@ -119,6 +121,11 @@ def classify(
         if (lease.pid_started_at is None
                 or abs(started - lease.pid_started_at) > START_TIME_TOLERANCE):
             return PID_REUSED
+    elif lease.state == FINISHING and _is_recorded_process(lease.pid, lease.pid_started_at,
+                                                            probe):
+        # Its agent has ended and the wrapper is recording the result (outbox first, then
+        # the source, however slow): killing it could only lose that result.
+        return ALIVE
 
     runtime_limit = timedelta(seconds=max_runtime_sec + kill_grace_sec + lease.heartbeat_sec)
     if age > runtime_limit:
@@ -126,6 +133,13 @@ def classify(
     if heartbeat_age > stale_after:
         return HEARTBEAT_STALE
     return ALIVE
+
+
+def _is_recorded_process(pid: int | None, started_at: float | None, probe: Probe) -> bool:
+    if pid is None or started_at is None:
+        return False
+    started = probe.start_time(pid)
+    return started is not None and abs(started - started_at) <= START_TIME_TOLERANCE
 
 
 def needs_kill(reason: str | None) -> bool:

@@ -42,9 +42,14 @@ def result_from_json(data: dict) -> Result:
         raise ValueError(f"unexpected fields: {exc}") from None
 
 
+def path_for(outbox_dir: Path, task_id: str, token: str) -> Path:
+    """Where the result of the attempt ``token`` of ``task_id`` is kept."""
+    return outbox_dir / f"{check_name(task_id)}-{check_name(token, 'token')}.json"
+
+
 def write(outbox_dir: Path, result: Result) -> Path:
     ensure_private_dir(outbox_dir)
-    path = outbox_dir / f"{check_name(result.task_id)}-{check_name(result.token, 'token')}.json"
+    path = path_for(outbox_dir, result.task_id, result.token)
     atomic_write_json(path, result_to_json(result))
     return path
 
