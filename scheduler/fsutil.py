@@ -59,9 +59,14 @@ def atomic_write_json(path: Path, value: object, *, durable: bool = True) -> Non
 
 
 def read_private(path: Path) -> bytes:
-    """Read a state file without following a symlink at its final component."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Read a state file without following a symlink at its final component, and without
+    hanging on a FIFO or device planted in its place (OSError: not a regular file)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
         return handle.read()
 
 

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # a full or read-only disk, a permission: one line, never a trace
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_PASS_ERRORS
     if isinstance(result, int):
         return result
     return EXIT_OK

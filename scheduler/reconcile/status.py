@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 from scheduler import clock
 from scheduler.config.registry import load_registry
 from scheduler.errors import ConfigError
 from scheduler.state import outbox, records
-from scheduler.state.leases import LeaseStore
+from scheduler.state.leases import LeaseStore, is_owned, owner_tag
 
 #: A daemon's last pass older than this many intervals makes the status unhealthy.
 STALE_INTERVALS = 3
+#: Less free space than this on the state directory's file system is unhealthy
+#: (leases, results and logs are written there).
+LOW_DISK_MIN_FREE_BYTES = 100 * 2**20
+#: ... and so is less than this fraction of it free.
+LOW_DISK_MIN_FREE_RATIO = 0.02
 
 
 def collect(settings) -> dict:
     now = clock.now()
     problems: list[str] = []
-    leases = LeaseStore(settings.running_dir).list() if settings.running_dir.is_dir() else []
+    store = LeaseStore(settings.running_dir)
+    leases = store.list(quarantine=False) if settings.running_dir.is_dir() else []
     used: dict[str, int] = {}
     for lease in leases:
         used[lease.agent] = used.get(lease.agent, 0) + 1
@@ -47,9 +55,17 @@ def collect(settings) -> dict:
         source_health = {"ok": False, "detail": f"no task store yet at {settings.tasks_db} "
                                                 "(created by the first 'task add' or pass)"}
     else:
-        source_health = _source_health(settings)
+        source_health = _source_health(settings, store, {lease.task_id for lease in leases})
     if not source_health["ok"]:
         problems.append(f"task source unhealthy: {source_health['detail']}")
+    stranded = source_health.pop("stranded", [])
+    if stranded:
+        shown = ", ".join(stranded[:10]) + (", ..." if len(stranded) > 10 else "")
+        problems.append(f"{len(stranded)} task(s) stranded in working with no lease and no "
+                        f"live wrapper (task {shown}); the next pass requeues them")
+    disk = disk_report(settings.state_dir)
+    if disk.get("problem"):
+        problems.append(disk["problem"])
     return {
         "healthy": not problems,
         "problems": problems,
@@ -59,6 +75,8 @@ def collect(settings) -> dict:
         "paused": pauses.load(settings.pause_file).describe(),
         "last_pass": last,
         "source": {"kind": settings.task_source, **source_health},
+        "stranded": stranded,
+        "disk": disk,
     }
 
 
@@ -83,18 +101,51 @@ def _spending(settings, agent: str, now) -> dict:
     return row
 
 
-def _source_health(settings) -> dict:
+def _source_health(settings, store: LeaseStore, leased: set[str]) -> dict:
+    """The source's health, and (when healthy) the tasks stranded in working: under one of
+    this scheduler's tokens, with no lease and no live wrapper."""
     from scheduler.sources import open_source
 
     try:
         source = open_source(settings)
         try:
             health = source.health()
+            stranded: list[str] = []
+            if health.ok:
+                owner = owner_tag(settings.hostname, settings.running_dir)
+                stranded = [task.id for task in source.working()
+                            if is_owned(task.lease_token, owner) and task.id not in leased
+                            and not store.is_held(task.id)]
         finally:
             source.close()
-        return {"ok": health.ok, "detail": health.detail}
+        return {"ok": health.ok, "detail": health.detail, "stranded": stranded}
     except Exception as exc:
         return {"ok": False, "detail": str(exc)}
+
+
+def disk_report(path) -> dict:
+    """Free space of the file system holding ``path``, and a problem when it is low or
+    read-only (heartbeats, results and logs could not be written)."""
+    from pathlib import Path
+
+    path = Path(path)
+    while not path.exists() and path.parent != path:  # not created yet: where it will be
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except OSError as exc:
+        return {"problem": f"state directory {path} cannot be examined: {exc}"}
+    free = info.f_bavail * info.f_frsize
+    total = info.f_blocks * info.f_frsize
+    report: dict = {"free_bytes": free, "total_bytes": total}
+    if info.f_flag & os.ST_RDONLY:
+        report["problem"] = f"state directory {path} is on a read-only file system"
+    elif free < LOW_DISK_MIN_FREE_BYTES or (total and free / total < LOW_DISK_MIN_FREE_RATIO):
+        report["problem"] = (f"low disk space: {free // 2**20} MiB free of "
+                             f"{total // 2**20} MiB under {path} (less than "
+                             f"{LOW_DISK_MIN_FREE_BYTES // 2**20} MiB or "
+                             f"{LOW_DISK_MIN_FREE_RATIO:.0%})")
+    return report
 
 
 def _lease_row(lease, now) -> dict:
@@ -139,6 +190,10 @@ def render(report: dict) -> str:
             lines.append(f"NO AGENT CAN RUN {total} task(s){more} (fix the task with "
                          "'task edit', or the agent control file):")
             lines += [f"  task {row['task']}: {row['reason']}" for row in unrunnable]
+    disk = report.get("disk") or {}
+    if "free_bytes" in disk:
+        lines.append(f"DISK     {disk['free_bytes'] // 2**20} MiB free of "
+                     f"{disk['total_bytes'] // 2**20} MiB (state directory)")
     src = report["source"]
     lines.append(f"SOURCE   {src['kind']}: {'ok' if src['ok'] else 'FAILING'} - {src['detail']}")
     lines.append("")

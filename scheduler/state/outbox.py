@@ -8,7 +8,9 @@ already applied, so delivering the same file twice changes nothing.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from scheduler import clock
 from scheduler.fsutil import atomic_write_json, ensure_private_dir, read_private
 from scheduler.names import check_name
 from scheduler.sources.base import Result
+
+log = logging.getLogger("tinyscheduler.outbox")
 
 
 def result_to_json(result: Result) -> dict:
@@ -55,13 +59,27 @@ def write(outbox_dir: Path, result: Result) -> Path:
 
 
 def pending(outbox_dir: Path) -> list[Path]:
-    """Outbox files, oldest first; temp files skipped."""
+    """Outbox files, oldest first; temp files skipped. Only regular files (by lstat): a
+    symlink, FIFO or directory planted here is logged and left alone, never followed,
+    opened or allowed to stop the others."""
+    found: list[tuple[float, str]] = []
     try:
-        entries = [e for e in os.scandir(outbox_dir)
-                   if e.name.endswith(".json") and not e.name.startswith(".")]
+        scan = os.scandir(outbox_dir)
     except FileNotFoundError:
         return []
-    return [Path(e.path) for e in sorted(entries, key=lambda e: e.stat().st_mtime)]
+    with scan:
+        for entry in scan:
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                log.warning("outbox entry %s is not a regular file; left alone", entry.path)
+                continue
+            found.append((info.st_mtime, entry.path))
+    return [Path(path) for _, path in sorted(found)]
 
 
 def load(path: Path) -> Result:

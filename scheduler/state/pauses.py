@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.errors import ConfigError
-from scheduler.fsutil import atomic_write_json, ensure_private_dir
+from scheduler.fsutil import atomic_write_json, ensure_private_dir, read_private
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ NO_PAUSES = Pauses()
 
 def load(path: Path) -> Pauses:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_private(path).decode("utf-8"))
     except FileNotFoundError:
         return Pauses()
     except (OSError, ValueError) as exc:
