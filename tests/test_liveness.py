@@ -304,3 +304,24 @@ def test_identity_mismatch_is_never_signalled(spawn_python) -> None:
 
 def test_terminate_a_gone_process_is_done() -> None:
     assert terminate_group(2**22 + 12345, 0.0, 0.1) is True
+
+
+MEMBER_OF_ANOTHER_GROUP = (
+    "import subprocess, sys, time\n"
+    f"member = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], stdout=subprocess.PIPE)\n"
+    "member.stdout.readline()\n"
+    "print(member.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.mark.processes
+def test_a_recorded_pid_that_does_not_lead_its_group_is_signalled_alone(spawn_python) -> None:
+    """The recorded pid sits in a group led by another process (say, a reused pid, or a
+    process that joined a group): the group's leader is never signalled."""
+    leader = spawn_python(MEMBER_OF_ANOTHER_GROUP, stdin=None, start_new_session=True)
+    member_pid = int(leader.stdout.readline())
+    assert os.getpgid(member_pid) == leader.pid != member_pid
+    started = psutil.Process(member_pid).create_time()
+    assert terminate_group(member_pid, started, 5.0, poll=0.01) is True
+    assert leader.poll() is None  # the leader (and its group) untouched

@@ -200,23 +200,116 @@ def _eligible(tasks: list[Task], leased: set[str], now: datetime, disable_blocki
 
 
 def blocking_counts(tasks: Sequence[Task]) -> dict[str, int]:
-    """How many of ``tasks`` each task blocks, directly or transitively (cycle-safe)."""
-    waiting_on: dict[str, list[str]] = {}
+    """How many of ``tasks`` each task blocks, directly or transitively (cycle-safe).
+
+    One pass over the blocker graph in topological order: strongly connected components
+    first (members of a cycle block each other), then each component's dependents from
+    its children's. When no task waits for two different components (always so with
+    TinyTask's single blocker) the counts are plain sums, linear in tasks + blockers;
+    otherwise each component carries the set of what it reaches as a bit set, so a task
+    reached along two paths is counted once.
+    """
+    ids = list(dict.fromkeys(task.id for task in tasks))
+    index = {task_id: i for i, task_id in enumerate(ids)}
+    dependents: list[list[int]] = [[] for _ in ids]
     for task in tasks:
+        j = index[task.id]
         for blocker in task.blocked_by:
-            waiting_on.setdefault(blocker, []).append(task.id)
-    counts: dict[str, int] = {}
-    for task in tasks:
-        reached: set[str] = set()
-        stack = list(waiting_on.get(task.id, ()))
-        while stack:
-            current = stack.pop()
-            if current in reached or current == task.id:
+            i = index.get(blocker)
+            if i is not None and i != j:
+                dependents[i].append(j)
+    components = _strong_components(dependents)  # every component after its dependents
+    component_of = [0] * len(ids)
+    for c, members in enumerate(components):
+        for member in members:
+            component_of[member] = c
+    children: list[set[int]] = []
+    parents = [0] * len(components)
+    for c, members in enumerate(components):
+        mine = {component_of[d] for m in members for d in dependents[m]} - {c}
+        children.append(mine)
+        for child in mine:
+            parents[child] += 1
+    reached = (_reach_counts_forest(components, children) if max(parents, default=0) <= 1
+               else _reach_counts_shared(components, children, parents))
+    return {ids[m]: reached[c] + len(members) - 1
+            for c, members in enumerate(components) for m in members}
+
+
+def _reach_counts_forest(components: list[list[int]], children: list[set[int]]) -> list[int]:
+    """Tasks each component reaches outside itself, when no component has two parents."""
+    reached = [0] * len(components)
+    for c in range(len(components)):
+        reached[c] = sum(len(components[child]) + reached[child] for child in children[c])
+    return reached
+
+
+def _reach_counts_shared(components: list[list[int]], children: list[set[int]],
+                         parents: list[int]) -> list[int]:
+    """The same with shared descendants: bit sets, each freed once its parents used it."""
+    bits: dict[int, int] = {}
+    reached = [0] * len(components)
+    waiting = list(parents)
+    for c in range(len(components)):
+        mine = 0
+        for child in children[c]:
+            for member in components[child]:
+                mine |= 1 << member
+            mine |= bits[child]
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                del bits[child]
+        reached[c] = mine.bit_count()
+        if parents[c]:
+            bits[c] = mine
+    return reached
+
+
+def _strong_components(edges: list[list[int]]) -> list[list[int]]:
+    """Tarjan's strongly connected components, iteratively; each component is listed after
+    every component it reaches."""
+    count = len(edges)
+    order, low = [-1] * count, [0] * count
+    on_stack = [False] * count
+    stack: list[int] = []
+    components: list[list[int]] = []
+    counter = 0
+    for root in range(count):
+        if order[root] != -1:
+            continue
+        order[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack[root] = True
+        work = [(root, 0)]
+        while work:
+            node, next_edge = work[-1]
+            if next_edge < len(edges[node]):
+                work[-1] = (node, next_edge + 1)
+                target = edges[node][next_edge]
+                if order[target] == -1:
+                    order[target] = low[target] = counter
+                    counter += 1
+                    stack.append(target)
+                    on_stack[target] = True
+                    work.append((target, 0))
+                elif on_stack[target]:
+                    low[node] = min(low[node], order[target])
                 continue
-            reached.add(current)
-            stack.extend(waiting_on.get(current, ()))
-        counts[task.id] = len(reached)
-    return counts
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == order[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack[member] = False
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
 
 
 def _id_key(task_id: str) -> tuple[int, int, str]:

@@ -298,9 +298,9 @@ class Reconciler:
                 if outcome == "unkillable":
                     summary.errors.append(f"task {lease.task_id}: could not stop its process "
                                           f"({reason}); lease kept")
-            except (LeaseError, OSError) as exc:
+            except Exception as exc:  # one lease never stops the others
                 alive.append(lease)
-                summary.errors.append(f"task {lease.task_id}: reclaim failed: {exc}")
+                summary.errors.append(f"task {lease.task_id}: reclaim failed: {exc!r}")
         return alive
 
     def _reclaim_one(self, lease: Lease, reason: str) -> str:
@@ -374,7 +374,12 @@ class Reconciler:
             if task is not None and task.status == WORKING and task.assignee == lease.agent:
                 continue
             state = "deleted" if task is None else f"{task.status}, assigned to {task.assignee}"
-            if lease.pid and lease.pid_started_at and signal_wrapper(lease):
+            try:
+                stopped = bool(lease.pid and lease.pid_started_at and signal_wrapper(lease))
+            except Exception as exc:  # one lease never stops the others
+                summary.errors.append(f"task {lease.task_id}: stopping its run failed: {exc!r}")
+                continue
+            if stopped:
                 summary.stopped += 1
                 log.warning("stopping run the source no longer wants", extra={"fields": {
                     "task": lease.task_id, "agent": lease.agent, "source_state": state}})
@@ -425,8 +430,9 @@ class Reconciler:
                             "wrapper; requeued)",
                     host=self.settings.hostname, finished_at=clock.now(),
                     detail={"reason": STRANDED}))
-            except (LeaseError, OSError, ValueError) as exc:
-                summary.errors.append(f"task {task.id}: requeueing stranded task failed: {exc}")
+            except Exception as exc:  # one task never stops the others
+                summary.errors.append(f"task {task.id}: requeueing stranded task failed: "
+                                      f"{exc!r}")
                 continue
             summary.reclaimed[STRANDED] = summary.reclaimed.get(STRANDED, 0) + 1
 
@@ -490,12 +496,12 @@ class Reconciler:
                     "attempt": spawn.task.attempts + 1}})
         if claimed and self.settings.spawn_mode == "fork":
             self.source.before_fork()
-        failed: list[tuple[Task, str, str, OSError]] = []
+        failed: list[tuple[Task, str, str, Exception]] = []
         for task, agent, token in claimed:
             try:
                 self._launch(task, token)
                 summary.spawned += 1
-            except OSError as exc:
+            except Exception as exc:  # this task's launch failed; the others go on
                 failed.append((task, agent, token, exc))
         for task, agent, token, error in failed:
             summary.errors.append(f"task {task.id}: wrapper could not start: {error}")

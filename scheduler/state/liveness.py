@@ -155,7 +155,7 @@ def terminate_group(pid: int, started_at: float, grace_sec: float, *,
     """SIGTERM the process group of ``pid``, SIGKILL it after ``grace_sec``.
 
     Signals nothing unless ``pid`` still has start time ``started_at`` (returns False).
-    Signals only ``pid`` itself if it shares our own process group. The process need not
+    Signals only ``pid`` itself if it does not lead its process group, or shares ours. The process need not
     be our child: it is never reaped here, a zombie counts as gone. Returns True when the
     process (and, for a group, every live member) is gone.
     """
@@ -174,7 +174,13 @@ def terminate_group(pid: int, started_at: float, grace_sec: float, *,
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return True
-    alone = pgid == os.getpgrp()
+    # The group is signalled only when the recorded process leads it (wrappers and agents
+    # each start their own): a pid that joined another group (ours, or anyone's) is
+    # signalled alone, never the group it happens to be in.
+    alone = pgid != pid or pgid == os.getpgrp()
+    if pgid != pid:
+        watchdog_log.warning("pid %d does not lead its process group %d: signalling the "
+                             "process only", pid, pgid)
 
     def send(signum: signal.Signals) -> None:
         try:
