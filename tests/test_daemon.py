@@ -173,3 +173,33 @@ def test_a_failing_pass_is_logged_and_the_loop_goes_on(make_scheduler):
     s.cli("resume")  # nudges the daemon
     wait_for(lambda: s.statuses()[task_id] == "complete", DEADLINE, "the loop to recover")
     assert stop(daemon) == 0
+
+
+def test_a_daemon_started_while_the_lock_is_held_waits_for_it(make_scheduler):
+    """Another scheduler holds the lock: the daemon says who, keeps waiting (a service
+    that exited would stay down), and starts its passes once the lock is free."""
+    from scheduler.state.lock import SchedulerLock
+
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
+    s.state.mkdir(parents=True, exist_ok=True)
+    other = SchedulerLock(s.state / "tinyscheduler.lock", "otherhost")
+    assert other.try_acquire()
+    try:
+        out = open(s.base / "daemon.out", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            daemon = subprocess.Popen(s.argv("run", "--daemon"), env=s.environ(), cwd=s.base,
+                                      stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT)
+        finally:
+            out.close()
+        s.children.append(daemon)
+        wait_for(lambda: "waiting for it" in (s.base / "daemon.out").read_text()
+                 or daemon.poll() is not None, DEADLINE, "the daemon to say it waits")
+        assert daemon.poll() is None
+        said = (s.base / "daemon.out").read_text()
+        assert f"held by pid {os.getpid()} on otherhost" in said
+        assert last_pass_mode(s) is None
+    finally:
+        other.release()
+    wait_for(lambda: last_pass_mode(s) == "daemon", DEADLINE, "the daemon's first pass")
+    assert stop(daemon) == 0

@@ -504,3 +504,33 @@ def test_settings_at_the_heartbeat_bounds_write_leases_that_decode(make_rig) -> 
     assert launcher.launched == [task.id]
     assert summary.leases_scanned == 1
     assert not (rig.settings.running_dir / "corrupt").exists()
+
+
+# --- smaller holes -----------------------------------------------------------------------
+
+
+def test_credentials_in_the_endpoint_are_never_shown(tmp_path: Path) -> None:
+    """MCP_ENDPOINT with user:password, and a server that is down: config --show, status,
+    the pass's errors, the scheduler log and last-pass.json all mask the credentials."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rig = Rig(tmp_path, TASK_SOURCE="tinytask",
+              MCP_ENDPOINT=f"http://scheduler:pa55word-xyz@127.0.0.1:{port}")
+    try:
+        env = cli_env(rig)
+        shown = []
+        for args in (["config", "--show"], ["run", "--once"], ["status", "--json"]):
+            proc = subprocess.run([str(CONSOLE_SCRIPT), *args], env=env, cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=120)
+            shown.append(proc.stdout + proc.stderr)
+        logs = "".join(p.read_text() for p in (tmp_path / "state" / "logs").glob("*.log*"))
+        last_pass = (tmp_path / "state" / "last-pass.json").read_text()
+        everything = "\n".join([*shown, logs, last_pass])
+        assert "pa55word-xyz" not in everything
+        assert f"http://********@127.0.0.1:{port}" in shown[0]
+        assert f"********@127.0.0.1:{port}" in last_pass  # the error still says where
+    finally:
+        rig.close()

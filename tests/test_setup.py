@@ -314,7 +314,6 @@ def test_the_crash_hook_is_named_as_a_test_hook_wherever_it_is_set(cwd, capsys, 
 
 @pytest.mark.processes
 @pytest.mark.parametrize(("mode", "says"), [
-    ("--daemon", "not starting a second daemon"),
     ("--once", "this pass does nothing"),
 ])
 def test_a_held_lock_is_explained_as_the_docs_say(cwd, mode, says):

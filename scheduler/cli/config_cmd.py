@@ -11,6 +11,7 @@ import click
 
 from scheduler.cli.context import AppContext, SubCommand
 from scheduler.errors import EXIT_OK, EXIT_USAGE, ConfigError
+from scheduler.redact import mask_url
 
 
 @click.command(cls=SubCommand)
@@ -265,7 +266,7 @@ def _check_workspaces(settings) -> list[Finding]:
 
 def _check_source(settings) -> list[Finding]:
     if settings.task_source == "tinytask":
-        return [Finding("ok", f"task source tinytask at {settings.mcp_endpoint}")]
+        return [Finding("ok", f"task source tinytask at {mask_url(settings.mcp_endpoint)}")]
     return [Finding("ok", f"task source local at {settings.tasks_db}")]
 
 

@@ -56,11 +56,9 @@ def one_pass(reconciler, *, dry_run: bool, as_json: bool = False):
     return summary
 
 
-def lock_held_message(daemon: bool, holder: str) -> str:
-    """What a command that finds the lock held says (docs/operations.md quotes it)."""
-    if daemon:
-        return (f"another scheduler is reconciling: {holder}; not starting a second daemon "
-                "(one scheduler per state directory; exit 0)")
+def lock_held_message(holder: str) -> str:
+    """What ``run --once`` says when it finds the lock held (docs/operations.md quotes it);
+    a daemon waits for the lock instead (:func:`wait_for_lock`)."""
     return f"another scheduler is reconciling: {holder}; this pass does nothing (exit 0)"
 
 
@@ -74,6 +72,48 @@ def describe_env_file(settings) -> str:
 
 def log_env_file(settings) -> None:
     log.info(f"settings from {describe_env_file(settings)}")
+
+
+#: How often a daemon waiting for the scheduler lock tries it again (seconds).
+LOCK_RETRY_SEC = 1.0
+#: How often it logs who holds the lock while it waits (seconds).
+LOCK_LOG_SEC = 60.0
+
+
+def wait_for_lock(lock) -> bool:
+    """A daemon started while another scheduler holds the lock waits for it (saying who
+    holds it in the log, to stderr and to systemd), rather than exiting: a service that
+    exited would stay down once the other scheduler stops. False if SIGTERM/SIGINT came
+    first."""
+    import signal
+    import time
+
+    from scheduler.reconcile import sdnotify
+
+    stopped: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: stopped.append(signum))
+                for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        last_said, last_holder = 0.0, ""
+        while not stopped:
+            if lock.try_acquire():
+                log.info("scheduler lock acquired; starting")
+                return True
+            holder = lock.describe_holder()
+            if holder != last_holder or time.monotonic() - last_said >= LOCK_LOG_SEC:
+                message = f"another scheduler holds the lock ({holder}); waiting for it"
+                log.warning(message)
+                click.echo(message, err=True)
+                last_said, last_holder = time.monotonic(), holder
+            sdnotify.notify(f"READY=1\nWATCHDOG=1\nSTATUS=waiting for the scheduler lock, "
+                            f"{holder}")
+            deadline = time.monotonic() + LOCK_RETRY_SEC
+            while not stopped and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return False
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
@@ -90,8 +130,11 @@ def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
 
     lock = SchedulerLock(settings.lock_file, settings.hostname)
     if not dry_run and not lock.try_acquire():  # a dry run only reads: no lock needed
-        click.echo(lock_held_message(daemon, lock.describe_holder()), err=True)
-        return EXIT_OK
+        if not daemon:
+            click.echo(lock_held_message(lock.describe_holder()), err=True)
+            return EXIT_OK
+        if not wait_for_lock(lock):
+            return EXIT_OK  # stopped while waiting
     try:
         if daemon:
             from scheduler.reconcile.daemon import Daemon

@@ -22,6 +22,7 @@ from typing import Any
 from scheduler import bounds
 from scheduler.errors import ConfigError
 from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.redact import mask_url
 
 #: Every variable starts with this prefix.
 PREFIX = "TINYSCHEDULER_"
@@ -513,6 +514,8 @@ class Settings:
             value = getattr(self, option.attr)
             if option.secret and value:
                 value = "********"
+            elif option.name == "MCP_ENDPOINT" and value:
+                value = mask_url(value)  # credentials in the URL are secrets too
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -630,7 +633,7 @@ def _parse(option: Option, text: str, origin: str) -> Any:
     try:
         return option.parse(text)
     except ValueError as exc:
-        shown = "********" if option.secret else repr(text)
+        shown = "********" if option.secret else repr(mask_url(text))
         raise ConfigError(f"{option.env}={shown} (from {origin}) is invalid: {exc}") from None
 
 

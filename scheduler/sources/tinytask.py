@@ -35,6 +35,7 @@ from scheduler.errors import InvalidTransition, SourceError, SourceUnavailable
 from scheduler.file_patterns import BadPattern
 from scheduler.file_patterns import check as check_pattern
 from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.redact import mask_url, url_secrets
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     COMPLETE,
@@ -327,7 +328,10 @@ class TinyTaskSource:
             raise SourceError(f"TinyTask endpoint {endpoint!r} is not an http:// or https:// URL")
         if retry_attempts < 1 or page_size < 1:
             raise ValueError("retry_attempts and page_size must be >= 1")
-        self.endpoint = endpoint
+        self._url = endpoint  #: with any credentials: used for requests only
+        self.endpoint = mask_url(endpoint)  #: what messages show
+        self._secrets = [secret for secret in [token or "", *url_secrets(endpoint)]
+                         if secret]
         self._token = token or ""
         self.timeout = timeout
         self.retry_attempts = retry_attempts
@@ -376,13 +380,13 @@ class TinyTaskSource:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         self._client = httpx.Client(
-            base_url=self.endpoint + API_PREFIX,
+            base_url=self._url + API_PREFIX,
             headers=headers,
             timeout=httpx.Timeout(connect=min(self.timeout, 5.0), read=self.timeout,
                                   write=self.timeout, pool=self.timeout),
             # Plain http never uses TLS: skip building an SSL context and loading the CA
             # bundle (~50 ms). https keeps full verification. Redirects are not followed.
-            verify=not self.endpoint.startswith("http://"),
+            verify=not self._url.startswith("http://"),
             follow_redirects=False,
         )
         self._client_pid = os.getpid()
@@ -441,7 +445,9 @@ class TinyTaskSource:
         return b"".join(chunks)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._token, "********") if self._token else text
+        for secret in self._secrets:
+            text = text.replace(secret, "********")
+        return text
 
     def _call(self, method: str, path: str, *, params: dict | None = None,
               body: dict | None = None, root: bool = False, allow_404: bool = False,
@@ -453,7 +459,7 @@ class TinyTaskSource:
         import httpx
 
         client = self._http()
-        url = (self.endpoint + path) if root else path
+        url = (self._url + path) if root else path
         shown = self.endpoint + ("" if root else API_PREFIX) + path
         if params:
             shown += "?" + urlencode(params)

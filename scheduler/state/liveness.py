@@ -156,8 +156,8 @@ def terminate_group(pid: int, started_at: float, grace_sec: float, *,
 
     Signals nothing unless ``pid`` still has start time ``started_at`` (returns False).
     Signals only ``pid`` itself if it does not lead its process group, or shares ours.
-    The process need not be our child: it is never reaped here, a zombie counts as gone. Returns True when the
-    process (and, for a group, every live member) is gone.
+    The process need not be our child: it is never reaped here, a zombie counts as gone.
+    Returns True when the process (and, for a group, every live member) is gone.
     """
     import psutil
 
