@@ -534,3 +534,48 @@ def test_credentials_in_the_endpoint_are_never_shown(tmp_path: Path) -> None:
         assert f"********@127.0.0.1:{port}" in last_pass  # the error still says where
     finally:
         rig.close()
+
+
+DETACHING_AGENT = r'''
+import os, subprocess, sys, time
+fd = int(os.environ["TINYSCHEDULER_LIVENESS_FD"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # detached"],
+                         start_new_session=True, pass_fds=(fd,))
+with open(sys.argv[1] + ".tmp", "w") as out:
+    out.write(str(child.pid))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(60)
+'''
+
+
+def test_a_detached_grandchild_holding_the_lock_is_named(make_rig) -> None:
+    """The agent starts a detached (setsid) process that keeps the liveness descriptor;
+    wrapper and agent are killed. The lease cannot be reclaimed under that process, and
+    the pass says which process holds the lock."""
+    rig = make_rig()
+    script = rig.path("detaching_agent.py")
+    script.write_text(DETACHING_AGENT)
+    task = rig.add()
+    token = rig.prepare(task)
+    marker = rig.path("grandchild")
+    wrapper = rig.spawn(task.id, token,
+                        AGENT_COMMAND=f"{sys.executable} {script} {marker}")
+    grandchild = rig.track(read_pid(marker))
+    lease = rig.leases.read(task.id)
+    wait_for(lambda: rig.leases.read(task.id).agent_pid, what="the agent recorded")
+    agent = rig.track(rig.leases.read(task.id).agent_pid)
+    wrapper.kill()
+    os.kill(agent, 9)
+    wait_for(lambda: gone(agent), what="the agent to die")
+    stale = timedelta(seconds=lease.heartbeat_sec * lease.stale_multiplier)
+    wait_for(lambda: clock.now() - rig.leases.read(task.id).heartbeat > stale,
+             timeout=10, what="the heartbeat to go stale")
+    reconciler, _ = a_pass(rig)
+    try:
+        summary = reconciler.run_pass().summary
+    finally:
+        reconciler.close()
+    assert summary.reclaimed == {}
+    assert any(f"liveness lock is held by pid {grandchild} (" in error and "# detached" in error
+               for error in summary.errors), summary.errors
+    assert rig.tasks.get(task.id).status == WORKING  # never requeued under it

@@ -408,6 +408,9 @@ class Supervisor:
         assert held is not None and self.log is not None  # adopted, attempt log open
         lock_fd = os.dup(held)  # filelock's at-fork hook closes its own
         cwd = self.workspace.path if self.workspace is not None else self.settings.work_dir
+        # The rule for agents: every process they start inherits this descriptor and keeps
+        # the task "running" while it lives; one meant to outlive the attempt closes it.
+        env = {**env, "TINYSCHEDULER_LIVENESS_FD": str(lock_fd)}
         try:
             agent = AgentProcess(argv, env=env, cwd=cwd, output_fd=self.log.fileno(),
                                  lock_fd=lock_fd, rlimits=limits.rlimits(agent_limits))

@@ -296,8 +296,11 @@ class Reconciler:
                     continue
                 alive.append(lease)
                 if outcome == "unkillable":
+                    holders = liveness.describe_lock_holders(
+                        self.store.lock_path(lease.task_id))
                     summary.errors.append(f"task {lease.task_id}: could not stop its process "
-                                          f"({reason}); lease kept")
+                                          f"({reason}); lease kept; its liveness lock is "
+                                          f"{holders}")
             except Exception as exc:  # one lease never stops the others
                 alive.append(lease)
                 summary.errors.append(f"task {lease.task_id}: reclaim failed: {exc!r}")

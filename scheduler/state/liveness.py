@@ -142,6 +142,65 @@ def _is_recorded_process(pid: int | None, started_at: float | None, probe: Probe
     return started is not None and abs(started - started_at) <= START_TIME_TOLERANCE
 
 
+def lock_holders(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """The processes that hold (or share) the flock on ``path``: (pid, command line), from
+    the open descriptors under ``/proc/*/fd`` (else the locker ``/proc/locks`` names).
+    Linux only; empty when nothing is found. Costly (a scan of every process): for error
+    messages only."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return []
+    holders: set[int] = set()
+    try:
+        processes = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        processes = []
+    for name in processes:
+        fd_dir = f"/proc/{name}/fd"
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.stat(f"{fd_dir}/{fd}")
+                except OSError:
+                    continue
+                if (target.st_dev, target.st_ino) == (info.st_dev, info.st_ino):
+                    holders.add(int(name))
+                    break
+        except OSError:
+            continue
+    if not holders:  # descriptors not visible to us: the kernel's record of the locker
+        key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        try:
+            with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+                for line in locks:
+                    fields = line.split()
+                    if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == key \
+                            and fields[4].isdigit():
+                        holders.add(int(fields[4]))
+        except OSError:
+            pass
+    found = [(pid, _command_of(pid)) for pid in sorted(holders) if pid != os.getpid()]
+    return [(pid, command) for pid, command in found if command != "?"] or found
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = handle.read(4096).split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in words if w)[:200] or "?"
+
+
+def describe_lock_holders(path: str | os.PathLike) -> str:
+    """E.g. ``held by pid 42 (python agent.py --serve)``, for an error message."""
+    holders = lock_holders(path)
+    if not holders:
+        return "held by a process that could not be identified"
+    return "held by " + ", ".join(f"pid {pid} ({command})" for pid, command in holders)
+
+
 def needs_kill(reason: str | None) -> bool:
     """True when the lease's process may still run and must be terminated."""
     return reason in (RUNTIME_EXCEEDED, HEARTBEAT_STALE)
