@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
+from functools import lru_cache
 
 
 def now() -> datetime:
@@ -29,3 +31,19 @@ def from_iso(text: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def monotonic() -> float:
+    """Seconds on the host's monotonic clock (CLOCK_MONOTONIC: one clock for every process
+    of the host until it reboots; never stepped by NTP or by hand)."""
+    return time.monotonic()
+
+
+@lru_cache(maxsize=1)
+def boot_id() -> str | None:
+    """This boot's id (Linux): monotonic readings compare only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None

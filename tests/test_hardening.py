@@ -161,7 +161,8 @@ def test_an_ambiguous_claim_keeps_the_starting_lease_until_the_spawn_timeout(
             assert f"tinyscheduler:lease={lease.spawn_token}" in fake.task(number)["tags"]
 
             fake.lose_next(0)
-            wait_for(lambda: clock.now() - lease.started_at > timedelta(seconds=1.1),
+            wait_for(lambda: clock.monotonic() - lease.started_mono > 1.1
+                     and clock.now() - lease.started_at > timedelta(seconds=1.1),
                      what="the spawn timeout")
             summary = reconciler.run_pass().summary
             assert summary.reclaimed == {"spawn-timeout": 1}, summary.errors

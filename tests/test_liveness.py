@@ -6,7 +6,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
@@ -325,3 +325,54 @@ def test_a_recorded_pid_that_does_not_lead_its_group_is_signalled_alone(spawn_py
     started = psutil.Process(member_pid).create_time()
     assert terminate_group(member_pid, started, 5.0, poll=0.01) is True
     assert leader.poll() is None  # the leader (and its group) untouched
+
+
+# --- clock steps ----------------------------------------------------------------------------
+
+
+def mono_lease(state: str = RUNNING, *, started_mono: float, heartbeat_mono: float | None,
+               wall_started, wall_heartbeat, host: str = HOST):
+    return Lease(task_id="7", agent="a", state=state, spawn_token="t", host=host,
+                 started_at=wall_started, heartbeat=wall_heartbeat, pid=100,
+                 pid_started_at=1.0, heartbeat_sec=10, stale_multiplier=3,
+                 boot_id="boot-1", started_mono=started_mono, heartbeat_mono=heartbeat_mono)
+
+
+def judge_mono(lease, *, wall_now, mono_now, lock_held=True, boot_id="boot-1"):
+    probe = FakeProbe(held={"7"} if lock_held else set(), start_times={100: 1.0})
+    return classify(lease, now=wall_now, this_host=HOST, max_runtime_sec=3600,
+                    spawn_timeout_sec=30, kill_grace_sec=5, probe=probe, mono_now=mono_now,
+                    boot_id=boot_id)
+
+
+def test_a_forward_clock_step_does_not_make_a_live_run_stale() -> None:
+    """The wall clock jumps a day ahead: by wall time the heartbeat is a day old; by the
+    monotonic clock it is 5 s old, and the run is alive."""
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    lease = mono_lease(started_mono=1000.0, heartbeat_mono=1055.0, wall_started=start,
+                       wall_heartbeat=start + timedelta(seconds=55))
+    day_later = start + timedelta(days=1, seconds=60)
+    assert judge_mono(lease, wall_now=day_later, mono_now=1060.0) is None
+    # the same lease judged by wall time alone (no monotonic reading) would be killed
+    assert judge_mono(lease, wall_now=day_later, mono_now=None) == "runtime-exceeded"
+
+
+def test_a_backward_clock_step_does_not_strand_a_crashed_start() -> None:
+    """A `starting` lease whose spawner died; the wall clock went back an hour, so by wall
+    time the lease is from the future. By the monotonic clock it is 60 s old: reclaimed."""
+    start = datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
+    lease = mono_lease(STARTING, started_mono=500.0, heartbeat_mono=None,
+                       wall_started=start, wall_heartbeat=start)
+    hour_back = start - timedelta(hours=1) + timedelta(seconds=60)
+    assert judge_mono(lease, wall_now=hour_back, mono_now=560.0, lock_held=False) == \
+        "spawn-timeout"
+    assert judge_mono(lease, wall_now=hour_back, mono_now=None, lock_held=False) is None
+
+
+def test_monotonic_readings_of_another_boot_or_host_are_not_used() -> None:
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    lease = mono_lease(started_mono=1000.0, heartbeat_mono=1055.0, wall_started=start,
+                       wall_heartbeat=start)
+    later = start + timedelta(seconds=31)
+    assert judge_mono(lease, wall_now=later, mono_now=1060.0, boot_id="boot-2") == \
+        "heartbeat-stale"

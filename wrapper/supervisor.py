@@ -200,7 +200,9 @@ class Supervisor:
         if task is None or task.status != base.WORKING or task.lease_token != self.token:
             return BEAT_FENCED  # reclaimed and reported: the task moved on
         assert self._lease is not None
-        lease = replace(self._lease, heartbeat=clock.now(), **changes)
+        same_boot = self._lease.boot_id is not None and self._lease.boot_id == clock.boot_id()
+        mono = {"heartbeat_mono": round(clock.monotonic(), 3)} if same_boot else {}
+        lease = replace(self._lease, heartbeat=clock.now(), **{**mono, **changes})
         try:
             self.store.create(lease)
         except AlreadyLeased:

@@ -279,7 +279,8 @@ class Reconciler:
         return liveness.classify(lease, now=now, this_host=s.hostname,
                                  max_runtime_sec=s.max_runtime_sec,
                                  spawn_timeout_sec=s.spawn_timeout_sec,
-                                 kill_grace_sec=s.kill_grace_sec, probe=self.probe)
+                                 kill_grace_sec=s.kill_grace_sec, probe=self.probe,
+                                 mono_now=clock.monotonic(), boot_id=clock.boot_id())
 
     def _reclaim(self, leases: list[Lease], verdicts: dict, summary: PassSummary) -> list[Lease]:
         """Reclaim every dead lease; returns the leases still alive."""
@@ -530,6 +531,7 @@ class Reconciler:
             heartbeat=now, host=s.hostname, attempt=task.attempts + 1, queue=task.queue,
             recipe=task.recipe, scheduler_pid=os.getpid(), heartbeat_sec=s.heartbeat_sec,
             stale_multiplier=s.stale_multiplier, metadata={"title": task.title[:200]},
+            boot_id=clock.boot_id(), started_mono=round(clock.monotonic(), 3),
         )
         try:
             self.store.create(lease)

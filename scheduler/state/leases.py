@@ -62,6 +62,7 @@ _KNOWN_FIELDS = (
     "task_id", "agent", "state", "spawn_token", "started_at", "heartbeat", "host", "attempt",
     "queue", "recipe", "pid", "pid_started_at", "agent_pid", "agent_started_at",
     "scheduler_pid", "heartbeat_sec", "stale_multiplier", "metadata", "version",
+    "boot_id", "started_mono", "heartbeat_mono",
 )
 _KNOWN_SET = frozenset(_KNOWN_FIELDS)
 
@@ -100,6 +101,11 @@ class Lease:
     #: Fields this version does not know, kept so a rewrite does not drop them.
     extra: dict[str, Any] = field(default_factory=dict)
     version: int = LEASE_VERSION
+    #: The host's boot and its monotonic clock at the start and the last heartbeat: this
+    #: host judges its own leases by these, so a step of the wall clock changes nothing.
+    boot_id: str | None = None
+    started_mono: float | None = None
+    heartbeat_mono: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document: unknown fields first, then every known field."""
@@ -153,6 +159,9 @@ class Lease:
             raise _bad("metadata", metadata, "a JSON object")
         values["metadata"] = metadata
         values["version"] = _int(data, "version", LEASE_VERSION, minimum=1)
+        values["boot_id"] = _opt_str(data, "boot_id")
+        for name in ("started_mono", "heartbeat_mono"):
+            values[name] = _opt_seconds(data, name)
         unknown = data.keys() - _KNOWN_SET
         values["extra"] = {k: data[k] for k in data if k in unknown} if unknown else {}
         return cls(**values)
@@ -203,6 +212,16 @@ def _opt_float(data: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise _bad(name, value, "a number of seconds since the epoch or null")
+    return float(value)
+
+
+def _opt_seconds(data: dict[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+            or not 0 <= value < 1e12):
+        raise _bad(name, value, "a reading of the monotonic clock (seconds) or null")
     return float(value)
 
 
@@ -523,7 +542,8 @@ class LeaseStore:
                     return None
                 assert current is not None
                 adopted = replace(current, state=RUNNING, pid=pid,
-                                  pid_started_at=pid_started_at, heartbeat=_to_ms(now))
+                                  pid_started_at=pid_started_at, heartbeat=_to_ms(now),
+                                  **_mono_now(current))
                 atomic_write(self._lease_path(task_id), encode(adopted))
         except BaseException:
             lock.release()
@@ -539,7 +559,8 @@ class LeaseStore:
             current = self._load(str(path))
             if current is None or not token or current.spawn_token != token:
                 return None
-            updated = replace(current, heartbeat=_to_ms(now), **changes)
+            updated = replace(current, heartbeat=_to_ms(now), **{**_mono_now(current),
+                                                                  **changes})
             if updated.task_id != task_id or updated.state not in STATES:
                 raise LeaseError(f"heartbeat may not change task_id or set state "
                                  f"{updated.state!r} on task {task_id}")
@@ -621,6 +642,13 @@ def is_owned(token: object, owner: str) -> bool:
     """True when ``token`` was made by the scheduler with this owner tag."""
     return (isinstance(token, str) and len(token) == OWNER_CHARS + 16
             and token.startswith(owner))
+
+
+def _mono_now(lease: Lease) -> dict[str, Any]:
+    """The heartbeat's monotonic reading, when the lease was started in this boot."""
+    if lease.boot_id is not None and lease.boot_id == clock.boot_id():
+        return {"heartbeat_mono": round(clock.monotonic(), 3)}
+    return {}
 
 
 def _to_ms(moment: datetime) -> datetime:

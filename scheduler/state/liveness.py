@@ -83,6 +83,8 @@ def classify(
     spawn_timeout_sec: float,
     kill_grace_sec: float,
     probe: Probe,
+    mono_now: float | None = None,
+    boot_id: str | None = None,
 ) -> str | None:
     """Why ``lease`` is dead (a reason constant), or :data:`ALIVE` (None).
 
@@ -99,16 +101,20 @@ def classify(
       terminate its agent and report. Then ``heartbeat-stale`` when the heartbeat is
       older than the interval x multiplier *recorded in the lease*.
 
+    Ages of this host's leases come from the monotonic clock when the lease recorded its
+    readings in this boot (``mono_now``, ``boot_id``): a step of the wall clock neither
+    kills a healthy run nor strands a crashed start. Other hosts' leases, and leases
+    without readings, are judged by wall time.
+
     Limits are strict: a lease exactly at a limit is still alive.
     """
-    age = now - lease.started_at
+    age, heartbeat_age = _ages(lease, now, this_host, mono_now, boot_id)
     if lease.state == STARTING:
         if age > timedelta(seconds=spawn_timeout_sec) and not probe.lock_held(lease.task_id):
             return SPAWN_TIMEOUT
         return ALIVE
 
     stale_after = timedelta(seconds=lease.heartbeat_sec * lease.stale_multiplier)
-    heartbeat_age = now - lease.heartbeat
     if lease.host != this_host:
         return HEARTBEAT_STALE if heartbeat_age > stale_after else ALIVE
 
@@ -133,6 +139,17 @@ def classify(
     if heartbeat_age > stale_after:
         return HEARTBEAT_STALE
     return ALIVE
+
+
+def _ages(lease: Lease, now: datetime, this_host: str, mono_now: float | None,
+          boot_id: str | None) -> tuple[timedelta, timedelta]:
+    """(age, heartbeat age): monotonic for this host's leases of this boot, else wall."""
+    if (mono_now is not None and boot_id is not None and lease.host == this_host
+            and lease.boot_id == boot_id and lease.started_mono is not None):
+        last = lease.heartbeat_mono if lease.heartbeat_mono is not None else lease.started_mono
+        return (timedelta(seconds=mono_now - lease.started_mono),
+                timedelta(seconds=mono_now - last))
+    return now - lease.started_at, now - lease.heartbeat
 
 
 def _is_recorded_process(pid: int | None, started_at: float | None, probe: Probe) -> bool:
