@@ -190,7 +190,8 @@ class Reconciler:
             self._report_launch_failures(summary)
         leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
-        verdicts = {lease.task_id: self._judge(lease, now) for lease in leases}
+        mono_now = clock.monotonic()
+        verdicts = {lease.task_id: self._judge(lease, now, mono_now) for lease in leases}
         if not dry_run:
             leases = self._reclaim(leases, verdicts, summary)
             verdicts = {lease.task_id: None for lease in leases}
@@ -274,13 +275,13 @@ class Reconciler:
 
     # --- step 2: leases ----------------------------------------------------------------------
 
-    def _judge(self, lease: Lease, now) -> str | None:
+    def _judge(self, lease: Lease, now, mono_now: float) -> str | None:
         s = self.settings
         return liveness.classify(lease, now=now, this_host=s.hostname,
                                  max_runtime_sec=s.max_runtime_sec,
                                  spawn_timeout_sec=s.spawn_timeout_sec,
                                  kill_grace_sec=s.kill_grace_sec, probe=self.probe,
-                                 mono_now=clock.monotonic(), boot_id=clock.boot_id())
+                                 mono_now=mono_now, boot_id=clock.boot_id())
 
     def _reclaim(self, leases: list[Lease], verdicts: dict, summary: PassSummary) -> list[Lease]:
         """Reclaim every dead lease; returns the leases still alive."""
