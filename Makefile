@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Test workers: one per CPU (pytest-xdist); the suite mostly waits on real processes.
 TEST_WORKERS ?= auto
 
-.PHONY: run demo-parallel test test-fast lint bench clean
+.PHONY: run demo-parallel test test-fast chaos lint bench clean
 
 # Each step prints one line first, so a long install is never a silent wait.
 step = @printf '== %s\n' $(1)
@@ -40,6 +40,11 @@ test-fast: $(VENV)/.installed-dev
 ## demo-parallel: three agents edit one git repository at once, each in its own worktree
 demo-parallel: $(VENV)/.installed
 	@PATH="$(abspath $(BIN)):$$PATH" sh examples/parallel-repo/run.sh
+
+## chaos: the long chaos run (CHAOS_KILLS kill events per source, default 500, over the
+## local store and a fake TinyTask server); prints its figures
+chaos: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py
 
 ## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed-dev

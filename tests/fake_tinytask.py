@@ -107,6 +107,7 @@ class FakeTinyTask:
     def start(self) -> FakeTinyTask:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
+        server.handle_error = lambda request, address: None  # type: ignore[method-assign]
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"
         self._thread = threading.Thread(target=server.serve_forever,
