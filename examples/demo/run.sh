@@ -12,7 +12,8 @@ cp "$HERE/agent-control.json" "$DEMO/agent-control.json"
 cd "$DEMO"  # no env file of the caller's directory is picked up
 unset $(env | sed -n 's/^\(TINYSCHEDULER_[A-Z_]*\)=.*/\1/p') 2>/dev/null || true
 export TINYSCHEDULER_BASE_PATH="$DEMO"
-export TINYSCHEDULER_AGENT_COMMAND="python $HERE/example_agent.py {task_id} {title}"
+# {title} sits inside its option's word: a title starting with "-" stays a value.
+export TINYSCHEDULER_AGENT_COMMAND="python $HERE/example_agent.py {task_id} --title={title}"
 export TINYSCHEDULER_AGENT_LIMITS="builder-a=1,builder-b=1,reviewer=1"
 export TINYSCHEDULER_RETRY_BACKOFF_SEC=1
 export TINYSCHEDULER_HEARTBEAT_SEC=2
