@@ -17,7 +17,6 @@ import os
 import random
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict

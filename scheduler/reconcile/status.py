@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from scheduler import clock
 from scheduler.config.registry import load_registry
@@ -58,7 +59,7 @@ def collect(settings) -> dict:
         source_health = _source_health(settings, store, {lease.task_id for lease in leases})
     if not source_health["ok"]:
         problems.append(f"task source unhealthy: {source_health['detail']}")
-    stranded = source_health.pop("stranded", [])
+    stranded: list[str] = list(source_health.pop("stranded", []))
     if stranded:
         shown = ", ".join(stranded[:10]) + (", ..." if len(stranded) > 10 else "")
         problems.append(f"{len(stranded)} task(s) stranded in working with no lease and no "
@@ -101,7 +102,7 @@ def _spending(settings, agent: str, now) -> dict:
     return row
 
 
-def _source_health(settings, store: LeaseStore, leased: set[str]) -> dict:
+def _source_health(settings, store: LeaseStore, leased: set[str]) -> dict[str, Any]:
     """The source's health, and (when healthy) the tasks stranded in working: under one of
     this scheduler's tokens, with no lease and no live wrapper."""
     from scheduler.sources import open_source
