@@ -49,6 +49,9 @@ REPORT_DEADLINE_SEC = 60.0
 #: While a result can be neither reported nor written to the outbox (disk full, source
 #: down), the wrapper keeps it in memory and retries, waiting at most this long between.
 KEEP_RETRY_MAX_SEC = 30.0
+#: How long deleting the lease of a recorded result is retried. Giving up is safe: once
+#: this wrapper exits its lease is reclaimed, and that report is ignored (already applied).
+DELETE_RETRY_SEC = 120.0
 
 #: Verdicts of one heartbeat.
 BEAT_OK, BEAT_RETRY, BEAT_FENCED = "ok", "retry", "fenced"
@@ -145,7 +148,9 @@ class Supervisor:
         duration = time.monotonic() - started
         self._footer(attempt, duration)
         result = self._result(lease, attempt, duration, log_path, said)
-        if self._beat_until_decided(state=FINISHING) == BEAT_FENCED:
+        # Fencing is checked here; a lease that cannot be written (a full disk) does not
+        # hold the result back: the source applies it only under this attempt's token.
+        if self._beat(state=FINISHING) == BEAT_FENCED:
             self._line("lease vanished or was re-owned before reporting: nothing reported")
             return 0
         self._hold_or_release_agent(lease.agent, result, said)
@@ -155,7 +160,8 @@ class Supervisor:
                 modes.tidy(self.context, self.workspace, attempt.outcome)
             except Exception as exc:
                 self._line(f"workspace: cleanup failed: {exc!r}")
-        self._retry(lambda: self.store.delete(self.task_id, self.token), "deleting the lease")
+        self._retry(lambda: self.store.delete(self.task_id, self.token), "deleting the lease",
+                    give_up_after=DELETE_RETRY_SEC)
         self.liveness.release()
         wake.nudge(self.settings.wake_socket)
         return 0
@@ -216,14 +222,6 @@ class Supervisor:
                    "from the wrapper's own record")
         return BEAT_OK
 
-    def _beat_until_decided(self, **changes) -> str:
-        """Heartbeat until it is ``ok`` or ``fenced`` (retrying I/O errors with backoff)."""
-        delay = 0.1
-        while (verdict := self._beat(**changes)) == BEAT_RETRY:
-            time.sleep(delay)
-            delay = min(delay * 2, KEEP_RETRY_MAX_SEC, float(self.settings.heartbeat_sec))
-        return verdict
-
     def _open_source(self):
         if self._source is None:
             from scheduler.sources import open_source
@@ -231,14 +229,18 @@ class Supervisor:
             self._source = open_source(self.settings)
         return self._source
 
-    def _retry(self, action, what: str) -> None:
-        """Run a state change, retrying I/O errors with backoff (a full disk frees up)."""
-        delay = 0.1
+    def _retry(self, action, what: str, give_up_after: float) -> None:
+        """Run a state change, retrying I/O errors with backoff (a full disk frees up) for
+        up to ``give_up_after`` seconds."""
+        delay, deadline = 0.1, time.monotonic() + give_up_after
         while True:
             try:
                 action()
                 return
             except (OSError, LeaseError) as exc:
+                if time.monotonic() > deadline:
+                    self._line(f"{what} failed ({exc}); giving up")
+                    return
                 self._line(f"{what} failed ({exc}); retrying")
                 time.sleep(delay)
                 delay = min(delay * 2, KEEP_RETRY_MAX_SEC)

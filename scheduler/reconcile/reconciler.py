@@ -420,11 +420,13 @@ class Reconciler:
             try:
                 if self.probe.lock_held(task.id):
                     continue
+                assert token is not None
+                if outbox.path_for(self.settings.outbox_dir, task.id, token).exists():
+                    continue  # its result waits in the outbox: delivered, not requeued
                 if not is_valid_name(task.assignee):
                     summary.errors.append(f"task {task.id} is stranded in working with no "
                                           "agent assigned; left for a human")
                     continue
-                assert token is not None
                 log.warning("requeueing task stranded in working with no lease",
                             extra={"fields": {"task": task.id, "token": token}})
                 self._report_or_keep(Result(

@@ -116,7 +116,9 @@ def _source_health(settings, store: LeaseStore, leased: set[str]) -> dict[str, A
                 owner = owner_tag(settings.hostname, settings.running_dir)
                 stranded = [task.id for task in source.working()
                             if is_owned(task.lease_token, owner) and task.id not in leased
-                            and not store.is_held(task.id)]
+                            and not store.is_held(task.id)
+                            and not outbox.path_for(settings.outbox_dir, task.id,
+                                                    task.lease_token).exists()]
         finally:
             source.close()
         return {"ok": health.ok, "detail": health.detail, "stranded": stranded}
