@@ -53,8 +53,9 @@ def collect(settings) -> dict:
     from scheduler.state import pauses
 
     if settings.task_source == "local" and not settings.tasks_db.exists():
-        source_health = {"ok": False, "detail": f"no task store yet at {settings.tasks_db} "
-                                                "(created by the first 'task add' or pass)"}
+        source_health: dict[str, Any] = {
+            "ok": False, "detail": f"no task store yet at {settings.tasks_db} "
+                                   "(created by the first 'task add' or pass)"}
     else:
         source_health = _source_health(settings, store, {lease.task_id for lease in leases})
     if not source_health["ok"]:
