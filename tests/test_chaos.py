@@ -24,7 +24,6 @@ from collections import Counter, defaultdict
 import psutil
 import pytest
 from fake_tinytask import FakeTinyTask
-from test_crash import overlaps
 from test_reconciler import Scheduler, kill_leftovers
 
 from scheduler.state.leases import LeaseStore
@@ -56,6 +55,25 @@ record("start")
 time.sleep(random.uniform(0.0, 0.4))
 record("end")
 '''
+
+
+def overlaps(events) -> list[tuple]:
+    """Pairs of runs of one task whose [start, end] intervals overlap; an agent's end is
+    its own end/term/fail record, or the moment the test saw it killed."""
+    runs: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for e in events:
+        if e.kind == "start":
+            runs[e.task][e.pid] = [e.at, float("inf")]
+        elif e.kind in ("end", "term", "fail", "killed") and e.pid in runs[e.task]:
+            span = runs[e.task][e.pid]
+            span[1] = min(span[1], e.at)
+    bad = []
+    for task_id, by_pid in runs.items():
+        spans = sorted(by_pid.values())
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
+            if s2 < e1:
+                bad.append((task_id, (s1, e1), (s2, e2)))
+    return bad
 
 
 class Chaos:
@@ -112,20 +130,25 @@ class Chaos:
             roll = self.rng.random()
             if roll < 0.12:
                 self._kill(lease.pid, lease.pid_started_at, "wrapper")
-            elif roll < 0.24:
-                self._kill(lease.agent_pid, lease.agent_started_at, "agent")
+            elif roll < 0.24 and self._kill(lease.agent_pid, lease.agent_started_at, "agent"):
+                # a SIGKILLed agent records no end: the test records it once it is gone
+                line = f"killed {lease.task_id} {lease.agent_pid} {time.time():.6f} ?\n"
+                with open(self.s.agent_log, "a", encoding="ascii") as log:
+                    log.write(line)
 
-    def _kill(self, pid: int | None, started: float | None, kind: str) -> None:
+    def _kill(self, pid: int | None, started: float | None, kind: str) -> bool:
         if not pid or not started:
-            return
+            return False
         try:
             proc = psutil.Process(pid)
             if abs(proc.create_time() - started) > 0.01:
-                return  # not the recorded process (never signal a reused pid)
+                return False  # not the recorded process (never signal a reused pid)
             proc.kill()
+            proc.wait(timeout=10)
         except psutil.Error:
-            return
+            return False
         self.kills[kind] += 1
+        return True
 
     def lose_answers(self) -> None:
         if self.fake is not None and self.rng.random() < 0.05:
