@@ -410,7 +410,7 @@ class Reconciler:
         leased = {lease.task_id for lease in leases}
         try:
             working = self.source.working()
-        except SourceError as exc:
+        except Exception as exc:  # never stops the pass: the other steps go on
             summary.errors.append(f"checking working tasks failed: {exc}")
             return
         for task in working:
