@@ -62,6 +62,7 @@ class DailyFileHandler(logging.Handler):
         self.directory = directory
         self._day = ""
         self._stream: TextIO | None = None
+        self._failing = False  #: said once that the file cannot be written
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -70,6 +71,12 @@ class DailyFileHandler(logging.Handler):
                 self._stream = self._open(day)
             self._stream.write(self.format(record) + "\n")
             self._stream.flush()
+            self._failing = False
+        except OSError as exc:  # a full or read-only disk: one line, not a traceback
+            if not self._failing:
+                sys.stderr.write(f"warning: the scheduler log in {self.directory} cannot be "
+                                 f"written ({exc.strerror or exc}); logging to stderr only\n")
+                self._failing = True
         except Exception:
             self.handleError(record)
 
