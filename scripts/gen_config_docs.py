@@ -42,8 +42,8 @@ def _code(text: str) -> str:
 
 def render_options_table() -> str:
     rows = [
-        "| Variable | Default | Meaning | Example |",
-        "|---|---|---|---|",
+        "| Variable | Default | Range | Meaning | Example |",
+        "|---|---|---|---|---|",
     ]
     for option in OPTIONS:
         if option.default:
@@ -53,7 +53,8 @@ def render_options_table() -> str:
         else:
             default = "*empty*"
         rows.append(
-            f"| `{option.env}` | {default} | {_cell(option.help)} | {_code(option.example)} |"
+            f"| `{option.env}` | {default} | {envfile.range_text(option)} | {_cell(option.help)} "
+            f"| {_code(option.example)} |"
         )
     return "\n".join(rows)
 

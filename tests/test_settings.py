@@ -190,15 +190,13 @@ def assert_names(message: str, name: str, origin: str, accepted: str) -> None:
 )
 def test_int_errors(tmp_path, name, text, minimum):
     message = error_of(tmp_path, env={name: text})
-    bounded = name in ("HEARTBEAT_SEC", "STALE_MULTIPLIER")
-    accepted = f"a whole number from {minimum} to" if bounded else f"a whole number >= {minimum}"
-    assert_names(message, name, "environment", accepted)
+    assert_names(message, name, "environment", f"a whole number from {minimum} to")
     assert repr(text) in message
 
 
 @pytest.mark.parametrize(("name", "text", "maximum"),
-                         [("HEARTBEAT_SEC", "1000001", 10**6),
-                          ("STALE_MULTIPLIER", "1001", 1000)])
+                         [("HEARTBEAT_SEC", "3601", 3600),
+                          ("STALE_MULTIPLIER", "101", 100)])
 def test_heartbeat_bounds_are_the_lease_decoder_s(tmp_path, name, text, maximum):
     """Above its bound the value is refused at load (the lease decoder would refuse every
     lease written with it); at the bound it loads, and a lease written with it decodes."""
@@ -216,7 +214,7 @@ def test_heartbeat_bounds_are_the_lease_decoder_s(tmp_path, name, text, maximum)
 def test_int_error_names_env_file_and_flag_origin(tmp_path):
     env_file = tmp_path / "layer.env"
     message = error_of(tmp_path, file={"MAX_RUNTIME_SEC": "soon"})
-    assert_names(message, "MAX_RUNTIME_SEC", f"env file {env_file}", ">= 1")
+    assert_names(message, "MAX_RUNTIME_SEC", f"env file {env_file}", "from 1 to")
     message = error_of(tmp_path, flags={"HEARTBEAT_SEC": "0"})
     assert_names(message, "HEARTBEAT_SEC", "flag", "from 1 to")
 
@@ -344,7 +342,7 @@ def test_agent_limits_formats(tmp_path, text, expected):
 def test_agent_limits_malformed(tmp_path, text, detail):
     message = error_of(tmp_path, env={"AGENT_LIMITS": text})
     assert_names(message, "AGENT_LIMITS", "environment",
-                 'a JSON object {"agent": N} or agent=N,agent=N with N >= 0')
+                 'a JSON object {"agent": N} or agent=N,agent=N with N from 0 to 10000')
     assert detail in message
 
 

@@ -40,6 +40,15 @@ def default_text(option: Option) -> str:
     return option.default or option.default_note or "empty"
 
 
+def range_text(option: Option) -> str:
+    """The accepted range as the docs print it, e.g. ``1-3600``."""
+    bounds = option.bounds
+    if bounds is None:
+        return option.range_note
+    text = f"{bounds.low}-{bounds.high}"
+    return f"{text} each" if option.name == "AGENT_LIMITS" else text
+
+
 def env_value(text: str) -> str:
     """A value as python-dotenv (and systemd) read it back unchanged."""
     if re.search(r"[\s#'\"\\$]", text):
@@ -54,6 +63,8 @@ def render(values: Mapping[str, str] | None = None, *, generated_note: bool = Fa
     blocks = [HEADER + (GENERATED_NOTE if generated_note else "")]
     for option in OPTIONS:
         note = f"default: {default_text(option)}"
+        if range_text(option):
+            note += f"; range {range_text(option)}"
         if option.example and not option.secret:
             note += f"; e.g. {option.example}"
         comment = textwrap.fill(f"{option.help} ({note})", width=88,

@@ -142,6 +142,8 @@ def parse_control_entries(path: Path) -> list[ControlEntry]:
             f"agent control file {path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
             f"{exc.msg}"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"agent control file {path}: JSON nested too deeply") from None
     accepted = 'accepted: a JSON array of {"agentName": "...", "agentType": "..."}'
     if not isinstance(raw, list):
         raise ConfigError(f"agent control file {path}: the file holds {_json_kind(raw)}; "

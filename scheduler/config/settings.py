@@ -13,13 +13,38 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scheduler import bounds
+from scheduler.bounds import (
+    AGENT_CPU_MAX_BOUNDS,
+    AGENT_FILE_MAX_MB_BOUNDS,
+    AGENT_MEMORY_MAX_MB_BOUNDS,
+    AGENT_OPEN_FILES_MAX_BOUNDS,
+    ATTEMPT_LOG_MAX_MB_BOUNDS,
+    HEARTBEAT_SEC_BOUNDS,
+    HOOK_TIMEOUT_BOUNDS,
+    IDLE_TIMEOUT_BOUNDS,
+    KILL_GRACE_BOUNDS,
+    LIMIT_BOUNDS,
+    LOG_RETENTION_DAYS_BOUNDS,
+    LOOP_INTERVAL_BOUNDS,
+    MAX_ATTEMPTS_BOUNDS,
+    MAX_RUNTIME_BOUNDS,
+    MAX_TOTAL_RUNTIME_BOUNDS,
+    METRICS_MAX_MB_BOUNDS,
+    MIN_FREE_DISK_MB_BOUNDS,
+    RATE_LIMIT_BACKOFF_BOUNDS,
+    RATE_LIMIT_BACKOFF_MAX_BOUNDS,
+    RETRY_BACKOFF_BOUNDS,
+    SPAWN_TIMEOUT_BOUNDS,
+    STALE_MULTIPLIER_BOUNDS,
+    Bounds,
+)
 from scheduler.errors import ConfigError
 from scheduler.names import NAME_RULE, is_valid_name
 from scheduler.redact import mask_url
@@ -54,18 +79,22 @@ def _parse_bool(text: str) -> bool:
     raise ValueError("accepted: 1/true/yes or 0/false/no (any case)")
 
 
-def _int_parser(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    accepted = (f"accepted: a whole number >= {minimum}" if maximum is None
-                else f"accepted: a whole number from {minimum} to {maximum}")
+#: Ranges of the numeric settings that are not whole numbers, as the docs print them.
+DOLLARS_RANGE = "0-1000000"
+EXIT_CODES_RANGE = "1-255 each"
 
+#: At most this many characters in any setting's value (AGENT_LIMITS is the longest).
+MAX_VALUE_CHARS = 65_536
+
+_WHOLE_NUMBER = re.compile(r"\+?[0-9]{1,18}")
+
+
+def _int_parser(bounds: Bounds) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise ValueError(accepted) from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise ValueError(accepted)
-        return value
+        value = text.strip()
+        if _WHOLE_NUMBER.fullmatch(value) is None or int(value) not in bounds:
+            raise ValueError(f"accepted: {bounds.describe()}")
+        return int(value)
 
     return parse
 
@@ -82,6 +111,14 @@ def _choice_parser(*choices: str) -> Callable[[str], str]:
 
 def _parse_text(text: str) -> str:
     return text.strip()
+
+
+def _parse_token(text: str) -> str:
+    value = text.strip()
+    if any(not 0x21 <= ord(char) <= 0x7E for char in value):
+        raise ValueError("accepted: printable ASCII characters without spaces "
+                         "(it is sent in an HTTP header)")
+    return value
 
 
 def _parse_path(text: str) -> Path:
@@ -179,12 +216,15 @@ def parse_agent_limits(text: str) -> dict[str, int]:
     value = text.strip()
     if not value:
         return {}
-    accepted = 'accepted: a JSON object {"agent": N} or agent=N,agent=N with N >= 0'
+    accepted = (f'accepted: a JSON object {{"agent": N}} or agent=N,agent=N with N '
+                f'from {LIMIT_BOUNDS.low} to {LIMIT_BOUNDS.high}')
     if value.startswith(("{", "[")):
         try:
             raw = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON at column {exc.colno}: {exc.msg}; {accepted}") from None
+        except RecursionError:
+            raise ValueError(f"JSON nested too deeply; {accepted}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"a JSON {type(raw).__name__} is not an object; {accepted}")
         pairs = list(raw.items())
@@ -193,22 +233,28 @@ def parse_agent_limits(text: str) -> dict[str, int]:
         for item in value.split(","):
             name, sep, number = item.partition("=")
             if not sep:
-                raise ValueError(f"{item.strip()!r} has no '='; {accepted}")
+                raise ValueError(f"{_clip(item.strip())} has no '='; {accepted}")
             pairs.append((name.strip(), number.strip()))
     limits: dict[str, int] = {}
     for name, number in pairs:
         if not is_valid_name(name):
-            raise ValueError(f"agent name {name!r} is invalid ({NAME_RULE}); {accepted}")
-        if isinstance(number, bool):
-            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}")
-        try:
+            raise ValueError(f"agent name {_clip(name)} is invalid ({NAME_RULE}); {accepted}")
+        limit = number if isinstance(number, int) else None
+        if isinstance(number, str) and _WHOLE_NUMBER.fullmatch(number):
             limit = int(number)
-        except (TypeError, ValueError):
-            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}") from None
-        if limit < 0 or str(number).strip() not in (str(limit), f"+{limit}"):
-            raise ValueError(f"limit for {name!r} is {number!r}; {accepted}")
-        limits[name] = limit
+        if limit not in LIMIT_BOUNDS:
+            raise ValueError(f"limit for {name!r} is {_clip(number)}; {accepted}")
+        limits[name] = limit  # type: ignore[assignment]
     return limits
+
+
+def _clip(value: object) -> str:
+    """``repr(value)`` cut to a readable length for an error message."""
+    try:
+        shown = repr(value)
+    except (RecursionError, ValueError):
+        shown = f"a {type(value).__name__}"
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 # --- the definitions --------------------------------------------------------------------
@@ -226,10 +272,13 @@ class Option:
     secret: bool = False
     is_path: bool = False  #: relative values resolve against BASE_PATH
     default_note: str = ""  #: how a derived default is computed, for docs
+    bounds: Bounds | None = None  #: the accepted range of a whole number (or of each one)
+    range_note: str = ""  #: the accepted range of another numeric setting, for the docs
 
     @property
     def env(self) -> str:
         return PREFIX + self.name
+
 
     @property
     def attr(self) -> str:
@@ -238,6 +287,10 @@ class Option:
 
 def _path(name: str, default: str, help_text: str, example: str) -> Option:
     return Option(name, default, _parse_path, help_text, example, is_path=True)
+
+
+def _whole(name: str, default: str, bounds: Bounds, help_text: str, example: str) -> Option:
+    return Option(name, default, _int_parser(bounds), help_text, example, bounds=bounds)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -261,15 +314,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("WORK_DIR", "", _parse_path, "Working directory of the agents.",
            "/srv/agents/checkout", is_path=True, default_note="BASE_PATH"),
     Option("AGENT_LIMITS", "", parse_agent_limits,
-           "Concurrency per agent, JSON object or a=1,b=2.", 'dispatcher=1,worker=3'),
-    Option("DEFAULT_AGENT_LIMIT", "1", _int_parser(0),
+           "Concurrency per agent, JSON object or a=1,b=2.", 'dispatcher=1,worker=3',
+           bounds=LIMIT_BOUNDS),
+    _whole("DEFAULT_AGENT_LIMIT", "1", LIMIT_BOUNDS,
            "Limit of a registry agent absent from AGENT_LIMITS.", "2"),
     Option("TASK_SOURCE", "", _choice_parser("local", "tinytask"),
            "Where tasks come from: local (embedded SQLite) or tinytask (REST).", "tinytask",
            default_note="tinytask if MCP_ENDPOINT is set, else local"),
     Option("MCP_ENDPOINT", "", _parse_endpoint, "TinyTask server base URL (without /api/v1).",
            "http://tinytask:3000"),
-    Option("MCP_TOKEN", "", _parse_text, "Bearer token for the TinyTask server (secret).",
+    Option("MCP_TOKEN", "", _parse_token, "Bearer token for the TinyTask server (secret).",
            "s3cr3t", secret=True),
     Option("GOOSE_BIN", "goose", _parse_text, "The goose executable ({goose_bin}).",
            "/usr/local/bin/goose"),
@@ -278,44 +332,43 @@ OPTIONS: tuple[Option, ...] = (
            "{recipe_path} {title} {prompt} {task_file} {base_path} {goose_bin} {workspace} "
            "{branch}; never run by a shell.",
            "my-agent --task {task_id} --file {task_file}"),
-    Option("LOOP_INTERVAL_SEC", "60", _int_parser(1), "Daemon: seconds between passes.", "30"),
-    Option("HEARTBEAT_SEC", "15",
-           _int_parser(bounds.HEARTBEAT_SEC_MIN, bounds.HEARTBEAT_SEC_MAX),
-           "Wrapper heartbeat interval.", "10"),
-    Option("STALE_MULTIPLIER", "4",
-           _int_parser(bounds.STALE_MULTIPLIER_MIN, bounds.STALE_MULTIPLIER_MAX),
+    _whole("LOOP_INTERVAL_SEC", "60", LOOP_INTERVAL_BOUNDS, "Daemon: seconds between passes.",
+           "30"),
+    _whole("HEARTBEAT_SEC", "15", HEARTBEAT_SEC_BOUNDS, "Wrapper heartbeat interval.", "10"),
+    _whole("STALE_MULTIPLIER", "4", STALE_MULTIPLIER_BOUNDS,
            "A heartbeat older than HEARTBEAT_SEC x this is stale.", "4"),
-    Option("MAX_RUNTIME_SEC", "3600", _int_parser(1), "Watchdog: longest allowed run.", "7200"),
-    Option("IDLE_TIMEOUT_SEC", "0", _int_parser(0),
+    _whole("MAX_RUNTIME_SEC", "3600", MAX_RUNTIME_BOUNDS, "Watchdog: longest allowed run.", "7200"),
+    _whole("IDLE_TIMEOUT_SEC", "0", IDLE_TIMEOUT_BOUNDS,
            "Kill an agent silent for this long (0 = off).", "900"),
-    Option("KILL_GRACE_SEC", "30", _int_parser(0), "Seconds between SIGTERM and SIGKILL.", "10"),
-    Option("SPAWN_TIMEOUT_SEC", "30", _int_parser(1),
+    _whole("KILL_GRACE_SEC", "30", KILL_GRACE_BOUNDS, "Seconds between SIGTERM and SIGKILL.", "10"),
+    _whole("SPAWN_TIMEOUT_SEC", "30", SPAWN_TIMEOUT_BOUNDS,
            "A lease still 'starting' after this long with no wrapper is reclaimed.", "60"),
-    Option("MAX_ATTEMPTS", "3", _int_parser(1), "Attempts before a task is parked as failed.",
+    _whole("MAX_ATTEMPTS", "3", MAX_ATTEMPTS_BOUNDS, "Attempts before a task is parked as failed.",
            "5"),
-    Option("RETRY_BACKOFF_SEC", "60", _int_parser(0),
+    _whole("RETRY_BACKOFF_SEC", "60", RETRY_BACKOFF_BOUNDS,
            "Retry delay: this x 2^(attempt-1) after a failed attempt.", "120"),
     Option("RATE_LIMIT_EXIT_CODES", "", parse_exit_codes,
            "Exit codes that mean the agent was rate-limited (comma-separated).", "75",
-           default_note="none"),
+           default_note="none", range_note=EXIT_CODES_RANGE),
     Option("RATE_LIMIT_PATTERNS", "", parse_patterns,
            "JSON array of regexes; a failed attempt whose last 64 KB of output matches one "
            "was rate-limited. Empty = the built-in list (rate limit, 429, too many requests, "
            "quota exceeded, overloaded, usage limit); [] = none.", '["rate.?limit"]',
            default_note="the built-in list"),
-    Option("RATE_LIMIT_BACKOFF_SEC", "60", _int_parser(1),
+    _whole("RATE_LIMIT_BACKOFF_SEC", "60", RATE_LIMIT_BACKOFF_BOUNDS,
            "First hold of a rate-limited agent; doubles while the limit persists.", "120"),
-    Option("RATE_LIMIT_BACKOFF_MAX_SEC", "3600", _int_parser(1),
+    _whole("RATE_LIMIT_BACKOFF_MAX_SEC", "3600", RATE_LIMIT_BACKOFF_MAX_BOUNDS,
            "Longest hold of a rate-limited agent.", "7200"),
-    Option("MAX_TOTAL_RUNTIME_SEC", "0", _int_parser(0),
+    _whole("MAX_TOTAL_RUNTIME_SEC", "0", MAX_TOTAL_RUNTIME_BOUNDS,
            "Budget per task: runtime over all its attempts; spent -> parked (0 = none).",
            "14400"),
     Option("MAX_TASK_COST_USD", "0", _parse_dollars,
            "Budget per task: cost over all its attempts, from the agents' results; "
-           "spent -> parked (0 = none).", "5"),
+           "spent -> parked (0 = none).", "5", range_note=DOLLARS_RANGE),
     Option("AGENT_DAILY_COST_MAX_USD", "0", _parse_dollars,
            "Budget per agent per UTC day (agent-control dailyCostMaxUsd overrides); "
-           "reached -> the agent pauses until the next day (0 = none).", "50"),
+           "reached -> the agent pauses until the next day (0 = none).", "50",
+           range_note=DOLLARS_RANGE),
     Option("PROMPT_TEMPLATE_FILE", "", _parse_path,
            "Template of {prompt}: text with {id} {title} {description} {queue} {agent} "
            "{attempt} {previous_summary} {previous_error} {workspace}.",
@@ -324,6 +377,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("AGENT_RESULT_ADAPTER", "none", _choice_parser("none", "claude", "codex"),
            "Turn the agent's printed JSON into a result when it writes no result file.",
            "claude"),
+    _whole("ATTEMPT_LOG_MAX_MB", "100", ATTEMPT_LOG_MAX_MB_BOUNDS,
+           "Cap of one attempt log: the first and the latest output are kept around a "
+           "marker saying how much was left out (0 = no cap).", "20"),
+    _whole("LOG_RETENTION_DAYS", "30", LOG_RETENTION_DAYS_BOUNDS,
+           "Daily scheduler logs older than this many days are deleted (0 = keep all).",
+           "14"),
+    _whole("METRICS_MAX_MB", "10", METRICS_MAX_MB_BOUNDS,
+           "metrics.jsonl is moved to metrics.jsonl.1 (replacing it) at this size.", "50"),
     Option("SPAWN_MODE", "fork", _choice_parser("fork", "exec"),
            "How wrappers start: fork (from the scheduler, ~1 ms) or exec (a fresh "
            "tinyscheduler-wrapper process, ~150 ms).", "exec"),
@@ -358,7 +419,7 @@ OPTIONS: tuple[Option, ...] = (
            "Agent Bot"),
     Option("GIT_AUTHOR_EMAIL", "tinyscheduler@localhost", _parse_text,
            "Author e-mail of automatic commits.", "agents@example.com"),
-    Option("MIN_FREE_DISK_MB", "500", _int_parser(0), "Below this much free space where "
+    _whole("MIN_FREE_DISK_MB", "500", MIN_FREE_DISK_MB_BOUNDS, "Below this much free space where "
            "workspaces are made, tasks are skipped (not failed); 0 = no check.", "2048"),
     Option("HOOK_AFTER_CREATE", "", _parse_optional_command, "Hook argv run once when a "
            "workspace is first made; placeholders {task_id} {workspace} {branch} {attempt}.",
@@ -371,15 +432,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("HOOK_BEFORE_REMOVE", "", _parse_optional_command, "Hook argv run before a "
            "workspace is deleted; a failure is logged only.", "rm -rf node_modules",
            default_note="none"),
-    Option("HOOK_TIMEOUT_SEC", "300", _int_parser(1),
+    _whole("HOOK_TIMEOUT_SEC", "300", HOOK_TIMEOUT_BOUNDS,
            "Longest a hook may run (then SIGTERM, SIGKILL after KILL_GRACE_SEC).", "600"),
-    Option("AGENT_MEMORY_MAX_MB", "0", _int_parser(0),
+    _whole("AGENT_MEMORY_MAX_MB", "0", AGENT_MEMORY_MAX_MB_BOUNDS,
            "Address-space limit of an agent (setrlimit RLIMIT_AS); 0 = none.", "4096"),
-    Option("AGENT_CPU_MAX_SEC", "0", _int_parser(0),
+    _whole("AGENT_CPU_MAX_SEC", "0", AGENT_CPU_MAX_BOUNDS,
            "CPU-seconds limit of an agent (RLIMIT_CPU); 0 = none.", "3600"),
-    Option("AGENT_FILE_MAX_MB", "0", _int_parser(0),
+    _whole("AGENT_FILE_MAX_MB", "0", AGENT_FILE_MAX_MB_BOUNDS,
            "Largest file an agent may write (RLIMIT_FSIZE); 0 = none.", "1024"),
-    Option("AGENT_OPEN_FILES_MAX", "0", _int_parser(0),
+    _whole("AGENT_OPEN_FILES_MAX", "0", AGENT_OPEN_FILES_MAX_BOUNDS,
            "Open files limit of an agent (RLIMIT_NOFILE); 0 = inherited.", "4096"),
     Option("SANDBOX", "none", _choice_parser("none", "bwrap"),
            "none, or bwrap: the agent runs under bubblewrap, the file system read-only "
@@ -444,6 +505,9 @@ class Settings:
     agent_daily_cost_max_usd: float = 0.0
     prompt_template_file: Path | str = ""
     agent_result_adapter: str = "none"
+    attempt_log_max_mb: int = 100
+    log_retention_days: int = 30
+    metrics_max_mb: int = 10
     spawn_mode: str = "fork"
     hostname: str = "localhost"
     log_level: str = "INFO"
@@ -631,9 +695,11 @@ def choose_env_file(
 
 def _parse(option: Option, text: str, origin: str) -> Any:
     try:
+        if len(text) > MAX_VALUE_CHARS:
+            raise ValueError(f"{len(text)} characters; accepted: at most {MAX_VALUE_CHARS}")
         return option.parse(text)
     except ValueError as exc:
-        shown = "********" if option.secret else repr(mask_url(text))
+        shown = "********" if option.secret else _clip(mask_url(text))
         raise ConfigError(f"{option.env}={shown} (from {origin}) is invalid: {exc}") from None
 
 

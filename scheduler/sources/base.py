@@ -107,6 +107,9 @@ class Health:
     detail: str
 
 
+#: The longest retry delay, whatever the backoff and the attempt number.
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How failures are retried: backoff x 2^(attempt-1), parked after max_attempts, or

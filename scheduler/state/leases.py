@@ -147,11 +147,11 @@ class Lease:
         # the bounds the settings enforce (one table), so interval x multiplier stays a
         # valid timedelta and every lease a scheduler writes decodes
         values["heartbeat_sec"] = _int(data, "heartbeat_sec", 15,
-                                       minimum=bounds.HEARTBEAT_SEC_MIN,
-                                       maximum=bounds.HEARTBEAT_SEC_MAX)
+                                       minimum=bounds.HEARTBEAT_SEC_BOUNDS.low,
+                                       maximum=bounds.HEARTBEAT_SEC_BOUNDS.high)
         values["stale_multiplier"] = _int(data, "stale_multiplier", 4,
                                           minimum=bounds.LEASE_STALE_MULTIPLIER_MIN,
-                                          maximum=bounds.STALE_MULTIPLIER_MAX)
+                                          maximum=bounds.STALE_MULTIPLIER_BOUNDS.high)
         metadata = data.get("metadata", {})
         if metadata is None:
             metadata = {}
