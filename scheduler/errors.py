@@ -20,6 +20,12 @@ class ConfigError(TinySchedulerError):
     exit_code = EXIT_USAGE
 
 
+class UnsafePath(ConfigError, OSError):
+    """A state path is a symbolic link, a FIFO or another non-regular file, foreign-owned,
+    or writable by others: refused, never followed (exit code 2). Also an ``OSError``, so
+    code that handles an unreadable file handles this one too."""
+
+
 class InputError(TinySchedulerError):
     """Bad input from a user: an argument, an import file, an unknown id."""
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
+
+from scheduler.fsutil import open_private
 
 LOGGER_NAME = "tinyscheduler"
 
@@ -55,20 +58,34 @@ def _short(value: object) -> str:
 
 
 class DailyFileHandler(logging.Handler):
-    """Appends to ``scheduler_YYYYMMDD.log`` (UTC date), switching files at midnight."""
+    """Appends to ``scheduler_YYYYMMDD.log`` (UTC date), switching files at midnight and
+    then deleting daily files older than ``retention_days`` (0 = keep them all).
 
-    def __init__(self, directory: Path) -> None:
+    The first file is opened at once, so an unusable one (a link, a FIFO) stops the
+    command with a clear error; one that turns unusable later costs that day's file
+    lines, with one line on stderr saying why, never the pass."""
+
+    def __init__(self, directory: Path, retention_days: int = 0) -> None:
         super().__init__()
         self.directory = directory
+        self.retention_days = retention_days
         self._day = ""
         self._stream: TextIO | None = None
         self._failing = False  #: said once that the file cannot be written
+        self._open(_day_of(time.time()))
 
     def emit(self, record: logging.LogRecord) -> None:
+        day = _day_of(record.created)
+        if day != self._day:
+            try:
+                self._open(day)
+            except OSError as exc:
+                print(f"tinyscheduler: log file unusable, file logging off for {day}: {exc}",
+                      file=sys.stderr)
+                return
+        if self._stream is None:
+            return
         try:
-            day = time.strftime("%Y%m%d", time.gmtime(record.created))
-            if day != self._day or self._stream is None:
-                self._stream = self._open(day)
             self._stream.write(self.format(record) + "\n")
             self._stream.flush()
             self._failing = False
@@ -80,14 +97,16 @@ class DailyFileHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def _open(self, day: str) -> TextIO:
+    def _open(self, day: str) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
-        path = self.directory / f"scheduler_{day}.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._day = day
-        return os.fdopen(fd, "a", encoding="utf-8")
+        path = self.directory / f"scheduler_{day}.log"
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)  # never through a link
+        self._stream = os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+        if self.retention_days:
+            remove_old_logs(self.directory, self.retention_days, time.time())
 
     def close(self) -> None:
         if self._stream is not None:
@@ -96,7 +115,36 @@ class DailyFileHandler(logging.Handler):
         super().close()
 
 
-def setup_logging(level: str, fmt: str, log_dir: Path | None) -> None:
+#: Daily scheduler log files: ``scheduler_YYYYMMDD.log``.
+DAILY_NAME = re.compile(r"scheduler_(\d{8})\.log")
+
+
+def _day_of(epoch: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(epoch))
+
+
+def remove_old_logs(directory: Path, retention_days: int, now: float) -> list[str]:
+    """Delete daily scheduler logs dated more than ``retention_days`` days before ``now``
+    (by the date in the name; today's file is day 0). Returns the names deleted."""
+    oldest_kept = _day_of(now - retention_days * 86_400)
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = DAILY_NAME.fullmatch(name)
+        if match is not None and match.group(1) < oldest_kept:
+            try:
+                os.unlink(directory / name)  # unlink never follows a link
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def setup_logging(level: str, fmt: str, log_dir: Path | None,
+                  retention_days: int = 0) -> None:
     """Configure the project logger once; safe to call again (replaces handlers)."""
     logger = logging.getLogger(LOGGER_NAME)
     for handler in list(logger.handlers):
@@ -105,7 +153,7 @@ def setup_logging(level: str, fmt: str, log_dir: Path | None) -> None:
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_dir is not None:
-        handlers.append(DailyFileHandler(log_dir))
+        handlers.append(DailyFileHandler(log_dir, retention_days))
     for handler in handlers:
         handler.setFormatter(formatter)
         logger.addHandler(handler)

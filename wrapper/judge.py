@@ -16,6 +16,7 @@ from pathlib import Path
 from scheduler.agents import adapters, ratelimit, result_file
 from scheduler.agents.options import AgentOptions
 from scheduler.agents.result_file import AgentResult, BadResultFile
+from scheduler.fsutil import SAFE_FLAGS
 from scheduler.sources import base
 
 #: Outcomes of an agent that ended by itself (exit, or a signal nobody here sent).
@@ -72,7 +73,7 @@ def judge(outcome: str, exit_code: int | None, *, result_path: Path, log_path: P
 def output_tail(path: Path, limit: int) -> str:
     """The last ``limit`` bytes of the agent's output (the wrapper's own lines left out)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | SAFE_FLAGS)  # never a link, never blocks
     except OSError:
         return ""
     try:

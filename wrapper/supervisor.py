@@ -14,12 +14,10 @@ import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
-# psutil and filelock (the liveness lock) are imported here rather than when first used:
-# the fork launcher imports this module before it forks a wrapper (wrapper.main.preload),
-# so every forked wrapper starts with them loaded instead of importing them per task.
-import filelock  # noqa: F401
+# psutil is imported here rather than when first used: the fork launcher imports this
+# module before it forks a wrapper (wrapper.main.preload), so every forked wrapper starts
+# with it loaded instead of importing it per task.
 import psutil
 
 from scheduler import clock
@@ -35,6 +33,7 @@ from scheduler.state.leases import FINISHING, Lease, LeaseStore
 from scheduler.workspace import limits, modes, sandbox
 from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
 from wrapper.agent import AgentProcess
+from wrapper.attemptlog import AttemptLog
 from wrapper.command import LaunchError, build_argv, resolve_recipe, uses_recipe
 from wrapper.judge import judge
 from wrapper.title import set_title, wrapper_title
@@ -78,7 +77,7 @@ class Supervisor:
         self.token = token
         self.store = LeaseStore(settings.running_dir)
         self.task_dir = settings.task_log_dir / task_id
-        self.log: BinaryIO | None = None
+        self.log: AttemptLog | None = None
         self._signal_r = self._signal_w = -1
         self._stop_signal: int | None = None
         self._judged_problem = ""
@@ -89,6 +88,12 @@ class Supervisor:
         self._lease: Lease | None = None  #: the lease as this wrapper last wrote it
         self._pending: dict = {}  #: lease fields a failed heartbeat did not record yet
         self._source = None
+
+    @property
+    def _out(self) -> AttemptLog:
+        """The attempt log, open from before the agent starts to after it ended."""
+        assert self.log is not None
+        return self.log
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -122,14 +127,17 @@ class Supervisor:
 
     def _attempt(self, lease) -> int:
         started = time.monotonic()
-        ensure_private_dir(self.task_dir)
         log_path = self.task_dir / f"attempt-{lease.attempt}.log"
-        self.log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - lives for the attempt
-        os.chmod(log_path, 0o600)
         try:
-            attempt = self._launch_and_wait(lease, log_path)
-        except Exception as exc:  # a bug here must still leave a result behind
-            attempt = Attempt(base.LAUNCH_FAILED, note=f"wrapper error: {exc!r}")
+            ensure_private_dir(self.task_dir)
+            self.log = AttemptLog(log_path, self.settings.attempt_log_max_mb * 1024 * 1024)
+        except OSError as exc:  # a link, FIFO or foreign file there: refused, reported
+            attempt = Attempt(base.LAUNCH_FAILED, note=f"attempt log unusable: {exc}")
+        else:
+            try:
+                attempt = self._launch_and_wait(lease, log_path)
+            except Exception as exc:  # a bug here must still leave a result behind
+                attempt = Attempt(base.LAUNCH_FAILED, note=f"wrapper error: {exc!r}")
         if attempt.fenced:
             self._footer(attempt, time.monotonic() - started)
             self._line(f"lease of task {self.task_id} was reclaimed or re-owned: "
@@ -253,7 +261,7 @@ class Supervisor:
             self._first_line(lease)  # workspace notes follow it
         self.context = Context(self.settings, self.task_id, lease.attempt,
                                title=str(task.get("title", "")),
-                               log_fd=self.log.fileno() if self.log else None,
+                               log_write=self._log_bytes,
                                tick=self._tick, note=self._line)
         try:
             self.workspace = modes.begin(self.context)
@@ -409,17 +417,20 @@ class Supervisor:
                    agent_limits: limits.Limits = limits.NONE) -> Attempt:
         """Start the agent gated, record it in the lease, open the gate, wait."""
         held = self.liveness.fileno()
-        assert held is not None and self.log is not None  # adopted, attempt log open
-        lock_fd = os.dup(held)  # filelock's at-fork hook closes its own
+        assert held is not None  # adopted
+        lock_fd = os.dup(held)  # the agent keeps only this duplicate
         cwd = self.workspace.path if self.workspace is not None else self.settings.work_dir
         # The rule for agents: every process they start inherits this descriptor and keeps
         # the task "running" while it lives; one meant to outlive the attempt closes it.
         env = {**env, "TINYSCHEDULER_LIVENESS_FD": str(lock_fd)}
+        output_fd = self._out.agent_output()
         try:
-            agent = AgentProcess(argv, env=env, cwd=cwd, output_fd=self.log.fileno(),
+            agent = AgentProcess(argv, env=env, cwd=cwd, output_fd=output_fd,
                                  lock_fd=lock_fd, rlimits=limits.rlimits(agent_limits))
         finally:
             os.close(lock_fd)
+            if output_fd != self._out.fd:
+                os.close(output_fd)  # the agent has it; EOF comes when it is gone
         verdict = self._beat(agent_pid=agent.pid, agent_started_at=_start_time_of(agent.pid))
         if verdict == BEAT_FENCED:
             agent.abort()
@@ -494,10 +505,11 @@ class Supervisor:
             pidfd = agent.fileno()
             if pidfd is None:
                 timeout = min(timeout, 0.05)
-            watched = [self._signal_r] + ([pidfd] if pidfd is not None else [])
-            readable, _, _ = select.select(watched, [], [], timeout)
+            readable, _, _ = select.select(self._watched(agent), [], [], timeout)
+            self._out.pump()
             if agent.poll() is not None:
                 self._kill_stragglers(agent)
+                self._out.pump()  # what it wrote before it ended
                 return _ended(agent.returncode)
             now = time.monotonic()
             if self._signal_r in readable:
@@ -527,11 +539,12 @@ class Supervisor:
         """SIGTERM the agent's group, SIGKILL after the grace period; record why."""
         self._line(f"stopping agent (pid {agent.pid}): {why}")
         agent.signal_group(signal.SIGTERM)
-        if agent.wait(timeout=self.settings.kill_grace_sec) is None:
+        if self._wait_copying(agent, self.settings.kill_grace_sec) is None:
             self._line(f"agent ignored SIGTERM for {self.settings.kill_grace_sec} s: SIGKILL")
             agent.signal_group(signal.SIGKILL)
             agent.wait()
         self._kill_stragglers(agent)
+        self._out.pump()
         ended = _ended(agent.returncode)
         return Attempt(outcome, ended.exit_code, ended.signal, note=why)
 
@@ -541,13 +554,27 @@ class Supervisor:
         if agent.signal_group(signal.SIGKILL):
             self._line(f"killed processes left in the agent's process group {agent.pid}")
 
+    def _watched(self, agent: AgentProcess) -> list[int]:
+        """What the wait loop selects on: signals, the agent's end, its output pipe."""
+        return [fd for fd in (self._signal_r, agent.fileno(), self._out.fileno())
+                if fd is not None and fd >= 0]
+
+    def _wait_copying(self, agent: AgentProcess, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the agent to end, copying its output
+        meanwhile (an agent blocked on a full pipe could not end); its return code."""
+        deadline = time.monotonic() + timeout
+        while agent.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = remaining if agent.fileno() is not None else min(remaining, 0.02)
+            watched = [fd for fd in (agent.fileno(), self._out.fileno()) if fd is not None]
+            select.select(watched, [], [], wait)
+            self._out.pump()
+        return agent.returncode
+
     def _log_size(self) -> int:
-        if self.log is None:
-            return 0
-        try:
-            return os.fstat(self.log.fileno()).st_size
-        except OSError:
-            return 0
+        return self.log.progress() if self.log is not None else 0
 
     # --- signals ------------------------------------------------------------------------
 
@@ -571,12 +598,21 @@ class Supervisor:
 
     # --- the attempt log -----------------------------------------------------------------
 
+    def _log_bytes(self, data: bytes) -> None:
+        """Output of a hook, into the attempt log (capped like the agent's)."""
+        if self.log is not None:
+            try:
+                self.log.write(data)
+            except OSError:  # a full disk loses hook output, never the attempt
+                pass
+
     def _line(self, text: str) -> None:
         if self.log is not None:
             try:
-                self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n".encode())
-            except OSError:
-                pass  # a full disk loses a log line, never the attempt
+                self.log.write(f"[tinyscheduler {clock.to_iso(clock.now())}] {text}\n"
+                               .encode(errors="backslashreplace"))
+            except OSError:  # a full disk loses a note, never the attempt
+                pass
 
     def _header(self, lease, argv: list[str]) -> None:
         """The attempt's first line (once), then the argv and start time."""
@@ -599,7 +635,7 @@ class Supervisor:
 
     def _result(self, lease, attempt: Attempt, duration: float, log_path: Path,
                 said: AgentResult | None = None) -> Result:
-        tail = _tail(log_path, SUMMARY_TAIL_BYTES)
+        tail = _tail(self.log.tail(SUMMARY_TAIL_BYTES) if self.log is not None else b"")
         code = _how_ended(attempt)
         if attempt.limit:
             code = f"{attempt.limit} ({code})"
@@ -745,15 +781,7 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _tail(path: Path, limit: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            data = handle.read()
-    except OSError:
-        return ""
+def _tail(data: bytes) -> str:
     lines = [line for line in data.decode(errors="replace").splitlines()
              if not line.startswith("[tinyscheduler ")]
     return "\n".join(lines[-20:])

@@ -104,29 +104,20 @@ def _check_base_path(base: Path) -> list[Finding]:
 
 def _check_directories(settings, fix: bool) -> list[Finding]:
     from scheduler.fsutil import ensure_private_dir
+    from scheduler.state.paths import ON_DEMAND, problems
 
     findings = []
-    wanted = {
-        "state directory": settings.state_dir,
-        "running directory": settings.running_dir,
-        "log directory": settings.log_dir,
-        "outbox directory": settings.outbox_dir,
-        "lock file directory": settings.lock_file.parent,
-        "tasks database directory": settings.tasks_db.parent,
-    }
-    seen: set[Path] = set()
-    for label, path in wanted.items():
-        if path in seen:
+    for label, path, problem in problems(settings):
+        if problem is not None:
+            findings.append(Finding("error", problem))
+        elif label in ON_DEMAND and not os.path.lexists(path):
             continue
-        seen.add(path)
-        if path.is_dir():
+        elif os.path.isdir(path):
             if os.access(path, os.W_OK | os.X_OK):
                 findings.append(Finding("ok", f"{label} {path}"))
             else:
                 findings.append(Finding("error", f"{label} {path} is not writable; "
                                                  f"fix its owner or mode (chmod 700)"))
-        elif path.exists():
-            findings.append(Finding("error", f"{label} {path} exists but is not a directory"))
         elif fix:
             try:
                 ensure_private_dir(path)

@@ -8,7 +8,6 @@ import click
 
 from scheduler.config.registry import load_registry
 from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS
-from scheduler.fsutil import ensure_private_dir
 from scheduler.logs import get_logger, setup_logging
 from scheduler.state import pauses as pauses_mod
 from scheduler.state import records
@@ -17,10 +16,11 @@ log = get_logger("run")
 
 
 def prepare_state(settings) -> None:
-    """The directories a pass writes to (0700). The rest of the configuration is untouched."""
-    for path in (settings.state_dir, settings.running_dir, settings.log_dir,
-                 settings.outbox_dir, settings.lock_file.parent):
-        ensure_private_dir(path)
+    """Refuse unsafe state directories; create the ones a pass writes to (0700). The rest
+    of the configuration is untouched."""
+    from scheduler.state.paths import prepare_state_dirs
+
+    prepare_state_dirs(settings)
 
 
 def build_reconciler(settings, mode: str):
@@ -119,8 +119,12 @@ def wait_for_lock(lock) -> bool:
 def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
     if not dry_run:
         prepare_state(settings)
+    else:
+        from scheduler.state.paths import check_state_paths
+
+        check_state_paths(settings)
     setup_logging(settings.log_level, settings.log_format,
-                  None if dry_run else settings.log_dir)
+                  None if dry_run else settings.log_dir, settings.log_retention_days)
     log_env_file(settings)
     from scheduler import faults
 

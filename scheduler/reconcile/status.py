@@ -10,6 +10,7 @@ from scheduler.config.registry import load_registry
 from scheduler.errors import ConfigError
 from scheduler.state import outbox, records
 from scheduler.state.leases import LeaseStore, is_owned, owner_tag
+from scheduler.state.paths import check_state_paths
 
 #: A daemon's last pass older than this many intervals makes the status unhealthy.
 STALE_INTERVALS = 3
@@ -23,8 +24,9 @@ LOW_DISK_MIN_FREE_RATIO = 0.02
 def collect(settings) -> dict:
     now = clock.now()
     problems: list[str] = []
+    check_state_paths(settings)  # a link or a writable directory: refused, exit 2
     store = LeaseStore(settings.running_dir)
-    leases = store.list(quarantine=False) if settings.running_dir.is_dir() else []
+    leases = store.list(quarantine=False) if os.path.lexists(settings.running_dir) else []
     used: dict[str, int] = {}
     for lease in leases:
         used[lease.agent] = used.get(lease.agent, 0) + 1
@@ -37,9 +39,16 @@ def collect(settings) -> dict:
     except ConfigError as exc:
         agents = []
         problems.append(str(exc))
-    last = records.read_last_pass(settings)
+    try:
+        last = records.read_last_pass(settings)
+    except ValueError as exc:
+        last, bad_record = None, str(exc)
+        problems.append(f"last pass record unreadable: {bad_record}")
+    else:
+        bad_record = ""
     if last is None:
-        problems.append("no pass has run yet")
+        if not bad_record:
+            problems.append("no pass has run yet")
     else:
         if last.get("errors"):
             problems.append(f"last pass had {len(last['errors'])} error(s)")
@@ -52,6 +61,11 @@ def collect(settings) -> dict:
                             f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
     from scheduler.state import pauses
 
+    try:
+        paused = pauses.load(settings.pause_file).describe()
+    except ConfigError as exc:
+        paused = "unknown (pause file unreadable)"
+        problems.append(str(exc))
     if settings.task_source == "local" and not settings.tasks_db.exists():
         source_health: dict[str, Any] = {
             "ok": False, "detail": f"no task store yet at {settings.tasks_db} "
@@ -74,7 +88,7 @@ def collect(settings) -> dict:
         "agents": agents,
         "leases": [_lease_row(lease, now) for lease in leases],
         "outbox_pending": len(outbox.pending(settings.outbox_dir)),
-        "paused": pauses.load(settings.pause_file).describe(),
+        "paused": paused,
         "last_pass": last,
         "source": {"kind": settings.task_source, **source_health},
         "stranded": stranded,

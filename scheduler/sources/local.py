@@ -28,8 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from scheduler import clock as _clock
-from scheduler.errors import InputError, InvalidTransition, SourceError, TaskNotFound
-from scheduler.fsutil import FILE_MODE, ensure_private_dir
+from scheduler.errors import (
+    InputError,
+    InvalidTransition,
+    SourceError,
+    TaskNotFound,
+    UnsafePath,
+)
+from scheduler.fsutil import ensure_private_dir, open_private
 from scheduler.names import NAME_RULE, is_valid_name
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
@@ -350,10 +356,16 @@ class LocalStore:
     def _open(self) -> sqlite3.Connection:
         try:
             ensure_private_dir(self.path.parent)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                             FILE_MODE)
-                os.close(fd)
+            # The database and SQLite's side files must be regular files of this user
+            # (created 0600): SQLite would follow a link planted at any of them.
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                try:
+                    os.close(open_private(f"{self.path}{suffix}", os.O_RDWR,
+                                          create=not suffix))
+                except FileNotFoundError:
+                    pass
+        except UnsafePath:
+            raise
         except OSError as exc:
             raise SourceError(f"local store {self.path}: cannot create: {exc}") from None
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000,

@@ -8,7 +8,7 @@ Compare-and-set operations (:meth:`LeaseStore.adopt`, :meth:`~LeaseStore.heartbe
 :meth:`~LeaseStore.delete`, :meth:`~LeaseStore.update`) run under a short store-wide mutex,
 so a wrapper whose lease was reclaimed can never write it back over a newer one (fencing).
 
-This module imports only the standard library and filelock (no psutil).
+This module imports only the standard library (no psutil).
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from scheduler import bounds, clock
 from scheduler.errors import AlreadyLeased, LeaseError
 from scheduler.fsutil import (
     FILE_MODE,
+    SAFE_FLAGS,
     atomic_write,
     ensure_private_dir,
     fsync_dir,
     kernel_flock,
+    open_private,
 )
 from scheduler.names import check_name, is_valid_name
 
@@ -245,10 +247,8 @@ class LivenessLock:
     """The wrapper's ``task_<id>.lock``: held for the wrapper's whole life, dropped by the
     kernel when every process sharing the locked descriptor has exited.
 
-    A flock belongs to the open file description, so a child started with
-    ``pass_fds=[lock.fileno()]`` keeps the lock alive if the wrapper dies first. (Do not
-    combine that with ``preexec_fn``: filelock's at-fork hook closes held descriptors in a
-    Python-level forked child.)
+    A flock belongs to the open file description, so a child that inherits a duplicate of
+    :meth:`fileno` keeps the lock alive if the wrapper dies first.
     """
 
     def __init__(self, path: Path) -> None:
@@ -261,20 +261,14 @@ class LivenessLock:
 
     def acquire(self, timeout: float) -> bool:
         """Try for up to ``timeout`` seconds (0 = one attempt). True when held."""
-        from filelock import Timeout
-
         ensure_private_dir(self.path.parent)
-        try:
-            self._lock.acquire(timeout=timeout, poll_interval=0.005)
-        except Timeout:
-            return False
-        return True
+        return self._lock.acquire(timeout=timeout, poll_interval=0.005)
 
     def release(self) -> None:
         """Unlock and close if held. The unlock drops the flock for every process sharing
         the descriptor (children too); only exiting (closing) leaves it to the others."""
         if self._lock.is_locked:
-            self._lock.release(force=True)
+            self._lock.release()
         self._fd = None
 
     def fileno(self) -> int | None:
@@ -298,17 +292,19 @@ def probe_lock(path: str | Path) -> bool:
     """True when some process holds a flock on ``path``; False when free or missing.
 
     Uses fcntl directly: this is a one-shot test run once per lease per pass (~15 µs),
-    where filelock's acquire/release costs ~0.1 ms, too slow for 10,000 leases.
+    where a full acquire/release costs more, too slow for 10,000 leases.
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | SAFE_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symlink: nobody can lock it through filelock
+        if exc.errno in (errno.ELOOP, errno.EISDIR):  # nobody can lock it (never followed)
             return False
         raise
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -352,8 +348,7 @@ class LeaseStore:
         directly; it is polled with a deadline so a stopped process cannot hang a pass.
         """
         self._ensure_dir()
-        fd = os.open(self.running_dir / MUTEX_NAME,
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = open_private(self.running_dir / MUTEX_NAME, os.O_RDWR)
         try:
             deadline = time.monotonic() + MUTEX_WAIT_SEC
             delay = 0.0005
@@ -470,9 +465,12 @@ class LeaseStore:
     # writing
 
     def create(self, lease: Lease) -> None:
-        """Publish a new lease; raise :class:`AlreadyLeased` if the task has one."""
+        """Publish a new lease; raise :class:`AlreadyLeased` if the task has one, and
+        :class:`LeaseError` if something other than a lock file stands at its liveness
+        lock's path (its wrapper could never take the lock: nothing is started)."""
         final = self._lease_path(lease.task_id)
         self._ensure_dir()
+        self._check_lock_path(lease.task_id)
         tmp = self.running_dir / f".tmp-{final.name}.{os.getpid()}.{os.urandom(6).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      FILE_MODE)
@@ -494,6 +492,20 @@ class LeaseStore:
             except FileNotFoundError:
                 pass
         fsync_dir(self.running_dir)
+
+    def _check_lock_path(self, task_id: str) -> None:
+        path = self.lock_path(task_id)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            kind = ("a symbolic link" if stat.S_ISLNK(info.st_mode) else
+                    "a directory" if stat.S_ISDIR(info.st_mode) else
+                    f"owned by uid {info.st_uid}" if stat.S_ISREG(info.st_mode) else
+                    "not a regular file")
+            raise LeaseError(f"liveness lock {path} is {kind}: it is never followed, so no "
+                             "wrapper could hold it; task not started until it is removed")
 
     def update(self, lease: Lease) -> None:
         """Replace the task's lease atomically (unconditionally)."""
@@ -594,8 +606,9 @@ class LeaseStore:
         """Remove ``task_<id>.lock`` files with no lease whose lock nobody holds.
 
         The file is unlinked while we hold its flock. A process that opened it just before
-        would lock an unlinked inode; filelock detects that (link count 0) and retries on a
-        fresh file, so mutual exclusion holds.
+        would lock an unlinked inode; :class:`~scheduler.fsutil.KernelFlock` detects that
+        (the path no longer names its file) and retries on a fresh file, so mutual
+        exclusion holds.
         """
         removed = 0
         try:
@@ -663,10 +676,12 @@ def _adoptable(lease: Lease | None, token: str) -> bool:
 
 def _unlink_if_free(path: Path) -> bool:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | SAFE_FLAGS)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False  # planted, not ours: left for the operator (spawns refuse it)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

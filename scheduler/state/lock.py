@@ -44,14 +44,10 @@ class SchedulerLock:
 
     def try_acquire(self) -> bool:
         """Take the lock if free (no waiting) and record the holder. True when taken."""
-        from filelock import Timeout
-
         if self._lock.is_locked:
             return True
         ensure_private_dir(self.path.parent)
-        try:
-            self._lock.acquire(timeout=0, blocking=False)
-        except Timeout:
+        if not self._lock.acquire(timeout=0):
             return False
         try:
             info = {"pid": os.getpid(), "host": self.host, "since": clock.to_iso(clock.now())}
@@ -68,10 +64,10 @@ class SchedulerLock:
             return
         try:
             os.unlink(self.holder_path)
-        except FileNotFoundError:
+        except OSError:  # gone, or something planted there: the note is only advisory
             pass
         finally:
-            self._lock.release(force=True)
+            self._lock.release()
             self._fd = None
 
     @property

@@ -15,11 +15,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scheduler import clock
-from scheduler.fsutil import atomic_write_json, ensure_private_dir, read_private
+from scheduler.fsutil import atomic_write, atomic_write_json, ensure_private_dir, read_private
 from scheduler.names import check_name
 from scheduler.sources.base import Result
 
 log = logging.getLogger("tinyscheduler.outbox")
+#: An outbox entry larger than this is not a result (results carry a capped summary).
+MAX_ENTRY_BYTES = 1_000_000
 
 
 def result_to_json(result: Result) -> dict:
@@ -59,35 +61,36 @@ def write(outbox_dir: Path, result: Result) -> Path:
 
 
 def pending(outbox_dir: Path) -> list[Path]:
-    """Outbox files, oldest first; temp files skipped. Only regular files (by lstat): a
-    symlink, FIFO or directory planted here is logged and left alone, never followed,
-    opened or allowed to stop the others."""
-    found: list[tuple[float, str]] = []
+    """Outbox files, oldest first; temp files skipped. Entries are judged by ``lstat``
+    (a link, even a dangling one, or a FIFO is listed and then refused by :func:`load`,
+    so the pass quarantines it; it is never followed or opened)."""
     try:
-        scan = os.scandir(outbox_dir)
+        entries = [e for e in os.scandir(outbox_dir)
+                   if e.name.endswith(".json") and not e.name.startswith(".")]
     except FileNotFoundError:
         return []
-    with scan:
-        for entry in scan:
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                log.warning("outbox entry %s is not a regular file; left alone", entry.path)
-                continue
-            found.append((info.st_mtime, entry.path))
-    return [Path(path) for _, path in sorted(found)]
+    return [Path(e.path) for e in sorted(entries, key=_mtime)]
+
+
+def _mtime(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
 
 
 def load(path: Path) -> Result:
-    """Read one entry; raises ValueError (bad content) or OSError."""
+    """Read one entry; raises ValueError (bad content) or OSError (unreadable, or not a
+    regular file: :class:`~scheduler.errors.UnsafePath`)."""
+    data = read_private(path, MAX_ENTRY_BYTES + 1)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise ValueError(f"larger than {MAX_ENTRY_BYTES} bytes")
     try:
-        return result_from_json(json.loads(read_private(path)))
+        return result_from_json(json.loads(data))
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"not a JSON document ({type(exc).__name__})") from None
 
 
 def quarantine(path: Path, reason: str) -> Path:
@@ -96,5 +99,5 @@ def quarantine(path: Path, reason: str) -> Path:
     ensure_private_dir(target_dir)
     target = target_dir / path.name
     os.replace(path, target)
-    (target_dir / (path.name + ".reason")).write_text(reason + "\n")
+    atomic_write(target_dir / (path.name + ".reason"), (reason + "\n").encode(), durable=False)
     return target

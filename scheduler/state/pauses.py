@@ -8,6 +8,7 @@ from pathlib import Path
 
 from scheduler.errors import ConfigError
 from scheduler.fsutil import atomic_write_json, ensure_private_dir, read_private
+from scheduler.names import NAME_RULE, is_valid_name
 
 
 @dataclass(frozen=True)
@@ -33,20 +34,48 @@ class Pauses:
 NO_PAUSES = Pauses()
 
 
+#: What a pause file may hold, for error messages.
+ACCEPTED = ('accepted: {"everything": true|false, "agents": ["name", ...], '
+            '"queues": ["name", ...]}')
+#: A pause file larger than this is not one.
+MAX_BYTES = 1_000_000
+
+
 def load(path: Path) -> Pauses:
+    """The pauses in ``path`` (none when it is missing); ConfigError naming the file and
+    what is wrong when it is unreadable, not a regular file, or of the wrong shape."""
     try:
-        data = json.loads(read_private(path).decode("utf-8"))
+        raw = read_private(path, MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise ValueError(f"larger than {MAX_BYTES} bytes")
+        data = json.loads(raw)
     except FileNotFoundError:
         return Pauses()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"pause file {path} is unreadable ({exc}); fix or delete it "
-            '(accepted: {"everything": bool, "agents": [...], "queues": [...]})'
-        ) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise ConfigError(f"pause file {path} is unreadable ({reason}); fix or delete it "
+                          f"({ACCEPTED})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"pause file {path} is not a JSON object; fix or delete it")
-    return Pauses(bool(data.get("everything")), frozenset(map(str, data.get("agents", []))),
-                  frozenset(map(str, data.get("queues", []))))
+        raise ConfigError(f"pause file {path} is not a JSON object; fix or delete it "
+                          f"({ACCEPTED})")
+    everything = data.get("everything", False)
+    if not isinstance(everything, bool):
+        raise ConfigError(f"pause file {path}: 'everything' is {_clip(everything)}; "
+                          f"fix or delete it ({ACCEPTED})")
+    return Pauses(everything, _names(path, data, "agents"), _names(path, data, "queues"))
+
+
+def _names(path: Path, data: dict, key: str) -> frozenset[str]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(is_valid_name(item) for item in value):
+        raise ConfigError(f"pause file {path}: {key!r} is {_clip(value)}; fix or delete it "
+                          f"({ACCEPTED}; names: {NAME_RULE})")
+    return frozenset(value)
+
+
+def _clip(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def save(path: Path, pauses: Pauses) -> None:

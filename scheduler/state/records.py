@@ -1,4 +1,5 @@
-"""The pass records: ``last-pass.json`` (replaced each pass) and ``metrics.jsonl`` (appended)."""
+"""The pass records: ``last-pass.json`` (replaced each pass) and ``metrics.jsonl``
+(appended, moved to ``metrics.jsonl.1`` when it reaches ``METRICS_MAX_MB``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import json
 import os
 from pathlib import Path
 
-from scheduler.fsutil import FILE_MODE, atomic_write_json, ensure_private_dir
+from scheduler import clock
+from scheduler.fsutil import append_private, atomic_write_json, ensure_private_dir, read_private
+
+#: A last-pass file larger than this is not one.
+MAX_LAST_PASS_BYTES = 10_000_000
+#: The fields ``status`` reads from last-pass.json, and the JSON type each must have.
+LAST_PASS_SHAPE: dict[str, tuple[type, ...]] = {
+    "time": (str,), "mode": (str,), "spawned": (int,), "reclaimed": (dict,),
+    "blocked_skipped": (int,), "errors": (list,), "duration_sec": (int, float),
+}
 
 
 def write_pass(settings, summary: dict) -> None:
@@ -17,20 +27,49 @@ def write_pass(settings, summary: dict) -> None:
         "blocked_skipped", "outbox_delivered", "outbox_pending")}
     metrics["errors"] = len(summary["errors"])
     metrics["agents"] = {a["agent"]: [a["used"], a["limit"]] for a in summary["agents"]}
-    append_line(settings.metrics_file, json.dumps(metrics, separators=(",", ":")))
+    append_metrics(settings.metrics_file, json.dumps(metrics, separators=(",", ":")),
+                   settings.metrics_max_mb * 1024 * 1024)
 
 
-def append_line(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+def append_metrics(path: Path, line: str, max_bytes: int) -> None:
+    """Append one line; first move a file of ``max_bytes`` or more to ``<name>.1`` (the
+    previous ``.1`` is replaced), so the metrics take at most about twice the cap."""
     try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+        size = os.lstat(path).st_size
+    except FileNotFoundError:
+        size = 0
+    if size >= max_bytes:
+        os.replace(path, path.with_name(path.name + ".1"))
+    append_private(path, (line + "\n").encode())
 
 
 def read_last_pass(settings) -> dict | None:
+    """The last pass summary, or None when no pass has run. Raises ValueError naming the
+    file and what is wrong when it is unreadable or malformed."""
+    path = settings.last_pass_file
     try:
-        data = json.loads(settings.last_pass_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = read_private(path, MAX_LAST_PASS_BYTES + 1)
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        raise ValueError(f"{path} is unreadable: {exc}") from None
+    try:
+        if len(raw) > MAX_LAST_PASS_BYTES:
+            raise ValueError(f"larger than {MAX_LAST_PASS_BYTES} bytes")
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    for key, types in LAST_PASS_SHAPE.items():
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{path}: field {key!r} is missing or of the wrong type")
+    try:
+        clock.from_iso(data["time"])
+    except ValueError:
+        raise ValueError(f"{path}: field 'time' is not an ISO 8601 time") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool)
+               for v in data["reclaimed"].values()):
+        raise ValueError(f"{path}: field 'reclaimed' is not a map of counts")
+    return data

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from scheduler import clock
-from scheduler.fsutil import atomic_write_json, ensure_private_dir
+from scheduler.fsutil import atomic_write_json, ensure_private_dir, read_private
 from scheduler.sources.base import Task
 
 FILE_NAME = "task.json"
+#: The most of a task file that is read back.
+MAX_BYTES = 16_000_000
 
 
 def path_for(task_log_dir: Path, task_id: str) -> Path:
@@ -40,9 +42,8 @@ def write(task_log_dir: Path, task: Task) -> Path:
 def read(task_log_dir: Path, task_id: str) -> dict[str, Any]:
     """The task file's fields, or an empty mapping when it is missing or unreadable."""
     try:
-        with open(path_for(task_log_dir, task_id), encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+        data = json.loads(read_private(path_for(task_log_dir, task_id), MAX_BYTES))
+    except (OSError, ValueError, RecursionError):  # a link or FIFO is never followed
         return {}
     return data if isinstance(data, dict) else {}
 

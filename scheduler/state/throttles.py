@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from scheduler import clock
-from scheduler.fsutil import FILE_MODE, atomic_write_json, ensure_private_dir
+from scheduler.fsutil import atomic_write_json, ensure_private_dir, open_private
 from scheduler.names import check_name, is_valid_name
 
 MAX_FILE_BYTES = 4096
@@ -104,7 +104,7 @@ def _update(directory: Path, agent: str,
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    fd = open_private(path, os.O_RDWR)  # a link or FIFO there is refused, never followed
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -34,8 +34,13 @@ class WakeSocket:
         except FileNotFoundError:
             pass
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        os.chmod(path, 0o600)
+        # Created 0600 by the umask itself: a chmod after bind would follow a link
+        # swapped in meanwhile. (The daemon binds before it starts any thread.)
+        previous = os.umask(0o177)
+        try:
+            self._sock.bind(str(path))
+        finally:
+            os.umask(previous)
         self._sock.setblocking(False)
 
     def fileno(self) -> int:

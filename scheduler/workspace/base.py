@@ -40,7 +40,7 @@ class Context:
     task_id: str
     attempt: int
     title: str = ""
-    log_fd: int | None = None  #: hook output goes here (the attempt log)
+    log_write: Callable[[bytes], None] | None = None  #: hook output: the attempt log
     tick: Tick | None = None  #: called every HEARTBEAT_SEC during long steps
     note: Callable[[str], None] = field(default=lambda _text: None)
 

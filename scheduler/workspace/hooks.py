@@ -49,7 +49,7 @@ def run(ctx: Context, name: str, workspace: Workspace, outcome: str = "") -> str
     ctx.note(f"hook {name}: argv {argv}")
     timeout = ctx.settings.hook_timeout_sec
     done = run_bounded(argv, cwd=workspace.path, env=env, timeout=timeout,
-                       grace=ctx.settings.kill_grace_sec, sink_fd=ctx.log_fd, tick=ctx.tick,
+                       grace=ctx.settings.kill_grace_sec, sink=ctx.log_write, tick=ctx.tick,
                        tick_every=ctx.tick_every, die_with_parent=True)
     ctx.note(f"hook {name} {done.describe(timeout)}")
     return None if done.ok else failure(name, done, timeout)

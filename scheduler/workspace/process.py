@@ -56,10 +56,11 @@ class Finished:
 
 
 def run_bounded(argv: Sequence[str], *, cwd: Path | str, env: Mapping[str, str],
-                timeout: float, grace: float = 5.0, sink_fd: int | None = None,
+                timeout: float, grace: float = 5.0,
+                sink: Callable[[bytes], None] | None = None,
                 tick: Tick | None = None, tick_every: float = 15.0,
                 die_with_parent: bool = False) -> Finished:
-    """Run ``argv``; copy its output to ``sink_fd`` (if given) and keep it; never raises
+    """Run ``argv``; hand its output to ``sink`` (if given) and keep it; never raises
     for the command's own failure. ``die_with_parent``: the command gets SIGKILL if this
     process dies first (nobody would enforce its time bound any more)."""
     try:
@@ -72,7 +73,7 @@ def run_bounded(argv: Sequence[str], *, cwd: Path | str, env: Mapping[str, str],
     assert proc.stdout is not None
     kept = bytearray()
     try:
-        timed_out, stopped = _pump(proc, kept, timeout, sink_fd, tick, tick_every)
+        timed_out, stopped = _pump(proc, kept, timeout, sink, tick, tick_every)
         if timed_out or stopped:
             _stop_group(proc, grace)
     finally:
@@ -82,7 +83,8 @@ def run_bounded(argv: Sequence[str], *, cwd: Path | str, env: Mapping[str, str],
     return Finished(proc.returncode, bytes(kept), timed_out=timed_out, stopped=stopped)
 
 
-def _pump(proc: subprocess.Popen, kept: bytearray, timeout: float, sink_fd: int | None,
+def _pump(proc: subprocess.Popen, kept: bytearray, timeout: float,
+          sink: Callable[[bytes], None] | None,
           tick: Tick | None, tick_every: float) -> tuple[bool, bool]:
     """Copy output until the command ends; (timed out, stopped by a tick)."""
     assert proc.stdout is not None
@@ -115,8 +117,8 @@ def _pump(proc: subprocess.Popen, kept: bytearray, timeout: float, sink_fd: int 
         if not chunk:
             open_pipe = False
             continue
-        if sink_fd is not None:
-            _write_all(sink_fd, chunk)
+        if sink is not None:
+            sink(chunk)
         if len(kept) < MAX_OUTPUT_BYTES:
             kept += chunk[:MAX_OUTPUT_BYTES - len(kept)]
 
@@ -143,15 +145,6 @@ def _read(fd: int) -> bytes | None:
         return None
     except OSError:
         return b""
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    try:
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
-    except OSError:
-        pass
 
 
 def _stop_group(proc: subprocess.Popen, grace: float) -> None:
