@@ -18,10 +18,10 @@ from pathlib import Path
 
 from scheduler.fsutil import open_private
 
-#: How much the wrapper reads from the agent's pipe at a time.
-CHUNK = 1 << 16
 #: The pipe's buffer, so a fast writer seldom waits for the wrapper.
 PIPE_BYTES = 1 << 20
+#: How much the wrapper reads from the agent's pipe at a time (a full pipe at once).
+CHUNK = PIPE_BYTES
 _MARKER = ("\n[tinyscheduler] ... {:>15} bytes of output left out here "
            "(ATTEMPT_LOG_MAX_MB) ...\n")
 
@@ -63,7 +63,7 @@ class AttemptLog:
         """The pipe to watch for the agent's output (None when the agent writes directly)."""
         return self._pipe_r
 
-    def pump(self, limit: int = 16 * CHUNK) -> int:
+    def pump(self, limit: int = 8 * CHUNK) -> int:
         """Copy what the agent has written so far, up to ``limit`` bytes; the number of
         bytes copied. Never blocks; stops at end of file (the pipe is then closed), when
         nothing is left, or at ``limit`` (a writer that never stops cannot hold it)."""
@@ -116,8 +116,7 @@ class AttemptLog:
         if region + len(data) > 2 * self._tail:
             keep = self._tail - len(data)
             if keep > 0:
-                kept = os.pread(self.fd, keep, self.size - keep)
-                os.pwrite(self.fd, kept, region_start)
+                _copy_within(self.fd, self.size - keep, region_start, keep)
             self.omitted += region - max(keep, 0)
             self.size = region_start + max(keep, 0)
             os.ftruncate(self.fd, self.size)
@@ -161,6 +160,26 @@ class AttemptLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _copy_within(fd: int, source: int, target: int, length: int) -> None:
+    """Copy ``length`` bytes at ``source`` to ``target`` (an earlier, non-overlapping
+    range) in the kernel when it can, else through memory."""
+    done = 0
+    try:
+        while done < length:
+            copied = os.copy_file_range(fd, fd, length - done, source + done, target + done)
+            if copied == 0:
+                break
+            done += copied
+    except (AttributeError, OSError):
+        pass
+    while done < length:
+        chunk = os.pread(fd, min(length - done, 1 << 24), source + done)
+        if not chunk:
+            raise OSError(f"attempt log shrank while being compacted at {source + done}")
+        os.pwrite(fd, chunk, target + done)
+        done += len(chunk)
 
 
 def _write_all(fd: int, data: bytes) -> None:
