@@ -20,6 +20,24 @@ def is_valid_name(value: object) -> bool:
     )
 
 
+#: What a text field (a title, a description) may hold, for error messages.
+TEXT_RULE = "UTF-8 text without NUL characters"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored or passed as an argument, or None. A NUL cannot be
+    in an argv; a lone surrogate (from undecodable bytes or a bad JSON escape) is not
+    UTF-8 and cannot be stored."""
+    if "\x00" in value:
+        return f"contains a NUL character at position {value.index(chr(0))}"
+    bad = _SURROGATES.search(value)
+    if bad is not None:
+        return (f"is not valid UTF-8 (an unpaired surrogate \\u{ord(bad.group()):04x} at "
+                f"position {bad.start()})")
+    return None
+
+
 def check_name(value: object, what: str = "task id") -> str:
     """Return ``value`` if it is a valid name, else raise :class:`InvalidName` saying why."""
     if not is_valid_name(value):

@@ -134,6 +134,8 @@ def test_scheduler_tags_are_read(fake, source):
     ("tags", ["ok", 3], "tags"), ("priority", "high", "priority"), ("title", None, "title"),
     ("created_at", "yesterday", "created_at"), ("blocked_by_task_id", "x", "blocked_by_task_id"),
     ("is_currently_blocked", "yes", "is_currently_blocked"),
+    ("title", "fix\x00it", "title"), ("title", "bad \ud800 escape", "title"),
+    ("description", "nul\x00here", "description"),
 ])
 def test_bad_task_is_skipped_counted_and_logged(fake, source, caplog, field, value, named):
     # assigned_to is checked through the queue listing (the server filters by assignee)

@@ -12,6 +12,8 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from scheduler.names import TEXT_RULE, text_problem
+
 #: Every placeholder AGENT_COMMAND may use.
 PLACEHOLDERS = ("task_id", "agent", "queue", "attempt", "recipe", "recipe_path", "title",
                 "prompt", "task_file", "base_path", "goose_bin", "workspace", "branch")
@@ -30,7 +32,12 @@ def uses_recipe(template: str) -> bool:
 def build_argv(template: str, values: Mapping[str, str]) -> list[str]:
     """Split ``template`` into words, then fill placeholders inside each word.
 
-    Unknown ``{...}`` text is left as it is (so JSON arguments survive)."""
+    Unknown ``{...}`` text is left as it is (so JSON arguments survive). A value that no
+    argument can carry (a NUL, text that is not UTF-8) is a :class:`LaunchError`."""
+    for name in set(_PLACEHOLDER.findall(template)):
+        problem = text_problem(str(values.get(name, "")))
+        if problem:
+            raise LaunchError(f"the value of {{{name}}} {problem}; accepted: {TEXT_RULE}")
     words = shlex.split(template)
     return [_PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), "")), word) for word in words]
 

@@ -7,6 +7,7 @@ Subcommand modules import their heavy dependencies inside the command bodies, so
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import click
 
 from scheduler import __version__
 from scheduler.cli.context import AppContext, MainGroup, SubCommand
-from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, TinySchedulerError
+from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, EXIT_USAGE, TinySchedulerError
 
 
 @click.group(cls=MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,8 +77,28 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _undecodable_argument(argv: list[str]) -> str | None:
+    """The error for the first argument that is not valid UTF-8 (Python keeps such bytes
+    as lone surrogates, which could be neither stored nor printed), or None."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                shown = repr(os.fsencode(arg))  # the bytes as given
+            except UnicodeEncodeError:
+                shown = ascii(arg)
+            return (f"argument {position} ({shown}) is not valid UTF-8; accepted: UTF-8 "
+                    "text (check the terminal's or the script's encoding)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code."""
+    problem = _undecodable_argument(sys.argv[1:] if argv is None else argv)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        return EXIT_USAGE
     try:
         result = cli.main(args=argv, prog_name="tinyscheduler", standalone_mode=False)
     except click.exceptions.Exit as exc:

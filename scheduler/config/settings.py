@@ -46,7 +46,7 @@ from scheduler.bounds import (
     Bounds,
 )
 from scheduler.errors import ConfigError
-from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.names import NAME_RULE, TEXT_RULE, is_valid_name, text_problem
 from scheduler.redact import mask_url
 
 #: Every variable starts with this prefix.
@@ -697,6 +697,8 @@ def _parse(option: Option, text: str, origin: str) -> Any:
     try:
         if len(text) > MAX_VALUE_CHARS:
             raise ValueError(f"{len(text)} characters; accepted: at most {MAX_VALUE_CHARS}")
+        if text_problem(text):
+            raise ValueError(f"the value {text_problem(text)}; accepted: {TEXT_RULE}")
         return option.parse(text)
     except ValueError as exc:
         shown = "********" if option.secret else _clip(mask_url(text))

@@ -36,7 +36,7 @@ from scheduler.errors import (
     UnsafePath,
 )
 from scheduler.fsutil import ensure_private_dir, open_private
-from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.names import NAME_RULE, TEXT_RULE, is_valid_name, text_problem
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     CANCELLED,
@@ -288,11 +288,15 @@ def _field_errors(
         shown = "missing" if title is None else f"{title!r}"
         errors.append(f"title is {shown}; accepted: a non-empty string of at most "
                       f"{MAX_TITLE_CHARS} characters")
+    elif text_problem(title):
+        errors.append(f"title {text_problem(title)}; accepted: {TEXT_RULE}")
     elif len(title.strip()) > MAX_TITLE_CHARS:
         errors.append(f"title is {len(title.strip())} characters long; accepted: at most "
                       f"{MAX_TITLE_CHARS}")
     if not isinstance(description, str):
         errors.append(f"description is {description!r}; accepted: a string")
+    elif text_problem(description):
+        errors.append(f"description {text_problem(description)}; accepted: {TEXT_RULE}")
     elif len(description.encode("utf-8")) > MAX_DESCRIPTION_BYTES:
         errors.append(f"description is {len(description.encode('utf-8'))} bytes; accepted: "
                       f"at most {MAX_DESCRIPTION_BYTES} bytes")

@@ -34,7 +34,7 @@ from scheduler.clock import from_iso, now, to_iso
 from scheduler.errors import InvalidTransition, SourceError, SourceUnavailable
 from scheduler.file_patterns import BadPattern
 from scheduler.file_patterns import check as check_pattern
-from scheduler.names import NAME_RULE, is_valid_name
+from scheduler.names import NAME_RULE, TEXT_RULE, is_valid_name, text_problem
 from scheduler.redact import mask_url, url_secrets
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
@@ -186,6 +186,8 @@ class _Fields:
             return None
         if not isinstance(value, str):
             raise self.bad(field, value, "expected a string" + (" or null" * nullable))
+        if text_problem(value):
+            raise self.bad(field, value, f"expected {TEXT_RULE}")
         return value
 
     def name(self, field: str) -> str | None:
