@@ -34,6 +34,7 @@ from scheduler.fsutil import (
     FILE_MODE,
     SAFE_FLAGS,
     atomic_write,
+    describe_kind,
     ensure_private_dir,
     fsync_dir,
     kernel_flock,
@@ -500,10 +501,8 @@ class LeaseStore:
         except FileNotFoundError:
             return
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            kind = ("a symbolic link" if stat.S_ISLNK(info.st_mode) else
-                    "a directory" if stat.S_ISDIR(info.st_mode) else
-                    f"owned by uid {info.st_uid}" if stat.S_ISREG(info.st_mode) else
-                    "not a regular file")
+            kind = (f"owned by uid {info.st_uid}" if stat.S_ISREG(info.st_mode)
+                    else describe_kind(info))
             raise LeaseError(f"liveness lock {path} is {kind}: it is never followed, so no "
                              "wrapper could hold it; task not started until it is removed")
 
