@@ -22,7 +22,7 @@ from scheduler.fsutil import check_private_dir, describe_kind, ensure_private_di
 
 #: Directories created when first needed, not by ``validate-config --fix``.
 ON_DEMAND = frozenset({"corrupt lease directory", "task log directory",
-                       "corrupt outbox directory"})
+                       "corrupt outbox directory", "agent holds directory"})
 
 
 def state_dirs(settings) -> dict[str, Path]:
@@ -35,6 +35,7 @@ def state_dirs(settings) -> dict[str, Path]:
         "task log directory": settings.task_log_dir,
         "outbox directory": settings.outbox_dir,
         "corrupt outbox directory": settings.outbox_dir / "corrupt",
+        "agent holds directory": settings.throttle_dir,
         "lock file directory": settings.lock_file.parent,
         "tasks database directory": settings.tasks_db.parent,
     }
