@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from scheduler.bounds import BACKOFF_MAX_SEC as MAX_RETRY_DELAY_SEC
 from scheduler.config.settings import (
     HEARTBEAT_SEC_BOUNDS,
     OPTIONS,
@@ -17,7 +18,6 @@ from scheduler.config.settings import (
     load_settings,
 )
 from scheduler.errors import ConfigError
-from scheduler.bounds import BACKOFF_MAX_SEC as MAX_RETRY_DELAY_SEC
 from scheduler.sources.base import RetryPolicy
 from scheduler.state.leases import Lease, LeaseDecodeError
 from tests.test_leases import make_lease

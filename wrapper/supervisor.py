@@ -459,10 +459,10 @@ class Supervisor:
     def _name_limit(self, attempt: Attempt, agent: AgentProcess,
                     agent_limits: limits.Limits) -> None:
         """Say which resource limit stopped the agent, when that can be told."""
-        log_path = self.task_dir / f"attempt-{self.context.attempt if self.context else 1}.log"
         named = limits.name_the_limit(
             agent_limits, exit_code=attempt.exit_code, signum=attempt.signal,
-            cpu_sec=agent.cpu_seconds(), tail=_tail(log_path, SUMMARY_TAIL_BYTES),
+            cpu_sec=agent.cpu_seconds(),
+            tail=_tail(self.log.tail(SUMMARY_TAIL_BYTES) if self.log is not None else b""),
             sandboxed=self.settings.sandbox == "bwrap")
         if named:
             attempt.limit = named

@@ -39,26 +39,7 @@ def collect(settings) -> dict:
     except ConfigError as exc:
         agents = []
         problems.append(str(exc))
-    try:
-        last = records.read_last_pass(settings)
-    except ValueError as exc:
-        last, bad_record = None, str(exc)
-        problems.append(f"last pass record unreadable: {bad_record}")
-    else:
-        bad_record = ""
-    if last is None:
-        if not bad_record:
-            problems.append("no pass has run yet")
-    else:
-        if last.get("errors"):
-            problems.append(f"last pass had {len(last['errors'])} error(s)")
-        if last.get("low_disk"):
-            problems.append(f"low disk, tasks skipped: {last['low_disk']}")
-        age = (now - clock.from_iso(last["time"])).total_seconds()
-        last["age_sec"] = round(age, 1)
-        if last.get("mode") == "daemon" and age > STALE_INTERVALS * settings.loop_interval_sec:
-            problems.append(f"last daemon pass is {age:.0f} s old (more than "
-                            f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
+    last = _last_pass(settings, now, problems)
     from scheduler.state import pauses
 
     try:
@@ -94,6 +75,28 @@ def collect(settings) -> dict:
         "stranded": stranded,
         "disk": disk,
     }
+
+
+def _last_pass(settings, now, problems: list[str]) -> dict | None:
+    """The last pass record (with its age), adding what is wrong with it to ``problems``."""
+    try:
+        last = records.read_last_pass(settings)
+    except ValueError as exc:
+        problems.append(f"last pass record unreadable: {exc}")
+        return None
+    if last is None:
+        problems.append("no pass has run yet")
+        return None
+    if last.get("errors"):
+        problems.append(f"last pass had {len(last['errors'])} error(s)")
+    if last.get("low_disk"):
+        problems.append(f"low disk, tasks skipped: {last['low_disk']}")
+    age = (now - clock.from_iso(last["time"])).total_seconds()
+    last["age_sec"] = round(age, 1)
+    if last.get("mode") == "daemon" and age > STALE_INTERVALS * settings.loop_interval_sec:
+        problems.append(f"last daemon pass is {age:.0f} s old (more than "
+                        f"{STALE_INTERVALS} x {settings.loop_interval_sec} s)")
+    return last
 
 
 def _spending(settings, agent: str, now) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 from dataclasses import asdict
 from pathlib import Path
 
