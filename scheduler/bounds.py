@@ -43,15 +43,13 @@ METRICS_MAX_MB_BOUNDS = Bounds(1, 100_000)
 RATE_LIMIT_BACKOFF_BOUNDS = Bounds(1, 86_400)
 RATE_LIMIT_BACKOFF_MAX_BOUNDS = Bounds(1, 30 * 86_400)
 MAX_TOTAL_RUNTIME_BOUNDS = Bounds(0, 365 * 86_400)
-MIN_FREE_DISK_MB_BOUNDS = Bounds(0, 100_000_000)
+MIN_FREE_DISK_MB_BOUNDS = Bounds(0, 1_000_000_000_000)
 HOOK_TIMEOUT_BOUNDS = Bounds(1, 86_400)
 AGENT_MEMORY_MAX_MB_BOUNDS = Bounds(0, 1 << 30)  #: up to 1 PiB; 0 = none
 AGENT_CPU_MAX_BOUNDS = Bounds(0, 365 * 86_400)
 AGENT_FILE_MAX_MB_BOUNDS = Bounds(0, 1 << 30)
 AGENT_OPEN_FILES_MAX_BOUNDS = Bounds(0, 1 << 20)
 
-#: A lease written by hand may carry a multiplier of 1; the settings require 2.
-LEASE_STALE_MULTIPLIER_MIN = 1
 #: Task ids: positive integers of at most 18 digits (they fit a signed 64-bit integer).
 TASK_ID_MAX_DIGITS = 18
 TASK_ID_MAX = 10**TASK_ID_MAX_DIGITS - 1

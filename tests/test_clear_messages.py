@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ def run(tmp_path: Path, *args: str | bytes, env: dict | None = None):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
     environ.update(env or {})
     environ["TINYSCHEDULER_TASK_SOURCE"] = "local"
+    environ.setdefault("TINYSCHEDULER_AGENT_COMMAND", "true")
     return subprocess.run([os.fsencode(CONSOLE_SCRIPT), b"--base-path", os.fsencode(tmp_path),
                            *[a if isinstance(a, bytes) else a.encode() for a in args]],
                           env={os.fsencode(k): os.fsencode(v) for k, v in environ.items()},
@@ -33,9 +35,13 @@ def run(tmp_path: Path, *args: str | bytes, env: dict | None = None):
 def one_error_line(proc) -> str:
     err = proc.stderr.decode()
     assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
+    # the scheduler's own log lines (a time stamp first, one line each) may come before
+    lines = [line for line in err.strip().splitlines() if not LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) ")
 
 
 # --- arguments and settings ------------------------------------------------------------------

@@ -32,7 +32,7 @@ from test_wrapper import (
 )
 from test_wrapper import make_rig as make_rig  # noqa: F401 - the fixture
 
-from scheduler import clock
+from scheduler import bounds, clock
 from scheduler.config.registry import Agent, Registry
 from scheduler.errors import SourceError, SourceUnavailable
 from scheduler.reconcile import status as status_mod
@@ -496,7 +496,8 @@ def test_status_flags_low_disk_space(tmp_path: Path, mount) -> None:
 def test_settings_at_the_heartbeat_bounds_write_leases_that_decode(make_rig) -> None:
     """HEARTBEAT_SEC and STALE_MULTIPLIER at their largest accepted values: a pass writes
     leases that a later pass reads back (none quarantined)."""
-    rig = make_rig(HEARTBEAT_SEC=10**6, STALE_MULTIPLIER=1000)
+    rig = make_rig(HEARTBEAT_SEC=bounds.HEARTBEAT_SEC_BOUNDS.high,
+                   STALE_MULTIPLIER=bounds.STALE_MULTIPLIER_BOUNDS.high)
     task = rig.add()
     reconciler, launcher = a_pass(rig)
     try:

@@ -153,7 +153,7 @@ class Lease:
                                        minimum=bounds.HEARTBEAT_SEC_BOUNDS.low,
                                        maximum=bounds.HEARTBEAT_SEC_BOUNDS.high)
         values["stale_multiplier"] = _int(data, "stale_multiplier", 4,
-                                          minimum=bounds.LEASE_STALE_MULTIPLIER_MIN,
+                                          minimum=bounds.STALE_MULTIPLIER_BOUNDS.low,
                                           maximum=bounds.STALE_MULTIPLIER_BOUNDS.high)
         metadata = data.get("metadata", {})
         if metadata is None:
