@@ -41,81 +41,42 @@ from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     CANCELLED,
     COMPLETE,
-    FAILED,
     IDLE,
     LAUNCH_FAILED,
-    NEEDS_HUMAN,
-    NOT_STARTED,
-    OUTCOME_CANCELLED,
-    OUTPUT_MARK,
-    RATE_LIMITED,
-    SUCCEEDED,
     WORKING,
     Applied,
     Health,
     Result,
     RetryPolicy,
     Task,
-    agent_summary,
-    usage_of,
+)
+from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of this module
+    FAILED,
+    IMPORT_FIELDS,
+    MAX_DESCRIPTION_BYTES,
+    MAX_DETAIL_BYTES,
+    MAX_ERROR_CHARS,
+    MAX_TITLE_CHARS,
+    RECIPE_RULE,
+    STATUSES,
+    TRANSITIONS,
+    check_files,
+    check_spec,
+    check_transition,
+    decide_report,
+    field_errors,
+    int_id,
+    is_valid_recipe,
+    parse_blocker_ids,
+    ref_cycles,
+    truncate_bytes,
 )
 
-STATUSES = (IDLE, WORKING, COMPLETE, FAILED, CANCELLED)
-
-MAX_TITLE_CHARS = 500
-MAX_DESCRIPTION_BYTES = 64 * 1024
-MAX_DETAIL_BYTES = 4 * 1024
-MAX_ERROR_CHARS = 500
 BUSY_TIMEOUT_MS = 5000
 #: Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
 CHUNK = 500
 
-RECIPE_RULE = "1-64 characters from A-Z a-z 0-9 _ . - (no '/', not starting with '.')"
 EDIT_FIELDS = ("title", "description", "queue", "assignee", "priority", "recipe")
-IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe",
-                 "files")
-
-#: Allowed status changes and what each one is called.
-TRANSITIONS = {
-    (IDLE, WORKING): "claim",
-    (WORKING, COMPLETE): "complete",
-    (WORKING, IDLE): "requeue",
-    (WORKING, FAILED): "park",
-    (WORKING, CANCELLED): "cancel",
-    (IDLE, CANCELLED): "cancel",
-    (FAILED, IDLE): "retry",
-    (CANCELLED, IDLE): "retry",
-}
-
-#: Why a change into a status is refused, given where the task is now.
-_WHY = {
-    WORKING: "only idle tasks can be claimed",
-    COMPLETE: "only working tasks can be completed",
-    FAILED: "only working tasks can fail",
-    CANCELLED: "only idle or working tasks can be cancelled",
-}
-
-
-def check_transition(task_id: str, from_status: str, to_status: str,
-                     action: str | None = None) -> str:
-    """Return the name of the change ``from_status`` -> ``to_status`` (which must be
-    ``action`` when given), or raise :class:`InvalidTransition` naming the task, both
-    statuses and why."""
-    name = TRANSITIONS.get((from_status, to_status))
-    if name is not None and action in (None, name):
-        return name
-    if to_status == IDLE:
-        if action == "requeue":
-            why = "only working tasks can be requeued"
-        else:
-            why = "only failed or cancelled tasks can be retried"
-    else:
-        why = _WHY.get(to_status, f"{to_status!r} is not a status")
-    by = f" by {action}" if name is not None else ""
-    raise InvalidTransition(
-        f"task {task_id} is {from_status}; {why} "
-        f"({from_status} -> {to_status}{by} is not allowed)"
-    )
 
 
 # --- schema -----------------------------------------------------------------------------
@@ -248,68 +209,6 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         parked=status == FAILED, last_error=last_error,
         files=tuple(json.loads(files)) if files else (), lease_token=lease_token,
     )
-
-
-def _truncate_bytes(text: str, limit: int) -> str:
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[: limit - 3].decode("utf-8", errors="ignore") + "..."
-
-
-def _int_id(task_id: object) -> int | None:
-    """The integer id behind ``task_id`` ("12", 12), or None when it cannot be one."""
-    if isinstance(task_id, bool):
-        return None
-    if isinstance(task_id, int):
-        return task_id if task_id > 0 else None
-    if isinstance(task_id, str) and task_id.isascii() and task_id.isdigit() \
-            and len(task_id) <= 18:
-        value = int(task_id)
-        return value if value > 0 else None
-    return None
-
-
-# --- validation -------------------------------------------------------------------------
-
-
-def is_valid_recipe(value: object) -> bool:
-    """A recipe name or a relative file name in RECIPES_DIR such as ``dev.yaml``."""
-    return is_valid_name(value) and isinstance(value, str) and not value.startswith(".")
-
-
-def _field_errors(
-    *, title: object, description: object, queue: object, assignee: object,
-    priority: object, recipe: object, agent_field: str = "agent",
-) -> list[str]:
-    """Every problem with these task fields, each naming the field, value and rule."""
-    errors = []
-    if not isinstance(title, str) or not title.strip():
-        shown = "missing" if title is None else f"{title!r}"
-        errors.append(f"title is {shown}; accepted: a non-empty string of at most "
-                      f"{MAX_TITLE_CHARS} characters")
-    elif text_problem(title):
-        errors.append(f"title {text_problem(title)}; accepted: {TEXT_RULE}")
-    elif len(title.strip()) > MAX_TITLE_CHARS:
-        errors.append(f"title is {len(title.strip())} characters long; accepted: at most "
-                      f"{MAX_TITLE_CHARS}")
-    if not isinstance(description, str):
-        errors.append(f"description is {description!r}; accepted: a string")
-    elif text_problem(description):
-        errors.append(f"description {text_problem(description)}; accepted: {TEXT_RULE}")
-    elif len(description.encode("utf-8")) > MAX_DESCRIPTION_BYTES:
-        errors.append(f"description is {len(description.encode('utf-8'))} bytes; accepted: "
-                      f"at most {MAX_DESCRIPTION_BYTES} bytes")
-    for name, value in (("queue", queue), (agent_field, assignee)):
-        if value is not None and not is_valid_name(value):
-            errors.append(f"{name} is {value!r}; accepted: {NAME_RULE}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        errors.append(f"priority is {priority!r}; accepted: an integer")
-    elif not -(2**63) <= priority < 2**63:
-        errors.append(f"priority is {priority}; accepted: a 64-bit integer")
-    if recipe is not None and not is_valid_recipe(recipe):
-        errors.append(f"recipe is {recipe!r}; accepted: {RECIPE_RULE}")
-    return errors
 
 
 # --- the store --------------------------------------------------------------------------
@@ -463,7 +362,7 @@ class LocalStore:
 
     @staticmethod
     def _status_row(conn: sqlite3.Connection, task_id: object) -> sqlite3.Row:
-        number = _int_id(task_id)
+        number = int_id(task_id)
         row = None
         if number is not None:
             row = conn.execute(
@@ -472,20 +371,6 @@ class LocalStore:
         if row is None:
             raise TaskNotFound(f"no task with id {task_id}")
         return row
-
-    @staticmethod
-    def _add_usage(conn: sqlite3.Connection, row: sqlite3.Row,
-                   result: Result) -> tuple[float, float]:
-        """Add an attempt's runtime, cost and tokens to its task; the new totals of
-        runtime and cost."""
-        if result.outcome == NOT_STARTED:
-            return row["runtime_sec"], row["cost_usd"]
-        cost, tokens_in, tokens_out = usage_of(result)
-        runtime = max(float(result.duration_sec or 0.0), 0.0)
-        conn.execute("UPDATE tasks SET runtime_sec = runtime_sec + ?, cost_usd = cost_usd + ?, "
-                     "tokens_in = tokens_in + ?, tokens_out = tokens_out + ? WHERE id = ?",
-                     (runtime, cost, tokens_in, tokens_out, row["id"]))
-        return row["runtime_sec"] + runtime, row["cost_usd"] + cost
 
     def _move(self, conn: sqlite3.Connection, row: sqlite3.Row, to_status: str, *,
               action: str, actor: str, detail: str, **fields: Any) -> str:
@@ -506,7 +391,7 @@ class LocalStore:
             "INSERT INTO history (task_id, at, from_status, to_status, actor, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (task_id, at, from_status, to_status, actor,
-             _truncate_bytes(detail or "", MAX_DETAIL_BYTES)),
+             truncate_bytes(detail or "", MAX_DETAIL_BYTES)),
         )
 
     def _fetch(self, conn: sqlite3.Connection, number: int) -> Task:
@@ -554,7 +439,7 @@ class LocalStore:
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
-        numbers = sorted({n for n in (_int_id(t) for t in task_ids) if n is not None})
+        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
         if not numbers:
             return found
         by_number: dict[int, Task] = {}
@@ -565,7 +450,7 @@ class LocalStore:
                 for row in conn.execute(f"{SELECT_TASKS} WHERE t.id IN ({marks})", chunk):
                     by_number[row["id"]] = _row_to_task(row)
         for key in found:
-            number = _int_id(key)
+            number = int_id(key)
             if number is not None:
                 found[key] = by_number.get(number)
         return found
@@ -588,57 +473,19 @@ class LocalStore:
                 row = self._status_row(conn, result.task_id)
             except TaskNotFound:
                 return Applied("ignored", f"no task with id {result.task_id}")
-            if row["status"] != WORKING:
-                return Applied("ignored", f"task {row['id']} is {row['status']}, not working")
-            if row["lease_token"] != result.token:
-                return Applied("ignored", f"task {row['id']} is working under another lease")
-            summary = result.summary or result.outcome
-            task = row["id"]
-            runtime, cost = self._add_usage(conn, row, result)
-            if result.outcome == SUCCEEDED:
-                self._move(conn, row, COMPLETE, action="complete", actor=ACTOR_SCHEDULER,
-                           detail=summary, result_summary=summary, lease_token=None,
-                           not_before=None)
-                return Applied("complete", f"task {task} complete")
-            if result.outcome == OUTCOME_CANCELLED:
-                self._move(conn, row, CANCELLED, action="cancel", actor=ACTOR_SCHEDULER,
-                           detail=summary, result_summary=summary, lease_token=None)
-                return Applied("cancelled", f"task {task} cancelled")
-            if result.outcome == NOT_STARTED:  # the agent never ran: not an attempt
-                self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
-                           detail=summary, lease_token=None, not_before=None,
-                           assignee=None if row["queue"] is not None else row["assignee"])
-                return Applied("requeued", f"task {task} requeued; its agent never started, "
-                                           "so no attempt is counted")
-            if result.outcome == RATE_LIMITED:  # the agent is held back, not the task
-                self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
-                           detail=summary, lease_token=None, not_before=None,
-                           assignee=None if row["queue"] is not None else row["assignee"])
-                return Applied("requeued", f"task {task} requeued; its agent was rate-limited, "
-                                           "so no attempt is counted")
-            attempts = row["attempts"] + 1
-            error = _error_reason(result, attempts)
-            spent = policy.budget_spent(runtime, cost)
-            if result.outcome == NEEDS_HUMAN:
-                error = f"needs a person: {agent_summary(result)}"[:MAX_ERROR_CHARS]
-            elif spent:
-                error = spent
-            if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
-                self._move(conn, row, FAILED, action="park", actor=ACTOR_SCHEDULER,
-                           detail=summary, attempts=attempts, last_error=error,
-                           result_summary=summary, lease_token=None, not_before=None)
-                return Applied("parked", f"task {task} parked after {attempts} attempt(s): "
-                                         f"{error}")
-            delay = policy.delay_after(attempts)
-            not_before = _clock.to_iso(self._now() + timedelta(seconds=delay))
-            # A queued task goes back to its pool (rebalanced); a directly assigned one
-            # can only run on its agent.
-            assignee = None if row["queue"] is not None else row["assignee"]
-            self._move(conn, row, IDLE, action="requeue", actor=ACTOR_SCHEDULER,
-                       detail=summary, attempts=attempts, last_error=error, lease_token=None,
-                       result_summary=summary, not_before=not_before, assignee=assignee)
-            return Applied("requeued", f"task {task} requeued (attempt {attempts} of "
-                                       f"{policy.max_attempts}), not before {not_before}")
+            decision = decide_report(dict(row), result, policy, self._now())
+            if decision.to_status is None:
+                return decision.applied
+            runtime, cost, tokens_in, tokens_out = decision.usage
+            conn.execute("UPDATE tasks SET runtime_sec = runtime_sec + ?, cost_usd = cost_usd "
+                         "+ ?, tokens_in = tokens_in + ?, tokens_out = tokens_out + ? "
+                         "WHERE id = ?", (runtime, cost, tokens_in, tokens_out, row["id"]))
+            fields = dict(decision.fields, lease_token=None)
+            if fields.get("not_before") is not None:
+                fields["not_before"] = _clock.to_iso(fields["not_before"])
+            self._move(conn, row, decision.to_status, action=decision.action,
+                       actor=ACTOR_SCHEDULER, detail=decision.detail, **fields)
+            return decision.applied
 
     def health(self) -> Health:
         try:
@@ -657,11 +504,11 @@ class LocalStore:
         recipe: str | None = None, files: Iterable[str] = (), actor: str = "cli",
     ) -> Task:
         """Add one idle task; raises :class:`InputError` naming the bad field."""
-        errors = _field_errors(title=title, description=description, queue=queue,
+        errors = field_errors(title=title, description=description, queue=queue,
                                assignee=assignee, priority=priority, recipe=recipe)
-        patterns, problem = _check_files(files)
+        patterns, problem = check_files(files)
         errors += [problem] if problem else []
-        blocker_numbers, bad = _parse_blocker_ids(blocked_by)
+        blocker_numbers, bad = parse_blocker_ids(blocked_by)
         errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
                    "task" for value in bad]
         if errors:
@@ -679,7 +526,7 @@ class LocalStore:
     def add_blockers(self, task_id: str, blocker_ids: Iterable[str],
                      actor: str = "cli") -> Task:
         """Make ``task_id`` also wait for ``blocker_ids``; unknown ids and cycles rejected."""
-        numbers, bad = _parse_blocker_ids(blocker_ids)
+        numbers, bad = parse_blocker_ids(blocker_ids)
         if bad:
             raise InputError(f"blocked_by {bad[0]!r} is not a task id; accepted: the id of an "
                              "existing task")
@@ -744,7 +591,7 @@ class LocalStore:
         return number
 
     def get(self, task_id: str) -> Task:
-        number = _int_id(task_id)
+        number = int_id(task_id)
         rows = self._query(f"{SELECT_TASKS} WHERE t.id = ?", (number,)) if number else []
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
@@ -754,7 +601,7 @@ class LocalStore:
         """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``,
         and what its attempts used: ``runtime_sec``, ``cost_usd``, ``tokens_in``,
         ``tokens_out``."""
-        number = _int_id(task_id)
+        number = int_id(task_id)
         rows = self._query("SELECT result_summary, updated_at, runtime_sec, cost_usd, "
                            "tokens_in, tokens_out FROM tasks WHERE id = ?",
                            (number,)) if number else []
@@ -802,7 +649,7 @@ class LocalStore:
 
     def run_counts(self, task_ids: Iterable[str]) -> dict[str, int]:
         """How many times each task was started (claims in its history)."""
-        numbers = sorted({n for n in (_int_id(t) for t in task_ids) if n is not None})
+        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
         counts = {str(n): 0 for n in numbers}
         for start in range(0, len(numbers), CHUNK):
             chunk = numbers[start:start + CHUNK]
@@ -869,11 +716,11 @@ class LocalStore:
                 "SELECT title, description, queue, assignee, priority, recipe FROM tasks "
                 "WHERE id = ?", (row["id"],)).fetchone())
             wanted = {**current, **changes}
-            errors = _field_errors(title=wanted["title"], description=wanted["description"],
+            errors = field_errors(title=wanted["title"], description=wanted["description"],
                                    queue=wanted["queue"], assignee=wanted["assignee"],
                                    priority=wanted["priority"], recipe=wanted["recipe"])
-            add_numbers, bad = _parse_blocker_ids(block)
-            drop_numbers, bad_drop = _parse_blocker_ids(unblock)
+            add_numbers, bad = parse_blocker_ids(block)
+            drop_numbers, bad_drop = parse_blocker_ids(unblock)
             errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an "
                        "existing task" for value in [*bad, *bad_drop]]
             if errors:
@@ -980,11 +827,11 @@ class LocalStore:
         errors: list[str] = []
         parsed: list[tuple[dict, list[int], list[int]]] = []  # spec, existing ids, #refs
         for index, spec in enumerate(specs):
-            item_errors, existing, refs = _check_spec(index, spec, len(specs))
+            item_errors, existing, refs = check_spec(index, spec, len(specs))
             errors += [f"item {index}: {e}" for e in item_errors]
             parsed.append((spec if isinstance(spec, dict) else {}, existing, refs))
         if not errors:
-            errors += _ref_cycles([refs for _, _, refs in parsed])
+            errors += ref_cycles([refs for _, _, refs in parsed])
         if errors:
             raise InputError("\n".join(errors))
         with self._write() as conn:
@@ -1000,7 +847,7 @@ class LocalStore:
                              description=spec.get("description") or "",
                              queue=spec.get("queue"), assignee=spec.get("agent"),
                              priority=spec.get("priority", 0), recipe=spec.get("recipe"),
-                             files=_check_files(spec.get("files") or ())[0], actor=actor)
+                             files=check_files(spec.get("files") or ())[0], actor=actor)
                 for spec, _, _ in parsed
             ]
             for number, (_, existing, refs) in zip(numbers, parsed, strict=True):
@@ -1010,133 +857,8 @@ class LocalStore:
             return [self._fetch(conn, number) for number in numbers]
 
 
-# --- import helpers ---------------------------------------------------------------------
-
-
-def _check_files(patterns: Iterable[object]) -> tuple[tuple[str, ...], str]:
-    """The declared file patterns checked, or what is wrong with them."""
-    from scheduler.file_patterns import BadPattern, check_all
-
-    try:
-        return check_all(patterns), ""
-    except BadPattern as exc:
-        return (), str(exc)
-
-
-def _parse_blocker_ids(values: Iterable[object]) -> tuple[set[int], list[object]]:
-    numbers, bad = set(), []
-    for value in values:
-        number = _int_id(value)
-        if number is None:
-            bad.append(value)
-        else:
-            numbers.add(number)
-    return numbers, bad
-
-
-def _check_spec(index: int, spec: object, count: int) -> tuple[list[str], list[int], list[int]]:
-    """Problems with one import item, its existing blocker ids and its ``#N`` references."""
-    if not isinstance(spec, dict):
-        return [f"is {type(spec).__name__}; accepted: an object with fields "
-                f"{', '.join(IMPORT_FIELDS)}"], [], []
-    errors = [f"unknown field {key!r}; accepted: {', '.join(IMPORT_FIELDS)}"
-              for key in spec if key not in IMPORT_FIELDS]
-    description = spec.get("description")
-    errors += _field_errors(
-        title=spec.get("title"), description="" if description is None else description,
-        queue=spec.get("queue"), assignee=spec.get("agent"),
-        priority=spec.get("priority", 0), recipe=spec.get("recipe"),
-    )
-    files = spec.get("files")
-    if files is not None and not isinstance(files, list):
-        errors.append(f"files is {files!r}; accepted: a list of file patterns")
-    else:
-        problem = _check_files(files or ())[1]
-        errors += [problem] if problem else []
-    existing: list[int] = []
-    refs: list[int] = []
-    blocked_by = spec.get("blocked_by", [])
-    if blocked_by is None:
-        blocked_by = []
-    if not isinstance(blocked_by, list):
-        errors.append(f"blocked_by is {blocked_by!r}; accepted: a list of task ids or '#N'")
-        return errors, existing, refs
-    for value in blocked_by:
-        if isinstance(value, str) and value.startswith("#"):
-            digits = value[1:]
-            ref = int(digits) if digits.isascii() and digits.isdigit() else None
-            if ref is None or ref >= count:
-                errors.append(f"blocked_by {value!r} does not name an item of this file; "
-                              f"accepted: '#0' to '#{count - 1}'")
-            elif ref == index:
-                errors.append(f"blocked_by {value!r} is the item itself; a task cannot "
-                              "block itself")
-            else:
-                refs.append(ref)
-            continue
-        number = _int_id(value)
-        if number is None:
-            errors.append(f"blocked_by {value!r} is not a task id; accepted: ids of existing "
-                          "tasks or '#N' for the N-th item of this file (0-based)")
-        else:
-            existing.append(number)
-    return errors, existing, refs
-
-
-def _ref_cycles(refs: list[list[int]]) -> list[str]:
-    """Cycles among ``#N`` references (existing tasks cannot wait for new ones)."""
-    state = [0] * len(refs)  # 0 new, 1 on the current path, 2 done
-    errors: list[str] = []
-    for root in range(len(refs)):
-        if state[root]:
-            continue
-        path: list[int] = []
-        stack: list[tuple[int, Iterator[int]]] = [(root, iter(refs[root]))]
-        state[root] = 1
-        path.append(root)
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                path.pop()
-                state[node] = 2
-            elif state[child] == 1:
-                cycle = path[path.index(child):] + [child]
-                errors.append("items " + " -> ".join(f"#{i}" for i in cycle)
-                              + ": blocked_by forms a cycle; a task cannot (transitively) "
-                              "block itself")
-            elif state[child] == 0:
-                state[child] = 1
-                path.append(child)
-                stack.append((child, iter(refs[child])))
-    return errors
+# --- helpers ------------------------------------------------------------------------------
 
 
 def _shown(value: object) -> str:
     return "-" if value is None or value == "" else repr(value)
-
-
-def _error_reason(result: Result, attempts: int) -> str:
-    """A short reason for ``last_error``, each fact once: outcome, exit code or signal, then
-    why — the wrapper's reason, else the agent's last line of output, else the summary's
-    first line unless it only repeats the outcome."""
-    parts = [f"attempt {attempts} {result.outcome}"]
-    if result.exit_code is not None:
-        parts.append(f"exit code {result.exit_code}")
-    if result.signal is not None:
-        parts.append(f"signal {result.signal}")
-    reason = ", ".join(parts)
-    detail = result.detail if isinstance(result.detail, dict) else {}
-    why = detail.get("summary") or detail.get("reason")  # the agent's own words first
-    summary = result.summary or ""
-    if not why and OUTPUT_MARK in summary:
-        output = summary.split(OUTPUT_MARK, 1)[1].strip().splitlines()
-        why = output[-1].strip() if output else None
-    if not why:
-        first = summary.strip().splitlines()[:1]
-        if first and not first[0].startswith(f"{result.outcome}:"):
-            why = first[0]
-    if why:
-        reason += f": {why}"
-    return reason[:MAX_ERROR_CHARS]
