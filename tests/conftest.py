@@ -53,3 +53,19 @@ def _restore_project_logger() -> Iterator[None]:
             handler.close()
     logger.handlers[:] = saved[0]
     logger.propagate, logger.level = saved[1], saved[2]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL per test process (see tests/pgserver.py)."""
+    from pgserver import PgServer
+
+    server = PgServer()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the test server."""
+    return pg_server.new_database()

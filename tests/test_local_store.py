@@ -1,4 +1,8 @@
-"""The embedded SQLite task store: schema, state machine, blockers, results, import."""
+"""The task stores: schema, state machine, blockers, results, import.
+
+Every test taking ``store`` runs against the embedded SQLite store and the PostgreSQL
+store (a throwaway server, tests/pgserver.py); ``sqlite_store`` tests are SQLite's own.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +38,20 @@ def db_path(tmp_path):
 
 
 @pytest.fixture
-def store(db_path):
+def sqlite_store(db_path):
     opened = LocalStore(db_path)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["local", "postgres"])
+def store(request, db_path):
+    if request.param == "local":
+        opened = LocalStore(db_path)
+    else:
+        from scheduler.sources.postgres.store import PostgresStore
+
+        opened = PostgresStore(request.getfixturevalue("pg_url"), host="test-host")
     yield opened
     opened.close()
 
@@ -62,8 +78,8 @@ def history_len(store, task_id) -> int:
 # --- schema and files -------------------------------------------------------------------
 
 
-def test_empty_database_is_migrated_to_the_current_version(store, db_path):
-    assert store.health().ok  # opens lazily
+def test_empty_database_is_migrated_to_the_current_version(sqlite_store, db_path):
+    assert sqlite_store.health().ok  # opens lazily
     conn = raw(db_path)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
@@ -76,8 +92,8 @@ def test_empty_database_is_migrated_to_the_current_version(store, db_path):
         conn.close()
 
 
-def test_files_are_private(store, db_path):
-    store.add_task("x")
+def test_files_are_private(sqlite_store, db_path):
+    sqlite_store.add_task("x")
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(db_path.parent).st_mode) == 0o700
 
@@ -137,10 +153,10 @@ def test_health_reports_an_unusable_path(tmp_path):
     assert "dir.db" in health.detail
 
 
-def test_health_ok(store, db_path):
-    store.add_task("a")
-    store.add_task("b")
-    health = store.health()
+def test_health_ok(sqlite_store, db_path):
+    sqlite_store.add_task("a")
+    sqlite_store.add_task("b")
+    health = sqlite_store.health()
     assert health.ok
     assert health.detail == f"local store {db_path}: 2 tasks, schema v{local.SCHEMA_VERSION}"
 
@@ -286,8 +302,8 @@ def test_history_rows_for_a_whole_life(store):
     assert all(r["at"].endswith("Z") for r in rows)
 
 
-def test_history_is_append_only(store, db_path):
-    added = store.add_task("t")
+def test_history_is_append_only(sqlite_store, db_path):
+    added = sqlite_store.add_task("t")
     conn = raw(db_path)
     try:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -296,11 +312,11 @@ def test_history_is_append_only(store, db_path):
             conn.execute("DELETE FROM history")
     finally:
         conn.close()
-    assert len(store.history(added.id)) == 1
+    assert len(sqlite_store.history(added.id)) == 1
 
 
-def test_status_check_constraint(store, db_path):
-    store.add_task("t")
+def test_status_check_constraint(sqlite_store, db_path):
+    sqlite_store.add_task("t")
     conn = raw(db_path)
     try:
         with pytest.raises(sqlite3.IntegrityError):
@@ -395,8 +411,8 @@ def test_current_chunks_and_reports_missing(store):
     assert store.current([]) == {}
 
 
-def test_ready_query_plans_use_indexes(store, db_path):
-    store.add_task("x", queue="dev")
+def test_ready_query_plans_use_indexes(sqlite_store, db_path):
+    sqlite_store.add_task("x", queue="dev")
 
     def plan(sql, params):
         conn = raw(db_path)
@@ -540,6 +556,7 @@ def test_injected_clock(db_path):
     ({"title": "t", "recipe": "sub/dev.yaml"}, "recipe"),
 ])
 def test_add_rejects_bad_fields(store, kwargs, field):
+    kwargs = dict(kwargs)  # the parameters are shared by both stores
     title = kwargs.pop("title")
     with pytest.raises(InputError, match=f"^{field} is"):
         store.add_task(title, **kwargs)

@@ -1,4 +1,5 @@
-"""``tinyscheduler task ...`` on the embedded local store."""
+"""``tinyscheduler task ...`` on the embedded store and on PostgreSQL (every test runs
+against both)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,21 @@ TASK_KEYS = {"id", "title", "description", "queue", "assignee", "status", "prior
 CONSOLE_SCRIPT = Path(sys.executable).parent / "tinyscheduler"
 
 
+@pytest.fixture(params=["local", "postgres"])
+def backend(request):
+    return request.param
+
+
 @pytest.fixture
-def base(tmp_path, monkeypatch):
-    """A clean base path: no env file, no TINYSCHEDULER_* variables from the caller."""
+def base(tmp_path, monkeypatch, backend, request):
+    """A clean base path: no env file, no TINYSCHEDULER_* variables from the caller; for
+    PostgreSQL, TASK_SOURCE and DATABASE_URL of a fresh database."""
     for name in list(os.environ):
         if name.startswith("TINYSCHEDULER_"):
             monkeypatch.delenv(name)
+    if backend == "postgres":
+        monkeypatch.setenv("TINYSCHEDULER_TASK_SOURCE", "postgres")
+        monkeypatch.setenv("TINYSCHEDULER_DATABASE_URL", request.getfixturevalue("pg_url"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -44,8 +54,13 @@ def run(base, capsys):
 
 
 @pytest.fixture
-def store(base):
-    opened = LocalStore(base / "state" / "tasks.db")
+def store(base, backend):
+    if backend == "postgres":
+        from scheduler.sources.postgres.store import PostgresStore
+
+        opened = PostgresStore(os.environ["TINYSCHEDULER_DATABASE_URL"])
+    else:
+        opened = LocalStore(base / "state" / "tasks.db")
     yield opened
     opened.close()
 
@@ -59,11 +74,11 @@ def add_json(run, *args: str) -> dict:
 # --- add --------------------------------------------------------------------------------
 
 
-def test_add_prints_a_line(run, base):
+def test_add_prints_a_line(run, base, backend):
     code, out, _ = run("task", "add", "Fix login bug", "--queue", "dev", "--priority", "5")
     assert code == 0
     assert out.startswith("added task 1: 'Fix login bug' [idle] queue dev priority 5")
-    assert (base / "state" / "tasks.db").is_file()
+    assert (base / "state" / "tasks.db").is_file() == (backend == "local")
 
 
 def test_add_json_has_the_stable_keys(run):
@@ -429,7 +444,7 @@ def test_delete_refuses_a_task_that_ran(run, store):
     assert store.get("1").status == "cancelled" and len(store.history("1")) == 3
 
 
-def test_prune_removes_old_finished_tasks_and_their_history(run, store, base):
+def test_prune_removes_old_finished_tasks_and_their_history(run, store, base, backend):
     from freezegun import freeze_time
 
     with freeze_time("2026-01-01T00:00:00Z"):
@@ -452,6 +467,10 @@ def test_prune_removes_old_finished_tasks_and_their_history(run, store, base):
         code, out, _ = run("task", "prune", "--older-than", "3")
         assert code == 0 and out.startswith("deleted 2 tasks finished more than 3 days ago")
     assert [t.id for t in store.list_tasks()] == ["3", "4", "5"]
+    if backend == "postgres":
+        assert store.db.query("SELECT count(*) FROM tinyscheduler.history "
+                              "WHERE task_id IN (1, 2)") == [(0,)]
+        return
     conn = sqlite3.connect(base / "state" / "tasks.db")
     try:
         assert conn.execute("SELECT count(*) FROM history WHERE task_id IN (1, 2)"

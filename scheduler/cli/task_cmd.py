@@ -1,7 +1,7 @@
-"""``task add|list|show|edit|retry|cancel|delete|prune|import``: manage the embedded local
-task store.
+"""``task add|list|show|edit|retry|cancel|delete|prune|import|export``: manage the task
+store, embedded (TASK_SOURCE=local) or PostgreSQL (TASK_SOURCE=postgres).
 
-The store (and sqlite3) is imported inside the command bodies so ``--help`` stays fast.
+The store (sqlite3, psycopg) is imported inside the command bodies so ``--help`` stays fast.
 Every change nudges a running daemon through its wake-up socket.
 """
 
@@ -24,21 +24,26 @@ TITLE_WIDTH = 50
 
 @click.group(cls=SubGroup)
 def task() -> None:
-    """Manage tasks in the embedded local store (TASK_SOURCE=local)."""
+    """Manage tasks in the task store (TASK_SOURCE=local or postgres)."""
 
 
 @contextmanager
 def _open_store(app: AppContext) -> Iterator[tuple[Any, Any]]:
-    """The settings and an open local store; refuses when TASK_SOURCE is tinytask."""
+    """The settings and an open task store; refuses when TASK_SOURCE is tinytask."""
     settings = app.settings()
     if settings.task_source == "tinytask":
         raise ConfigError(
-            "task commands manage the embedded local store; TASK_SOURCE is tinytask — "
-            "manage tasks on the TinyTask server"
+            "task commands manage the embedded or PostgreSQL task store; TASK_SOURCE is "
+            "tinytask — manage tasks on the TinyTask server"
         )
-    from scheduler.sources.local import LocalStore
+    if settings.task_source == "postgres":
+        from scheduler.sources.postgres.store import PostgresStore
 
-    store = LocalStore.from_settings(settings)
+        store: Any = PostgresStore.from_settings(settings)
+    else:
+        from scheduler.sources.local import LocalStore
+
+        store = LocalStore.from_settings(settings)
     try:
         yield settings, store
     finally:
@@ -450,3 +455,42 @@ def import_(app: AppContext, file: Path, as_json: bool) -> None:
     else:
         click.echo(f"imported {len(added)} task{'s' if len(added) != 1 else ''}"
                    + (f" ({added[0].id}-{added[-1].id})" if added else ""))
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+@task.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file (created 0600) instead of standard output.")
+@click.pass_obj
+def export(app: AppContext, output: Path | None) -> None:
+    """Every task in the import format, with status, attempts, result and history.
+
+    \b
+    Moves a backlog between stores, or backs one up:
+      tinyscheduler task export -o backlog.json          # from the old store
+      tinyscheduler --env-file pg.env task import backlog.json
+    Blockers become "#N" references; a working task is exported idle.
+    """
+    from scheduler.sources.rules import export_item
+
+    with _open_store(app) as (_, store):
+        tasks = store.list_tasks()
+        position = {t.id: index for index, t in enumerate(tasks)}
+        items = [export_item(t, store.details(t.id), store.history(t.id), position)
+                 for t in tasks]
+    text = json.dumps(items, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    import os
+
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise InputError(f"cannot write export file {output}: {exc.strerror or exc}") from None
+    click.echo(f"exported {len(items)} task{'s' if len(items) != 1 else ''} to {output}",
+               err=True)

@@ -139,6 +139,14 @@ def _parse_endpoint(text: str) -> str:
     return value
 
 
+def _parse_database_url(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("accepted: a postgresql://user:password@host:port/dbname URL "
+                         "(host may be a socket directory: postgresql:///db?host=/run/pg)")
+    return value
+
+
 def _parse_hostname(text: str) -> str:
     value = text.strip()
     if not is_valid_name(value):
@@ -318,9 +326,27 @@ OPTIONS: tuple[Option, ...] = (
            bounds=LIMIT_BOUNDS),
     _whole("DEFAULT_AGENT_LIMIT", "1", LIMIT_BOUNDS,
            "Limit of a registry agent absent from AGENT_LIMITS.", "2"),
-    Option("TASK_SOURCE", "", _choice_parser("local", "tinytask"),
-           "Where tasks come from: local (embedded SQLite) or tinytask (REST).", "tinytask",
+    Option("TASK_SOURCE", "", _choice_parser("local", "tinytask", "postgres"),
+           "Where tasks come from: local (embedded SQLite), tinytask (REST) or postgres "
+           "(PostgreSQL, shared by several hosts).", "postgres",
            default_note="tinytask if MCP_ENDPOINT is set, else local"),
+    Option("DATABASE_URL", "", _parse_database_url,
+           "PostgreSQL URL for TASK_SOURCE=postgres or COORDINATOR=postgres (secret).",
+           "postgresql://tiny:s3cr3t@db.internal/tinyscheduler", secret=True,
+           default_note="unset: no PostgreSQL"),
+    Option("DATABASE_URL_FILE", "", _parse_path,
+           "A file holding DATABASE_URL (instead of the variable).",
+           "/etc/tinyscheduler/database-url", is_path=True, default_note="unset"),
+    Option("COORDINATOR", "none", _choice_parser("none", "postgres"),
+           "Where claims, runs, global limits and hosts live with TASK_SOURCE=tinytask: "
+           "none (one scheduler only) or postgres (several hosts share one TinyTask).",
+           "postgres"),
+    Option("GLOBAL_LIMITS", "", parse_agent_limits,
+           "Runs per agent across all hosts (postgres), on top of AGENT_LIMITS; "
+           "JSON object or a=1,b=2.", "vaela=5,damien=2", default_note="no global limits"),
+    Option("HOST_TIMEOUT_SEC", "120", _int_parser(2),
+           "Several hosts: a host silent this long is dead and its runs are reclaimed "
+           "elsewhere; must exceed HEARTBEAT_SEC x STALE_MULTIPLIER.", "300"),
     Option("MCP_ENDPOINT", "", _parse_endpoint, "TinyTask server base URL (without /api/v1).",
            "http://tinytask:3000"),
     Option("MCP_TOKEN", "", _parse_token, "Bearer token for the TinyTask server (secret).",
@@ -485,6 +511,11 @@ class Settings:
     task_source: str
     mcp_endpoint: str
     mcp_token: str = field(repr=False)
+    database_url: str = field(default="", repr=False)
+    database_url_file: Path | str = ""
+    coordinator: str = "none"
+    global_limits: Mapping[str, int] = field(default_factory=dict)
+    host_timeout_sec: int = 120
     goose_bin: str = "goose"
     agent_command: str = DEFAULT_AGENT_COMMAND
     loop_interval_sec: int = 60
@@ -664,6 +695,7 @@ def load_settings(
             f"{PREFIX}MCP_ENDPOINT (accepted: an http:// or https:// URL of the TinyTask "
             "server; or set TASK_SOURCE=local)"
         )
+    _check_database(values, origins)
     unknown = sorted(
         {key for _, layer in layers for key in layer if key.startswith(PREFIX)}
         - {option.env for option in OPTIONS} - {ENV_FILE_VARIABLE}
@@ -691,6 +723,39 @@ def choose_env_file(
         if (cwd / name).is_file():
             return cwd / name, "found in the current directory"
     return None, ""
+
+
+def _check_database(values: dict[str, Any], origins: dict[str, str]) -> None:
+    """DATABASE_URL from its file; present when something needs PostgreSQL; a host
+    timeout that outlasts a wrapper's stale window."""
+    url_file = values["DATABASE_URL_FILE"]
+    if url_file and values["DATABASE_URL"]:
+        raise ConfigError(f"{PREFIX}DATABASE_URL and {PREFIX}DATABASE_URL_FILE are both set; "
+                          "accepted: one of them")
+    if url_file:
+        try:
+            text = Path(url_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{PREFIX}DATABASE_URL_FILE={url_file} cannot be read: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        values["DATABASE_URL"] = _parse(OPTIONS_BY_NAME["DATABASE_URL"], text,
+                                        f"file {url_file}")
+        origins["DATABASE_URL"] = f"file {url_file}"
+    needs = [f"{name}={values[name]}" for name in ("TASK_SOURCE", "COORDINATOR")
+             if values[name] == "postgres"]
+    if needs and not values["DATABASE_URL"]:
+        raise ConfigError(f"{PREFIX}{needs[0]} needs {PREFIX}DATABASE_URL or "
+                          f"{PREFIX}DATABASE_URL_FILE (accepted: a postgresql:// URL)")
+    if values["COORDINATOR"] == "postgres" and values["TASK_SOURCE"] != "tinytask":
+        raise ConfigError(f"{PREFIX}COORDINATOR=postgres (from {origins['COORDINATOR']}) is "
+                          "for TASK_SOURCE=tinytask; TASK_SOURCE=postgres coordinates "
+                          "itself and local is one host only")
+    stale = values["HEARTBEAT_SEC"] * values["STALE_MULTIPLIER"]
+    if needs and values["HOST_TIMEOUT_SEC"] <= stale:
+        raise ConfigError(
+            f"{PREFIX}HOST_TIMEOUT_SEC={values['HOST_TIMEOUT_SEC']} (from "
+            f"{origins['HOST_TIMEOUT_SEC']}) must exceed HEARTBEAT_SEC x STALE_MULTIPLIER "
+            f"= {stale}: a cut-off host must stop its agents before others take over")
 
 
 def _parse(option: Option, text: str, origin: str) -> Any:

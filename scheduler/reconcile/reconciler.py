@@ -188,6 +188,7 @@ class Reconciler:
                 self._launcher.reap()  # exited wrappers of earlier passes (exec mode)
             self._deliver_outbox(summary)
             self._report_launch_failures(summary)
+            self._coordinate(summary)
         leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
         mono_now = clock.monotonic()
@@ -272,6 +273,21 @@ class Reconciler:
                                   f"aside: {exc}")
             return
         summary.errors.append(f"outbox entry {path.name} {why}; moved to {moved}")
+
+    def _coordinate(self, summary: PassSummary) -> None:
+        """Several hosts: heartbeat this host, reclaim the runs of dead ones."""
+        if self.source.coordinator is None:
+            return
+        try:
+            self.source.coordinator.host_heartbeat()
+            reclaimed = self.source.reclaim_dead_hosts(self.policy)
+        except SourceError as exc:
+            summary.errors.append(str(exc))
+            return
+        for result in reclaimed:
+            summary.reclaimed["host_dead"] = summary.reclaimed.get("host_dead", 0) + 1
+            log.warning("reclaimed the run of a dead host", extra={"fields": {
+                "task": result.task_id, "host": result.host, "agent": result.agent}})
 
     # --- step 2: leases ----------------------------------------------------------------------
 

@@ -165,11 +165,44 @@ def usage_of(result: Result) -> tuple[float, int, int]:
     return number("cost_usd"), int(number("tokens_in")), int(number("tokens_out"))
 
 
+class WakeListener(Protocol):
+    """A descriptor a daemon waits on, woken by work changing on any host."""
+
+    def fileno(self) -> int: ...
+
+    def drain(self) -> int:
+        """Consume what arrived; raises ``SourceError`` when the channel is lost."""
+
+    def close(self) -> None: ...
+
+
+class RunCoordinator(Protocol):
+    """Runs as global leases across hosts (PostgreSQL); None on one host."""
+
+    host: str
+
+    def host_heartbeat(self) -> None:
+        """Record that this host's scheduler is alive (every pass)."""
+
+    def renew(self, task_id: str, token: str) -> bool:
+        """Heartbeat an attempt's run; False when it was taken over (fenced)."""
+
+    def cluster(self) -> dict:
+        """Hosts, their last heartbeat and their runs, for ``status``."""
+
+    def listener(self) -> WakeListener:
+        """A new wake-up channel for a daemon."""
+
+    def close(self) -> None: ...
+
+
 class TaskSource(Protocol):
     """What every task source provides. Every method raises ``SourceError`` on failure;
     a failed call is never reported as "no tasks"."""
 
     name: str
+    #: The run coordinator when several hosts share the backlog, else None.
+    coordinator: RunCoordinator | None
 
     def assigned_idle(self, agent: str) -> list[Task]:
         """All idle tasks assigned to ``agent`` (every page), blocked ones included."""
@@ -196,6 +229,10 @@ class TaskSource(Protocol):
         policy.max_attempts with the reason. Applied only while the task is still working
         under ``result.token``; otherwise ``ignored`` (idempotent, never overwrites newer
         state). Always leaves a note: history row (local) or comment (TinyTask)."""
+
+    def reclaim_dead_hosts(self, policy: RetryPolicy) -> list[Result]:
+        """Requeue the runs of hosts that stopped heart-beating (counting an attempt),
+        each exactly once across all hosts; [] without a coordinator."""
 
     def health(self) -> Health:
         """Is the source reachable and sane."""

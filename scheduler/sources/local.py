@@ -65,6 +65,7 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     check_transition,
     decide_report,
     field_errors,
+    import_fields,
     int_id,
     is_valid_recipe,
     parse_blocker_ids,
@@ -222,6 +223,7 @@ class LocalStore:
     """The local task source and its management API (``tinyscheduler task ...``)."""
 
     name = "local"
+    coordinator = None  #: one host: the lease files are the whole truth
 
     def __init__(self, path: Path, *, clock: Callable[[], datetime] = _clock.now) -> None:
         self.path = Path(path)
@@ -487,6 +489,9 @@ class LocalStore:
                        actor=ACTOR_SCHEDULER, detail=decision.detail, **fields)
             return decision.applied
 
+    def reclaim_dead_hosts(self, policy: RetryPolicy) -> list[Result]:
+        return []  # one host: nothing to reclaim from others
+
     def health(self) -> Health:
         try:
             with self._read() as conn:
@@ -576,18 +581,31 @@ class LocalStore:
 
     def _insert(self, conn: sqlite3.Connection, *, title: str, description: str,
                 queue: str | None, assignee: str | None, priority: int,
-                recipe: str | None, actor: str, files: tuple[str, ...] = ()) -> int:
+                recipe: str | None, actor: str, files: tuple[str, ...] = (),
+                status: str = IDLE, attempts: int = 0, last_error: str | None = None,
+                result_summary: str | None = None, created_at: datetime | None = None,
+                history: list | None = None, runtime_sec: float = 0.0, cost_usd: float = 0.0,
+                tokens_in: int = 0, tokens_out: int = 0) -> int:
         now = self._iso_now()
         cursor = conn.execute(
             "INSERT INTO tasks (title, description, queue, assignee, status, priority, "
-            "recipe, attempts, created_at, updated_at, files) "
-            "VALUES (?, ?, ?, ?, 'idle', ?, ?, 0, ?, ?, ?)",
-            (title, description, queue, assignee, priority, recipe, now, now,
+            "recipe, attempts, last_error, result_summary, created_at, updated_at, "
+            "runtime_sec, cost_usd, tokens_in, tokens_out, files) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (title, description, queue, assignee, status, priority, recipe, attempts,
+             last_error, result_summary,
+             _clock.to_iso(created_at) if created_at else now, now,
+             runtime_sec, cost_usd, tokens_in, tokens_out,
              json.dumps(list(files)) if files else ""),
         )
         number = cursor.lastrowid
         assert number is not None  # an INSERT always sets it
-        self._log(conn, number, None, IDLE, actor, "added", now)
+        for entry in history or []:
+            self._log(conn, number, entry.get("from_status"), entry["to_status"],
+                      entry["actor"], entry.get("detail") or "",
+                      _clock.to_iso(_clock.from_iso(entry["at"])))
+        if not history:
+            self._log(conn, number, None, IDLE, actor, "added", now)
         return number
 
     def get(self, task_id: str) -> Task:
@@ -842,14 +860,8 @@ class LocalStore:
                     "existing tasks or '#N' for the N-th item of this file (0-based)"
                     for i, (_, existing, _) in enumerate(parsed)
                     for n in existing if n in missing))
-            numbers = [
-                self._insert(conn, title=spec["title"].strip(),
-                             description=spec.get("description") or "",
-                             queue=spec.get("queue"), assignee=spec.get("agent"),
-                             priority=spec.get("priority", 0), recipe=spec.get("recipe"),
-                             files=check_files(spec.get("files") or ())[0], actor=actor)
-                for spec, _, _ in parsed
-            ]
+            numbers = [self._insert(conn, actor=actor, **import_fields(spec))
+                       for spec, _, _ in parsed]
             for number, (_, existing, refs) in zip(numbers, parsed, strict=True):
                 for blocker in sorted(set(existing) | {numbers[r] for r in refs}):
                     conn.execute("INSERT INTO blockers (task_id, blocker_id) VALUES (?, ?)",

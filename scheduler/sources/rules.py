@@ -44,6 +44,15 @@ MAX_ERROR_CHARS = 500
 RECIPE_RULE = "1-64 characters from A-Z a-z 0-9 _ . - (no '/', not starting with '.')"
 IMPORT_FIELDS = ("title", "description", "queue", "agent", "priority", "blocked_by", "recipe",
                  "files")
+#: What ``task export`` adds to each item, so a backlog moves between stores whole.
+EXPORT_FIELDS = ("status", "attempts", "last_error", "result", "created_at", "history",
+                 "usage")
+#: What a task's attempts used, kept across an export (see scheduler.sources.base.usage_of).
+USAGE_FIELDS = ("runtime_sec", "cost_usd", "tokens_in", "tokens_out")
+#: Statuses an imported item may carry (a working task is exported as idle: its run
+#: stays behind).
+IMPORT_STATUSES = (IDLE, COMPLETE, FAILED, CANCELLED)
+HISTORY_FIELDS = ("at", "from_status", "to_status", "actor", "detail")
 
 #: Allowed status changes and what each one is called.
 TRANSITIONS = {
@@ -180,8 +189,9 @@ def check_spec(index: int, spec: object, count: int) -> tuple[list[str], list[in
     if not isinstance(spec, dict):
         return [f"is {type(spec).__name__}; accepted: an object with fields "
                 f"{', '.join(IMPORT_FIELDS)}"], [], []
-    errors = [f"unknown field {key!r}; accepted: {', '.join(IMPORT_FIELDS)}"
-              for key in spec if key not in IMPORT_FIELDS]
+    errors = [f"unknown field {key!r}; accepted: {', '.join(IMPORT_FIELDS + EXPORT_FIELDS)}"
+              for key in spec if key not in IMPORT_FIELDS + EXPORT_FIELDS]
+    errors += exported_errors(spec)
     description = spec.get("description")
     errors += field_errors(
         title=spec.get("title"), description="" if description is None else description,
@@ -279,6 +289,79 @@ def error_reason(result: Result, attempts: int) -> str:
     return reason[:MAX_ERROR_CHARS]
 
 
+def _is_time(value: object) -> bool:
+    try:
+        _clock.from_iso(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def exported_errors(spec: dict) -> list[str]:
+    """Problems with the fields ``task export`` adds (all optional)."""
+    errors = []
+    status = spec.get("status", IDLE)
+    if status not in IMPORT_STATUSES:
+        errors.append(f"status is {status!r}; accepted: {', '.join(IMPORT_STATUSES)}")
+    attempts = spec.get("attempts", 0)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        errors.append(f"attempts is {attempts!r}; accepted: an integer >= 0")
+    for name, limit in (("last_error", MAX_ERROR_CHARS), ("result", MAX_DESCRIPTION_BYTES)):
+        value = spec.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            errors.append(f"{name} is not a string of at most {limit} characters")
+    usage = spec.get("usage")
+    if usage is not None and (not isinstance(usage, dict) or set(usage) - set(USAGE_FIELDS)
+                              or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                     or v < 0 for v in usage.values())):
+        errors.append(f"usage is {usage!r}; accepted: an object with numbers >= 0 for "
+                      f"{', '.join(USAGE_FIELDS)}")
+    if spec.get("created_at") is not None and not _is_time(spec["created_at"]):
+        errors.append(f"created_at is {spec['created_at']!r}; accepted: an ISO 8601 time")
+    history = spec.get("history")
+    if history is None:
+        return errors
+    if not isinstance(history, list):
+        return errors + [f"history is {type(history).__name__}; accepted: a list of "
+                         f"objects with {', '.join(HISTORY_FIELDS)}"]
+    for number, entry in enumerate(history):
+        errors += _history_errors(f"history[{number}]", entry)
+    return errors
+
+
+def _history_errors(where: str, entry: object) -> list[str]:
+    if not isinstance(entry, dict) or set(entry) - set(HISTORY_FIELDS):
+        return [f"{where}: accepted: an object with {', '.join(HISTORY_FIELDS)}"]
+    errors = []
+    if not _is_time(entry.get("at")):
+        errors.append(f"{where}: at is {entry.get('at')!r}; accepted: an ISO 8601 time")
+    if entry.get("to_status") not in STATUSES or \
+            entry.get("from_status") not in (None, *STATUSES):
+        errors.append(f"{where}: from_status/to_status accepted: {', '.join(STATUSES)}")
+    for name in ("actor", "detail"):
+        if not isinstance(entry.get(name, ""), str):
+            errors.append(f"{where}: {name} accepted: a string")
+    if not entry.get("actor"):
+        errors.append(f"{where}: actor accepted: a non-empty string")
+    return errors
+
+
+def exported_fields(spec: dict) -> dict[str, Any]:
+    """The store columns of a (validated) item's export fields; absent ones left out."""
+    fields: dict[str, Any] = {}
+    for name, column in (("status", "status"), ("attempts", "attempts"),
+                         ("last_error", "last_error"), ("result", "result_summary")):
+        if spec.get(name) is not None:
+            fields[column] = spec[name]
+    if spec.get("created_at"):
+        fields["created_at"] = _clock.from_iso(spec["created_at"])
+    if spec.get("history"):
+        fields["history"] = spec["history"]
+    for name, value in (spec.get("usage") or {}).items():
+        fields[name] = int(value) if name.startswith("tokens") else float(value)
+    return fields
+
+
 # --- results ----------------------------------------------------------------------------
 
 
@@ -358,3 +441,30 @@ def usage_delta(result: Result) -> tuple[float, float, int, int]:
         return 0.0, 0.0, 0, 0
     cost, tokens_in, tokens_out = usage_of(result)
     return max(float(result.duration_sec or 0.0), 0.0), cost, tokens_in, tokens_out
+
+
+def import_fields(spec: dict) -> dict[str, Any]:
+    """The store columns of a validated import item (plain or exported)."""
+    return {"title": spec["title"].strip(), "description": spec.get("description") or "",
+            "queue": spec.get("queue"), "assignee": spec.get("agent"),
+            "priority": spec.get("priority", 0), "recipe": spec.get("recipe"),
+            "files": check_files(spec.get("files") or ())[0], **exported_fields(spec)}
+
+
+def export_item(task: Any, details: dict[str, Any], history: list[dict[str, Any]],
+                position: dict[str, int]) -> dict[str, Any]:
+    """One task in the import format with its status and history. Blockers become
+    ``#N`` references to their position in the export (``position``: id -> index); a
+    working task is exported idle (its run does not move with it)."""
+    return {
+        "title": task.title, "description": task.description, "queue": task.queue,
+        "agent": task.assignee, "priority": task.priority, "recipe": task.recipe,
+        "files": list(task.files),
+        "blocked_by": [f"#{position[b]}" if b in position else b for b in task.blocked_by],
+        "status": IDLE if task.status == WORKING else task.status,
+        "attempts": task.attempts, "last_error": task.last_error,
+        "result": details.get("result_summary"),
+        "created_at": _clock.to_iso(task.created_at) if task.created_at else None,
+        "history": history,
+        "usage": {name: details[name] for name in USAGE_FIELDS if details.get(name)},
+    }

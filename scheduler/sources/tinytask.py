@@ -307,6 +307,7 @@ class TinyTaskSource:
     """The TaskSource over TinyTask's REST API. See the module docstring for the tags."""
 
     name = "tinytask"
+    coordinator = None  #: one host: the lease files are the whole truth
 
     def __init__(
         self,
@@ -765,6 +766,9 @@ class TinyTaskSource:
         return isinstance(comments, list) and any(
             isinstance(c, dict) and isinstance(c.get("content"), str)
             and c["content"].endswith(footer) for c in comments)
+
+    def reclaim_dead_hosts(self, policy: RetryPolicy) -> list[Result]:
+        return []  # one host: nothing to reclaim from others
 
     def health(self) -> Health:
         """GET /health at the server root (absent from the contract: a 404 is tolerated),
