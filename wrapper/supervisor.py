@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 # psutil is imported here rather than when first used: the fork launcher imports this
 # module before it forks a wrapper (wrapper.main.preload), so every forked wrapper starts
@@ -55,6 +56,9 @@ DELETE_RETRY_SEC = 120.0
 #: Verdicts of one heartbeat.
 BEAT_OK, BEAT_RETRY, BEAT_FENCED = "ok", "retry", "fenced"
 
+#: :meth:`Supervisor._renew_run` when the run row was taken over by another host.
+FENCED = "fenced"
+
 
 @dataclass
 class Attempt:
@@ -88,6 +92,8 @@ class Supervisor:
         self._lease: Lease | None = None  #: the lease as this wrapper last wrote it
         self._pending: dict = {}  #: lease fields a failed heartbeat did not record yet
         self._source = None
+        self._runs: Any = None  #: the run coordinator (several hosts), opened lazily
+        self._renewed_at = time.monotonic()
 
     @property
     def _out(self) -> AttemptLog:
@@ -124,6 +130,8 @@ class Supervisor:
             if self._source is not None:
                 self._source.close()
                 self._source = None
+            if self._runs:
+                self._runs.close()
 
     def _attempt(self, lease) -> int:
         started = time.monotonic()
@@ -432,7 +440,7 @@ class Supervisor:
             if output_fd != self._out.fd:
                 os.close(output_fd)  # the agent has it; EOF comes when it is gone
         verdict = self._beat(agent_pid=agent.pid, agent_started_at=_start_time_of(agent.pid))
-        if verdict == BEAT_FENCED:
+        if verdict == BEAT_FENCED or self._renew_run() == FENCED:
             agent.abort()
             return Attempt(base.OUTCOME_CANCELLED, fenced=True)
         try:
@@ -522,10 +530,13 @@ class Supervisor:
                                   f"ran longer than {settings.max_runtime_sec} s")
             if now >= next_heartbeat:
                 next_heartbeat = now + settings.heartbeat_sec
-                if self._beat() == BEAT_FENCED:
+                lost = self._renew_run()
+                if lost == FENCED or self._beat() == BEAT_FENCED:
                     attempt = self._stop(agent, base.OUTCOME_CANCELLED, "fenced")
                     attempt.fenced = True
                     return attempt
+                if lost:
+                    return self._stop(agent, base.STALLED, lost)
             if now >= next_idle_check:
                 next_idle_check = now + IDLE_CHECK_SEC
                 size = self._log_size()
@@ -534,6 +545,34 @@ class Supervisor:
                 elif now - last_growth >= settings.idle_timeout_sec:
                     return self._stop(agent, base.STALLED,
                                       f"no output for {settings.idle_timeout_sec} s")
+
+    def _renew_run(self) -> str | None:
+        """Several hosts: heartbeat this attempt's run row. ``FENCED`` when another host
+        took it over; a reason when the database has been unreachable for longer than
+        the stale window (a partition: the other hosts will reclaim the run); None while
+        all is well (or on one host)."""
+        from scheduler.errors import TinySchedulerError
+        from scheduler.sources import open_coordinator
+
+        settings = self.settings
+        try:
+            if self._runs is None:
+                self._runs = open_coordinator(settings) or False
+            if self._runs is False:
+                return None
+            alive = self._runs.renew(self.task_id, self.token)
+        except TinySchedulerError as exc:
+            window = settings.heartbeat_sec * settings.stale_multiplier
+            silent = time.monotonic() - self._renewed_at
+            self._line(f"cannot renew the run ({exc}); silent for {silent:.0f} s")
+            if silent > window:
+                return (f"lost the database for {silent:.0f} s (more than {window} s); "
+                        "another host takes the task over")
+            return None
+        if not alive:
+            return FENCED
+        self._renewed_at = time.monotonic()
+        return None
 
     def _stop(self, agent: AgentProcess, outcome: str, why: str) -> Attempt:
         """SIGTERM the agent's group, SIGKILL after the grace period; record why."""

@@ -256,9 +256,42 @@ def _check_workspaces(settings) -> list[Finding]:
 
 
 def _check_source(settings) -> list[Finding]:
+    if settings.task_source == "postgres" or settings.coordinator == "postgres":
+        return _check_postgres(settings)
     if settings.task_source == "tinytask":
         return [Finding("ok", f"task source tinytask at {mask_url(settings.mcp_endpoint)}")]
     return [Finding("ok", f"task source local at {settings.tasks_db}")]
+
+
+def _check_postgres(settings) -> list[Finding]:
+    """Connect, and compare the schema version with this tinyscheduler's (the password
+    never appears: errors name the server as user@host:port/dbname)."""
+    from scheduler.errors import TinySchedulerError
+    from scheduler.sources.postgres import db as pgdb
+
+    try:
+        pgdb.require_driver()
+        from scheduler.sources.postgres.schema import SCHEMA_VERSION, current_version
+
+        database = pgdb.Database(settings.database_url)
+        try:
+            with database.transaction() as cur:
+                version = current_version(cur)
+        finally:
+            database.close()
+    except TinySchedulerError as exc:
+        return [Finding("error", str(exc))]
+    where = f"postgres {database.server}"
+    if version > SCHEMA_VERSION:
+        return [Finding("error", f"{where}: schema v{version} is newer than this "
+                                 f"tinyscheduler supports (v{SCHEMA_VERSION}); upgrade")]
+    if version < SCHEMA_VERSION:
+        state = "empty" if version == 0 else f"schema v{version}"
+        return [Finding("ok", f"{where}: reachable, {state}; migrated to "
+                              f"v{SCHEMA_VERSION} at first use")]
+    role = (f"coordinator for tinytask at {settings.mcp_endpoint}"
+            if settings.task_source == "tinytask" else "task source")
+    return [Finding("ok", f"{where}: reachable, schema v{version} ({role})")]
 
 
 def _registry_or_none(settings):

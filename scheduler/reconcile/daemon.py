@@ -2,7 +2,8 @@
 
 Holds the scheduler lock for its whole life. Sleeps LOOP_INTERVAL_SEC between passes but
 wakes within a moment when a wrapper exits or a local task changes (a datagram on the
-wake socket). SIGTERM/SIGINT: finish the current pass, release the lock, exit 0, leave
+wake socket) and, with several hosts on PostgreSQL, when work changes on any host
+(LISTEN/NOTIFY through the source's coordinator). SIGTERM/SIGINT: finish the current pass, release the lock, exit 0, leave
 running agents alone. SIGHUP: re-read the configuration at the next pass boundary.
 """
 
@@ -13,7 +14,7 @@ import select
 import signal
 from collections.abc import Callable
 
-from scheduler.errors import ConfigError
+from scheduler.errors import ConfigError, TinySchedulerError
 from scheduler.logs import get_logger
 from scheduler.reconcile import sdnotify
 from scheduler.state.wake import WakeSocket
@@ -33,6 +34,7 @@ class Daemon:
         self.settings = settings
         self._stop = False
         self._reload = False
+        self._listener = None  #: the cross-host wake-up channel, when there is one
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -70,8 +72,10 @@ class Daemon:
                 sdnotify.notify(f"WATCHDOG=1\nSTATUS={status}")
                 if self._stop:
                     break
+                self._listen(reconciler)
                 self._sleep(wake, signal_r, self._interval(failures))
         finally:
+            self._unlisten()
             sdnotify.notify("STOPPING=1")
             signal.set_wakeup_fd(old_wakeup)
             for fd in (signal_r, signal_w):
@@ -88,8 +92,35 @@ class Daemon:
             return min(interval, 2 ** min(failures, 10))
         return interval
 
+    def _listen(self, reconciler) -> None:
+        """(Re)open the cross-host wake-up channel; without one, the interval rules."""
+        if self._listener is not None:
+            return
+        try:
+            self._listener = reconciler.wake_listener()
+        except TinySchedulerError as exc:
+            log.warning("cross-host wake-ups unavailable; sleeping the interval",
+                        extra={"fields": {"error": str(exc)}})
+
+    def _unlisten(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def _sleep(self, wake: WakeSocket, signal_r: int, seconds: float) -> None:
-        ready, _, _ = select.select([wake.fileno(), signal_r], [], [], seconds)
+        watched = [wake.fileno(), signal_r]
+        listener = self._listener
+        if listener is not None:
+            watched.append(listener.fileno())
+        ready, _, _ = select.select(watched, [], [], seconds)
+        if listener is not None and listener.fileno() in ready:
+            try:
+                listener.drain()
+            except TinySchedulerError as exc:
+                log.warning("cross-host wake-up channel lost", extra={"fields": {
+                    "error": str(exc)}})
+                self._unlisten()
+            select.select([], [], [], MIN_GAP_SEC)
         if wake.fileno() in ready:
             wake.drain()
             select.select([], [], [], MIN_GAP_SEC)
@@ -111,5 +142,6 @@ class Daemon:
                    if self.settings.resolved()[name].value != item.value}
         log.info("SIGHUP: configuration re-read", extra={"fields": {"changed": changed}})
         reconciler.close()
+        self._unlisten()
         self.settings = settings
         return self.build(settings)

@@ -155,6 +155,11 @@ class Reconciler:
             self._launcher = make_launcher(self.settings)
         return self._launcher
 
+    def wake_listener(self):
+        """The source's cross-host wake-up channel (several hosts), or None."""
+        coordinator = self.source.coordinator
+        return coordinator.listener() if coordinator is not None else None
+
     def close(self) -> None:
         if self._source is not None:
             self._source.close()

@@ -63,7 +63,9 @@ def collect(settings) -> dict:
     disk = disk_report(settings.state_dir)
     if disk.get("problem"):
         problems.append(disk["problem"])
+    cluster = _cluster(settings, problems)
     return {
+        "cluster": cluster,
         "healthy": not problems,
         "problems": problems,
         "agents": agents,
@@ -169,6 +171,23 @@ def disk_report(path) -> dict:
     return report
 
 
+def _cluster(settings, problems: list[str]) -> dict | None:
+    """Several hosts: every host, its last heartbeat and its runs (None on one host)."""
+    from scheduler.sources import open_coordinator
+
+    try:
+        coordinator = open_coordinator(settings)
+        if coordinator is None:
+            return None
+        try:
+            return coordinator.cluster()
+        finally:
+            coordinator.close()
+    except Exception as exc:
+        problems.append(f"cluster unavailable: {exc}")
+        return {"hosts": [], "error": str(exc)}
+
+
 def _lease_row(lease, now) -> dict:
     return {
         "task": lease.task_id, "agent": lease.agent, "state": lease.state, "pid": lease.pid,
@@ -193,6 +212,7 @@ def render(report: dict) -> str:
         lines.append(f"  task {row['task']:<8} {row['agent']:<14} {row['state']:<9} "
                      f"pid {row['pid'] or '-':<7} age {row['age_sec']:>7.1f}s  "
                      f"heartbeat {row['heartbeat_age_sec']:>6.1f}s ago  attempt {row['attempt']}")
+    lines += _render_cluster(report.get("cluster"))
     lines += ["", f"OUTBOX   {report['outbox_pending']} result(s) waiting",
               f"DISPATCH {report['paused']}"]
     last = report["last_pass"]
@@ -220,3 +240,20 @@ def render(report: dict) -> str:
     lines.append("")
     lines.append("healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"]))
     return "\n".join(lines)
+
+
+def _render_cluster(cluster: dict | None) -> list[str]:
+    if cluster is None:
+        return []
+    lines = ["", f"CLUSTER ({len(cluster['hosts'])} hosts)"]
+    if cluster.get("error"):
+        lines.append(f"  unavailable: {cluster['error']}")
+    for host in cluster["hosts"]:
+        age = host["heartbeat_age_sec"]
+        state = "alive" if host["alive"] else "DEAD"
+        seen = f"heartbeat {age:.1f}s ago" if age is not None else "never seen"
+        lines.append(f"  {host['host']:<16} {state:<5} {seen}  {len(host['runs'])} run(s)")
+        for run in host["runs"]:
+            lines.append(f"    task {run['task']:<8} {run['agent']:<14} run {run['run']:<6} "
+                         f"attempt {run['attempt']}  heartbeat {run['heartbeat_age_sec']:.1f}s ago")
+    return lines
