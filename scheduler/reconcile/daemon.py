@@ -4,7 +4,8 @@ Holds the scheduler lock for its whole life. Sleeps LOOP_INTERVAL_SEC between pa
 wakes within a moment when a wrapper exits or a local task changes (a datagram on the
 wake socket) and, with several hosts on PostgreSQL, when work changes on any host
 (LISTEN/NOTIFY through the source's coordinator). SIGTERM/SIGINT: finish the current
-pass, release the lock, exit 0, leave running agents alone. SIGHUP: re-read the configuration at the next pass boundary.
+pass, release the lock, exit 0, leave running agents alone. SIGHUP: re-read the
+configuration at the next pass boundary.
 """
 
 from __future__ import annotations
