@@ -47,7 +47,8 @@ def describe(url: str) -> str:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         host = parts.hostname or (query.get("host") or ["local socket"])[0]
-        port = f":{parts.port}" if parts.port else ""
+        port_text = parts.port or (query.get("port") or [""])[0]
+        port = f":{port_text}" if port_text else ""
         user = f"{unquote(parts.username)}@" if parts.username else ""
         dbname = unquote(parts.path.lstrip("/")) or (query.get("dbname") or [""])[0]
     except ValueError:

@@ -98,7 +98,11 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 VERSION_SQL = f"SELECT version FROM {SCHEMA}.schema_version"
-EXISTS_SQL = f"SELECT to_regclass('{SCHEMA}.schema_version') IS NOT NULL"
+# Read from pg_class with the statement's snapshot, not through the catalog caches: a
+# host that waited on the migration lock must see the table its holder just created.
+EXISTS_SQL = ("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace"
+              f" n ON n.oid = c.relnamespace WHERE n.nspname = '{SCHEMA}'"
+              " AND c.relname = 'schema_version')")
 
 
 def current_version(cur: Any) -> int:
@@ -113,11 +117,10 @@ def current_version(cur: Any) -> int:
 
 def migrate(cur: Any, server: str) -> int:
     """Bring the schema to :data:`SCHEMA_VERSION` inside the caller's transaction, under
-    the advisory lock; refuses a newer schema. Returns the version."""
-    if current_version(cur) == SCHEMA_VERSION:
-        return SCHEMA_VERSION
+    the advisory lock, which must be its first statement (so what it reads next is what
+    the previous holder committed); refuses a newer schema. Returns the version."""
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-    version = current_version(cur)  # re-read under the lock
+    version = current_version(cur)
     if version > SCHEMA_VERSION:
         raise SourceError(f"postgres {server}: schema v{version} is newer than this "
                           f"tinyscheduler supports (v{SCHEMA_VERSION}); upgrade tinyscheduler")
@@ -141,5 +144,8 @@ def ensure_schema(db: Any) -> None:
     if db.url in _READY:
         return
     with db.transaction() as cur:
-        migrate(cur, db.server)
+        version = current_version(cur)
+    if version != SCHEMA_VERSION:
+        with db.transaction() as cur:
+            migrate(cur, db.server)
     _READY.add(db.url)
