@@ -41,10 +41,11 @@ test-fast: $(VENV)/.installed-dev
 demo-parallel: $(VENV)/.installed
 	@PATH="$(abspath $(BIN)):$$PATH" sh examples/parallel-repo/run.sh
 
-## chaos: the long chaos run (CHAOS_KILLS kill events per source, default 500, over the
-## local store and a fake TinyTask server); prints its figures
+## chaos: the long chaos runs (CHAOS_KILLS kill events per source, default 500, over the
+## local store and a fake TinyTask server; three hosts on PostgreSQL with kill -9, a
+## partition, a restart); prints their figures
 chaos: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py
+	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py tests/test_chaos_postgres.py
 
 ## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed-dev

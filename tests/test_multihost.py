@@ -110,3 +110,30 @@ def test_a_dead_hosts_runs_are_taken_over_exactly_once_and_its_late_result_ignor
     wait_for(lambda: doomed.tasks()[task].status == "complete", DEADLINE, "the new attempt")
     assert first[0].pid != taken[0].started(task)[0].pid
     wait_for(lambda: not doomed.runs(), DEADLINE, "no run rows left")
+
+
+def test_outage_pass_exits_1_naming_the_server_and_results_are_delivered_once(
+        make_host, pg_server):
+    host = make_host("a", {"vaela": "dev"}, {"vaela": 1}, HEARTBEAT_SEC=1,
+                     STALE_MULTIPLIER=10, HOST_TIMEOUT_SEC=30)
+    task = host.add("outage hold", "--queue", "dev")
+    host.run_once()
+    wait_for(lambda: host.started(task), DEADLINE, "the agent to start")
+    pg_server.stop()
+    try:
+        down = host.run_once(expect=1)
+        assert "postgres postgresql://postgres@" in down.stdout + down.stderr
+        last = json.loads((host.state / "last-pass.json").read_text())
+        assert any("postgres postgresql://postgres@" in e for e in last["errors"])
+        host.release(task)
+        wait_for(lambda: list((host.state / "outbox").glob("*.json")), DEADLINE,
+                 "the result to wait in the outbox")
+        assert not host.leases()
+    finally:
+        pg_server.start()
+    host.run_once()
+    assert host.statuses() == {task: "complete"}
+    assert not list((host.state / "outbox").glob("*.json"))
+    host.run_once()
+    completes = [h for h in host.history(task) if h["to_status"] == "complete"]
+    assert len(completes) == 1 and host.runs() == []
