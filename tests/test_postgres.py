@@ -415,3 +415,18 @@ def test_open_source_and_coordinator_follow_the_settings(tmp_path, pg_url):
     coordinator.close()
     local = load_settings(environ={}, cwd=tmp_path)
     assert open_coordinator(local) is None and open_source(local).coordinator is None
+
+
+def test_the_deploy_example_env_file_loads(tmp_path, pg_url):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / \
+        "tinyscheduler-postgres.env.example"
+    url_file = tmp_path / "database-url"
+    url_file.write_text(pg_url + "\n")
+    env_file = tmp_path / "tinyscheduler.env"
+    env_file.write_text(example.read_text().replace("/etc/tinyscheduler/database-url",
+                                                    str(url_file)))
+    settings = load_settings(env_file=env_file, environ={}, cwd=tmp_path)
+    assert (settings.task_source, settings.database_url) == ("postgres", pg_url)
+    assert dict(settings.global_limits) == {"vaela": 5, "damien": 2}

@@ -104,6 +104,7 @@ class Coordinator:
         return SCHEMA_VERSION
 
     def host_heartbeat(self) -> None:
+        ensure_schema(self.db)
         with self.db.transaction() as cur:
             cur.execute(
                 f"INSERT INTO {SCHEMA}.hosts (name, pid) VALUES (%s, %s) "
@@ -115,6 +116,7 @@ class Coordinator:
         ``reclaimed`` result (an attempt) in the same transaction as the row's deletion.
         Another host reclaiming at once skips the locked rows: exactly once."""
         timeout = f"{int(self.host_timeout_sec)} seconds"
+        ensure_schema(self.db)
         with self.db.transaction() as cur:
             cur.execute(
                 f"SELECT r.task_id, r.host, r.agent, r.attempt, r.token, r.fence "
@@ -145,6 +147,7 @@ class Coordinator:
     def renew(self, task_id: str, token: str) -> bool:
         """Heartbeat this attempt's run; False when it is gone (fenced). Raises
         :class:`SourceError` when the server cannot be reached."""
+        ensure_schema(self.db)
         with self.db.transaction() as cur:
             cur.execute(f"UPDATE {SCHEMA}.runs SET heartbeat_at = now() "
                         "WHERE task_id = %s AND token = %s", (task_id, token))
@@ -162,6 +165,7 @@ class Coordinator:
 
     def cluster(self) -> dict:
         """Hosts (last heartbeat, age, alive) and the runs of each, for ``status``."""
+        ensure_schema(self.db)
         with self.db.transaction() as cur:
             cur.execute(f"SELECT name, pid, heartbeat_at, "
                         "extract(epoch FROM now() - heartbeat_at) "

@@ -1,0 +1,209 @@
+"""PostgreSQL against the embedded store, on a throwaway server (tests/pgserver.py):
+
+- claims per second: 3,000 queued tasks claimed by 1 host, then by 3 hosts at once (each
+  a process with its own connection, claiming the same ready list in planner order, as
+  racing schedulers do; a task another host holds is skipped), and the same on SQLite;
+- ``run --once`` wall time (a fresh process) with an empty backlog and with 100,000
+  queued tasks (nothing can spawn: the agent's limit is 0, so it measures the ready
+  queries and planning), PostgreSQL vs the embedded store;
+- add -> start latency across hosts: a daemon on host B, tasks added on host A (through
+  the store API, one at a time); the time from the add's commit to the agent's first
+  line, median and p95.
+
+    .venv/bin/python bench/postgres.py [--runs 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _common import CONSOLE_SCRIPT, clean_env, median, table, timed, wait_until, write_agents
+from pgserver import PgServer
+
+from scheduler.errors import InvalidTransition
+from scheduler.sources.local import LocalStore
+from scheduler.sources.postgres.store import PostgresStore
+
+
+def _claim_host(kind: str, where: str, host: str, start, done) -> None:
+    store = PostgresStore(where, host=host) if kind == "postgres" else LocalStore(Path(where))
+    with store:
+        ready = store.queue_idle_unassigned("dev")
+        start.wait()
+        claimed = 0
+        for task in ready:
+            try:
+                store.claim(task.id, "ada", f"{host}-{task.id}")
+                claimed += 1
+            except InvalidTransition:
+                continue
+    done.put(claimed)
+
+
+def claims_per_second(kind: str, where: str, hosts: int, tasks: int) -> float:
+    specs = [{"title": f"t{i}", "queue": "dev"} for i in range(tasks)]
+    opened = PostgresStore(where) if kind == "postgres" else LocalStore(Path(where))
+    with opened as store:
+        store.import_tasks(specs)
+    ctx = multiprocessing.get_context("fork")
+    start, done = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_claim_host, args=(kind, where, f"h{n}", start, done))
+               for n in range(hosts)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)  # every host has its ready list
+    began = time.perf_counter()
+    start.set()
+    claimed = sum(done.get(timeout=600) for _ in workers)
+    elapsed = time.perf_counter() - began
+    for worker in workers:
+        worker.join()
+    assert claimed == tasks, (claimed, tasks)
+    return claimed / elapsed
+
+
+def seed_queued(kind: str, where: str, count: int) -> None:
+    if kind == "postgres":
+        with PostgresStore(where) as store:
+            store.add_task("seed", queue="dev")
+            store.db.query(
+                "INSERT INTO tinyscheduler.tasks (title, queue, status, created_at, updated_at) "
+                "SELECT 'queued ' || n, 'dev', 'idle', now(), now() "
+                "FROM generate_series(2, %s) n", (count,))
+            store.db.query("ANALYZE tinyscheduler.tasks")
+        return
+    with LocalStore(Path(where)) as store:
+        for start in range(0, count, 10_000):
+            store.import_tasks([{"title": f"queued {n}", "queue": "dev"}
+                                for n in range(start, min(count, start + 10_000))])
+
+
+def pass_time(base: Path, env: dict, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        elapsed, proc = timed([str(CONSOLE_SCRIPT), "--base-path", str(base), "run", "--once"],
+                              env, base)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stdout + proc.stderr)
+        times.append(elapsed)
+    return median(times)
+
+
+def passes(server: PgServer, root: Path, runs: int, queued: int) -> list[tuple]:
+    rows = []
+    for kind in ("local", "postgres"):
+        for count in (0, queued):
+            base = root / f"pass-{kind}-{count}"
+            base.mkdir()
+            write_agents(base, {"ada": "dev"})
+            settings: dict = {"TASK_SOURCE": kind, "AGENT_LIMITS": "ada=0"}
+            if kind == "postgres":
+                settings["DATABASE_URL"] = server.new_database()
+                where = settings["DATABASE_URL"]
+            else:
+                where = str(base / "state" / "tasks.db")
+            if count:
+                seed_queued(kind, where, count)
+            env = clean_env(**settings)
+            subprocess.run([str(CONSOLE_SCRIPT), "--base-path", str(base), "validate-config",
+                            "--fix"], env=env, cwd=base, capture_output=True)
+            pass_time(base, env, 1)  # migrations, caches
+            rows.append((kind, f"{count:,}", f"{pass_time(base, env, runs) * 1000:.0f} ms"))
+    return rows
+
+
+AGENT = "import sys, time; open(sys.argv[1], 'a').write('%s %.6f\\n' % (sys.argv[2], time.time()))"
+
+
+def latency(server: PgServer, root: Path, samples: int) -> tuple[float, float]:
+    url = server.new_database()
+    base = root / "host-b"
+    base.mkdir()
+    write_agents(base, {"ada": "dev"})
+    log = root / "starts.log"
+    command = " ".join(shlex.quote(p) for p in (sys.executable, "-S", "-c", AGENT, str(log)))
+    env = clean_env(TASK_SOURCE="postgres", DATABASE_URL=url, HOSTNAME="b",
+                    AGENT_LIMITS="ada=4", LOOP_INTERVAL_SEC=60,
+                    AGENT_COMMAND=command + " {task_id}")
+    daemon = subprocess.Popen([str(CONSOLE_SCRIPT), "--base-path", str(base), "run", "--daemon"],
+                              env=env, cwd=base, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    delays = []
+    try:
+        with PostgresStore(url, host="a") as store:
+            store.list_tasks()
+            wait_until(lambda: (base / "state" / "last-pass.json").exists(), 30)
+            time.sleep(0.5)
+            for _ in range(samples):
+                task = store.add_task("latency", queue="dev")
+                added = time.time()
+
+                def started(task_id: str = task.id) -> float | None:
+                    try:
+                        for line in log.read_text().splitlines():
+                            seen, at = line.split()
+                            if seen == task_id:
+                                return float(at)
+                    except FileNotFoundError:
+                        pass
+                    return None
+
+                if not wait_until(lambda: started() is not None, 10):
+                    raise RuntimeError("a task did not start within 10 s")
+                delays.append(started() - added)  # type: ignore[operator]
+                time.sleep(0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=30)
+    delays.sort()
+    return statistics.median(delays), delays[max(0, int(len(delays) * 0.95) - 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer samples")
+    args = parser.parse_args()
+    tasks, queued, samples = (600, 10_000, 10) if args.quick else (3_000, 100_000, 40)
+    server = PgServer()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tinysched-bench-") as tmp:
+            root = Path(tmp)
+            rows = []
+            for kind in ("local", "postgres"):
+                for hosts in (1, 3):
+                    where = (server.new_database() if kind == "postgres"
+                             else str(root / f"claims-{hosts}.db"))
+                    rate = claims_per_second(kind, where, hosts, tasks)
+                    rows.append((kind, hosts, f"{rate:,.0f}"))
+            print(f"claims per second ({tasks:,} queued tasks)")
+            print(table(("store", "hosts", "claims/s"), rows))
+            print()
+            print(f"run --once wall time (median of {args.runs}, fresh process)")
+            print(table(("store", "queued", "pass"), passes(server, root, args.runs, queued)))
+            print()
+            mid, p95 = latency(server, root, samples)
+            print(f"add -> start across hosts ({samples} tasks): median {mid * 1000:.0f} ms, "
+                  f"p95 {p95 * 1000:.0f} ms")
+            print(json.dumps({"latency_median_ms": round(mid * 1000, 1),
+                              "latency_p95_ms": round(p95 * 1000, 1)}))
+    finally:
+        server.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
