@@ -66,6 +66,9 @@ def pg_server():
 
 
 @pytest.fixture
-def pg_url(pg_server) -> str:
-    """The URL of a fresh, empty database on the test server."""
-    return pg_server.new_database()
+def pg_url(pg_server) -> Iterator[str]:
+    """The URL of a fresh, empty database on the test server (dropped afterwards)."""
+    url = pg_server.new_database()
+    yield url
+    if pg_server.running():
+        pg_server.drop_database(url)
