@@ -13,6 +13,8 @@ from multihost import Host
 from test_daemon import start_daemon, stop
 from test_reconciler import kill_leftovers, wait_for
 
+from scheduler import clock
+
 pytestmark = pytest.mark.processes
 
 DEADLINE = 15.0
@@ -37,14 +39,24 @@ def make_host(tmp_path, pg_url):
             child.communicate()
 
 
+def listening(host: Host) -> bool:
+    with host.store() as store:
+        return bool(store.db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE query = 'LISTEN tinyscheduler_wake' "
+            "AND datname = current_database()"))
+
+
 def test_a_task_added_on_one_host_starts_on_another_within_a_second(make_host):
     adder = make_host("a", {"nobody": "elsewhere"}, {"nobody": 0}, LOOP_INTERVAL_SEC=60)
     runner = make_host("b", {"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
     daemon = start_daemon(runner)
-    time.sleep(0.2)  # let the daemon reach its sleep (LISTEN is set up before it)
-    added_at = time.time()
-    task = adder.add("cross-host", "--queue", "dev")
+    wait_for(lambda: listening(runner), DEADLINE, "host b's daemon to LISTEN")
+    proc = adder.cli("task", "add", "cross-host", "--queue", "dev", "--json")
+    assert proc.returncode == 0, proc.stderr
+    added = json.loads(proc.stdout)
+    task, added_at = added["id"], clock.from_iso(added["created_at"]).timestamp()
     started = wait_for(lambda: runner.started(task), DEADLINE, "the task to start on host b")
+    # from the add's commit (not the CLI's start-up) to the agent's first line
     latency = started[0].at - added_at
     assert latency < 1.0, f"add -> start across hosts took {latency:.3f} s"
     wait_for(lambda: adder.statuses()[task] == "complete", DEADLINE, "the task to complete")
