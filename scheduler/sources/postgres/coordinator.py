@@ -18,6 +18,7 @@ backlog without running a task twice.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from scheduler.sources.postgres.db import Database
 from scheduler.sources.postgres.schema import SCHEMA, ensure_schema
 
 CHANNEL = "tinyscheduler_wake"
+#: A daemon woken many times a second heartbeats its host at most this often.
+HOST_HEARTBEAT_EVERY_SEC = 1.0
 #: Namespace of the per-agent transaction locks that serialise global-limit checks.
 _LIMIT_LOCK_SPACE = 0x7473
 
@@ -51,6 +54,8 @@ class Coordinator:
         self.host = host
         self.global_limits = dict(global_limits or {})
         self.host_timeout_sec = host_timeout_sec
+        self._last_heartbeat = float("-inf")
+        self._last_reclaim_check = float("-inf")
 
     @classmethod
     def from_settings(cls, settings: Any, db: Database | None = None) -> Coordinator:
@@ -104,17 +109,27 @@ class Coordinator:
         return SCHEMA_VERSION
 
     def host_heartbeat(self) -> None:
+        """Record this host as alive (at most once a second: passes woken in a burst
+        skip it)."""
+        if time.monotonic() - self._last_heartbeat < HOST_HEARTBEAT_EVERY_SEC:
+            return
         ensure_schema(self.db)
         with self.db.transaction() as cur:
             cur.execute(
                 f"INSERT INTO {SCHEMA}.hosts (name, pid) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), pid = EXCLUDED.pid",
                 (self.host, os.getpid()))
+        self._last_heartbeat = time.monotonic()
 
     def reclaim_dead(self, apply: Callable[[Any, Result], object]) -> list[Result]:
         """Reclaim the runs of dead hosts: for each, ``apply(cur, result)`` records a
         ``reclaimed`` result (an attempt) in the same transaction as the row's deletion.
-        Another host reclaiming at once skips the locked rows: exactly once."""
+        Another host reclaiming at once skips the locked rows: exactly once. Checked at
+        most every HOST_TIMEOUT_SEC / 10 (a host is dead only after HOST_TIMEOUT_SEC)."""
+        now = time.monotonic()
+        if now - self._last_reclaim_check < self.host_timeout_sec / 10:
+            return []
+        self._last_reclaim_check = now
         timeout = f"{int(self.host_timeout_sec)} seconds"
         ensure_schema(self.db)
         with self.db.transaction() as cur:
