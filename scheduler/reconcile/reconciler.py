@@ -157,6 +157,10 @@ class Reconciler:
 
     def wake_listener(self):
         """The source's cross-host wake-up channel (several hosts), or None."""
+        from scheduler.sources import several_hosts
+
+        if not several_hosts(self.settings):
+            return None
         coordinator = self.source.coordinator
         return coordinator.listener() if coordinator is not None else None
 
@@ -281,8 +285,10 @@ class Reconciler:
 
     def _coordinate(self, summary: PassSummary) -> None:
         """Several hosts: heartbeat this host, reclaim the runs of dead ones."""
-        if self.source.coordinator is None:
-            return
+        from scheduler.sources import several_hosts
+
+        if not several_hosts(self.settings) or self.source.coordinator is None:
+            return  # one host: the source is not even opened for this
         try:
             self.source.coordinator.host_heartbeat()
             reclaimed = self.source.reclaim_dead_hosts(self.policy)

@@ -24,10 +24,16 @@ def open_source(settings):
     return LocalStore.from_settings(settings)
 
 
+def several_hosts(settings) -> bool:
+    """Do these settings share the backlog between hosts (a run coordinator)?"""
+    return settings.task_source == "postgres" or getattr(settings, "coordinator", "") == \
+        "postgres"
+
+
 def open_coordinator(settings):
     """The run coordinator of a multi-host setup (renewing a wrapper's run), or None on
     one host."""
-    if settings.task_source == "postgres" or getattr(settings, "coordinator", "") == "postgres":
+    if several_hosts(settings):
         from scheduler.sources.postgres.coordinator import Coordinator
 
         return Coordinator.from_settings(settings)
