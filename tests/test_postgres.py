@@ -165,6 +165,7 @@ def cli_env(tmp_path, monkeypatch):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TINYSCHEDULER_TASK_SOURCE", "postgres")
+    monkeypatch.setenv("TINYSCHEDULER_AGENT_COMMAND", "true")
 
     def run(url: str, *args: str) -> tuple[int, str]:
         monkeypatch.setenv("TINYSCHEDULER_DATABASE_URL", url)
