@@ -152,14 +152,8 @@ def test_database_settings_errors(tmp_path, environ, message):
 
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch):
-    """``run(url, *args)``: the CLI in this process. ``run --once`` configures the project
-    logger (own handlers, no propagation); it is put back afterwards for later tests."""
-    import logging
-
-    logger = logging.getLogger("tinyscheduler")
-    monkeypatch.setattr(logger, "handlers", list(logger.handlers))
-    monkeypatch.setattr(logger, "propagate", logger.propagate)
-    monkeypatch.setattr(logger, "level", logger.level)
+    """``run(url, *args)``: the CLI in this process (conftest puts the project logger
+    back afterwards)."""
     for name in list(os.environ):
         if name.startswith("TINYSCHEDULER_"):
             monkeypatch.delenv(name)
