@@ -110,7 +110,7 @@ def passes(server: PgServer, root: Path, runs: int, queued: int) -> list[tuple]:
             base = root / f"pass-{kind}-{count}"
             base.mkdir()
             write_agents(base, {"ada": "dev"})
-            settings: dict = {"TASK_SOURCE": kind, "AGENT_LIMITS": "ada=0"}
+            settings: dict = {"TASK_SOURCE": kind, "AGENT_LIMITS": "ada=0", "AGENT_COMMAND": "true"}
             if kind == "postgres":
                 settings["DATABASE_URL"] = server.new_database()
                 where = settings["DATABASE_URL"]
