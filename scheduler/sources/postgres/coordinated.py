@@ -44,6 +44,9 @@ class CoordinatedSource:
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         return self.inner.current(task_ids)
 
+    def working(self) -> list[Task]:
+        return self.inner.working()
+
     def claim(self, task_id: str, agent: str, token: str) -> None:
         with self.coordinator.db.transaction() as cur:
             self.coordinator.claim_run(cur, str(task_id), agent, 0, token)

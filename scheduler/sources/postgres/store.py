@@ -64,7 +64,8 @@ _COLUMNS = f"""
     (SELECT array_agg(b.blocker_id ORDER BY b.blocker_id) FROM {B} b
      WHERE b.task_id = t.id) AS blocker_ids,
     EXISTS (SELECT 1 FROM {B} b JOIN {T} bt ON bt.id = b.blocker_id
-            WHERE b.task_id = t.id AND bt.status <> 'complete') AS blocked
+            WHERE b.task_id = t.id AND bt.status <> 'complete') AS blocked,
+    t.lease_token
 """
 SELECT_TASKS = f"SELECT {_COLUMNS} FROM {T} t"
 READY_QUEUE_SQL = (f"{SELECT_TASKS} WHERE t.status = 'idle' AND t.queue = %s "
@@ -76,13 +77,14 @@ _STATUS_KEYS = _STATUS_COLUMNS.split(", ")
 
 def _row_to_task(row: tuple) -> Task:
     (task_id, title, description, queue, assignee, status, priority, recipe, attempts,
-     last_error, not_before, created_at, files, blockers, blocked) = row
+     last_error, not_before, created_at, files, blockers, blocked, lease_token) = row
     return Task(
         id=str(task_id), title=title, description=description, queue=queue,
         assignee=assignee, status=status, priority=priority, created_at=created_at,
         blocked_by=tuple(str(b) for b in blockers or ()), is_blocked=bool(blocked),
         recipe=recipe, attempts=attempts, not_before=not_before,
         parked=status == FAILED, last_error=last_error, files=tuple(files or ()),
+        lease_token=lease_token,
     )
 
 
@@ -195,6 +197,12 @@ class PostgresStore:
             if number is not None:
                 found[key] = by_number.get(number)
         return found
+
+    def working(self) -> list[Task]:
+        """Every working task, on any host, with its lease token (a scheduler requeues only
+        those under its own tokens)."""
+        return [_row_to_task(r) for r in self._query(
+            f"{SELECT_TASKS} WHERE t.status = 'working' ORDER BY t.id")]
 
     def claim(self, task_id: str, agent: str, token: str) -> None:
         """idle -> working and the run row, in one transaction; the task row is taken
