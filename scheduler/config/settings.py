@@ -28,6 +28,7 @@ from scheduler.bounds import (
     ATTEMPT_LOG_MAX_MB_BOUNDS,
     HEARTBEAT_SEC_BOUNDS,
     HOOK_TIMEOUT_BOUNDS,
+    HOST_TIMEOUT_BOUNDS,
     IDLE_TIMEOUT_BOUNDS,
     KILL_GRACE_BOUNDS,
     LIMIT_BOUNDS,
@@ -344,7 +345,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("GLOBAL_LIMITS", "", parse_agent_limits,
            "Runs per agent across all hosts (postgres), on top of AGENT_LIMITS; "
            "JSON object or a=1,b=2.", "vaela=5,damien=2", default_note="no global limits"),
-    Option("HOST_TIMEOUT_SEC", "120", _int_parser(2),
+    _whole("HOST_TIMEOUT_SEC", "120", HOST_TIMEOUT_BOUNDS,
            "Several hosts: a host silent this long is dead and its runs are reclaimed "
            "elsewhere; must exceed HEARTBEAT_SEC x STALE_MULTIPLIER.", "300"),
     Option("MCP_ENDPOINT", "", _parse_endpoint, "TinyTask server base URL (without /api/v1).",

@@ -36,7 +36,7 @@ from scheduler.errors import (
     UnsafePath,
 )
 from scheduler.fsutil import ensure_private_dir, open_private
-from scheduler.names import NAME_RULE, TEXT_RULE, is_valid_name, text_problem
+from scheduler.names import NAME_RULE, is_valid_name
 from scheduler.sources.base import (
     ACTOR_SCHEDULER,
     CANCELLED,
