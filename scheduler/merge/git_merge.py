@@ -10,6 +10,11 @@ run in a temporary detached worktree that is removed afterwards.
 
 A merge is idempotent: a branch whose tip is already in the target is reported as
 merged without a new commit, so a merge redone after a crash never merges twice.
+
+git runs like every other git call of tinyscheduler (``scheduler.workspace.gitcmd``): the
+same configuration (no repository hooks, no signing) and environment, and the same
+per-repository lock around what git does not make safe to run concurrently (ref updates,
+worktree add and remove). A long check calls ``tick`` (the wrapper's heartbeat).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from scheduler import faults
+from scheduler.workspace import gitcmd
+from scheduler.workspace.process import Tick
 
 #: Longest any single git command may run.
 GIT_TIMEOUT_SEC = 120
@@ -35,8 +43,12 @@ CHECK_TAIL_CHARS = 2000
 MERGED, NO_CHANGES, CONFLICT, CHECK_FAILED = "merged", "no_changes", "conflict", "check_failed"
 
 
-class GitError(RuntimeError):
+class GitError(gitcmd.GitError):
     """A git command failed in a way the merge cannot handle; the message names it."""
+
+
+def _no_lock() -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 @dataclass(frozen=True)
@@ -59,13 +71,18 @@ class Git:
 
     repo: Path
     timeout: float = GIT_TIMEOUT_SEC
+    #: The repository's lock (``gitcmd.repo_lock``), held around ref updates and
+    #: worktree add/remove; none by default.
+    lock: Callable[[], AbstractContextManager[object]] = _no_lock
+    #: Called every ``tick_every`` seconds while a check runs; False stops it.
+    tick: Tick | None = None
+    tick_every: float = 15.0
 
     def run(self, *args: str, check: bool = True, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C",
-                    "GIT_OPTIONAL_LOCKS": "0", **(env or {})}
+        full_env = gitcmd.git_env(env)
         try:
-            proc = subprocess.run(["git", "-C", str(cwd or self.repo), *args],
+            proc = subprocess.run(["git", "-C", str(cwd or self.repo), *gitcmd.CONFIG, *args],
                                   capture_output=True, text=True, timeout=self.timeout,
                                   env=full_env, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
@@ -89,7 +106,14 @@ class Git:
 
     def cas(self, ref: str, new: str, old: str, message: str) -> bool:
         """Move ``ref`` from ``old`` to ``new``; False when it no longer points at ``old``."""
-        proc = self.run("update-ref", "-m", message, ref, new, old, check=False)
+        with self.lock():
+            proc = self.run("update-ref", "-m", message, ref, new, old, check=False)
+        return proc.returncode == 0
+
+    def delete_branch(self, branch: str, expected: str) -> bool:
+        """Delete ``branch`` if it still points at ``expected``."""
+        with self.lock():
+            proc = self.run("update-ref", "-d", f"refs/heads/{branch}", expected, check=False)
         return proc.returncode == 0
 
 
@@ -235,7 +259,7 @@ def _run_check(git: Git, commit: str, check: Check, scratch: Path) -> tuple[floa
             proc = subprocess.Popen(list(check.argv), cwd=work, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-            passed = _wait(proc, check)
+            passed = _wait(proc, check, git.tick, git.tick_every)
         spent = time.monotonic() - started
         tail = _tail(log_path, CHECK_TAIL_CHARS)
         log_path.unlink(missing_ok=True)
@@ -245,9 +269,21 @@ def _run_check(git: Git, commit: str, check: Check, scratch: Path) -> tuple[floa
         return spent, tail, passed
 
 
-def _wait(proc: subprocess.Popen[bytes], check: Check) -> bool | None:
+def _wait(proc: subprocess.Popen[bytes], check: Check, tick: Tick | None,
+          tick_every: float) -> bool | None:
+    deadline = time.monotonic() + check.timeout_sec
     try:
-        return proc.wait(timeout=check.timeout_sec) == 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return proc.wait(timeout=max(0.0, min(left, tick_every))) == 0
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    raise
+                if tick is not None and not tick():
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise GitError("the lease was lost while the merge check ran") from None
     except subprocess.TimeoutExpired:
         _signal_group(proc.pid, signal.SIGTERM)
         try:
@@ -287,14 +323,17 @@ class _worktree:  # noqa: N801 - used as a context manager, like open()
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.git.run("worktree", "add", "--detach", "--quiet", str(self.path), self.commit)
+        with self.git.lock():
+            self.git.run("worktree", "add", "--detach", "--quiet", str(self.path),
+                         self.commit)
         return self.path
 
     def __exit__(self, *_exc: object) -> None:
-        self.git.run("worktree", "remove", "--force", str(self.path), check=False)
-        if self.path.exists():
-            shutil.rmtree(self.path, ignore_errors=True)
-        self.git.run("worktree", "prune", check=False)
+        with self.git.lock():
+            self.git.run("worktree", "remove", "--force", str(self.path), check=False)
+            if self.path.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+            self.git.run("worktree", "prune", check=False)
 
 
 def clean_scratch(git: Git, scratch: Path, is_live: Callable[[Path], bool] = lambda _: False
@@ -304,4 +343,5 @@ def clean_scratch(git: Git, scratch: Path, is_live: Callable[[Path], bool] = lam
         for entry in scratch.iterdir():
             if entry.name.startswith("merge-") and not is_live(entry):
                 shutil.rmtree(entry, ignore_errors=True)
-    git.run("worktree", "prune", check=False)
+    with git.lock():
+        git.run("worktree", "prune", check=False)

@@ -19,7 +19,7 @@ GIT_TIMEOUT_SEC = 300
 #: Longest a wrapper waits for another one's git operation on the same repository.
 LOCK_TIMEOUT_SEC = 600
 #: Configuration every call carries: no hooks of the repository, no signing, no pager.
-_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false",
+CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false",
            "-c", "core.pager=cat", "-c", "advice.detachedHead=false")
 
 
@@ -41,7 +41,7 @@ def run(repo: Path, *args: str, check: bool = True, env: Mapping[str, str] | Non
         tick: Tick | None = None, tick_every: float = 15.0,
         timeout: float = GIT_TIMEOUT_SEC) -> Finished:
     """``git -C repo args...``; raises :class:`GitError` on failure when ``check``."""
-    argv = ["git", "-C", str(repo), *_CONFIG, *args]
+    argv = ["git", "-C", str(repo), *CONFIG, *args]
     done = run_bounded(argv, cwd=repo if repo.is_dir() else "/", env=env or git_env(),
                        timeout=timeout, tick=tick, tick_every=tick_every)
     if check and not done.ok:
@@ -74,9 +74,18 @@ def lock_path(state_dir: Path, repo: Path) -> Path:
 def repo_lock(state_dir: Path, repo: Path, *, tick: Tick | None = None,
               tick_every: float = 15.0, timeout: float = LOCK_TIMEOUT_SEC) -> Iterator[None]:
     """Hold the repository's lock (a kernel flock: a killed holder frees it at once)."""
+    with held(lock_path(state_dir, repo), tick=tick, tick_every=tick_every, timeout=timeout,
+              what="the git lock"):
+        yield
+
+
+@contextmanager
+def held(path: Path, *, tick: Tick | None = None, tick_every: float = 15.0,
+         timeout: float = LOCK_TIMEOUT_SEC, what: str = "the lock") -> Iterator[None]:
+    """Hold the kernel flock ``path``, waiting at most ``timeout`` seconds and calling
+    ``tick`` every ``tick_every`` seconds while waiting (False from it: give up)."""
     from filelock import Timeout
 
-    path = lock_path(state_dir, repo)
     ensure_private_dir(path.parent)
     lock = kernel_flock(path, on_acquired=lambda _fd: None)
     deadline = time.monotonic() + timeout
@@ -87,10 +96,10 @@ def repo_lock(state_dir: Path, repo: Path, *, tick: Tick | None = None,
             break
         except Timeout:
             if time.monotonic() >= deadline:
-                raise GitError(f"another process held the git lock {path} for more than "
-                               f"{timeout} s") from None
+                raise GitError(f"another process held {what} {path} for more than "
+                               f"{timeout:g} s") from None
             if tick is not None and not tick():
-                raise GitError("the lease was lost while waiting for the git lock") from None
+                raise GitError(f"the lease was lost while waiting for {what}") from None
     try:
         yield
     finally:
