@@ -21,6 +21,12 @@ POINTS = ("after-lease", "after-claim", "after-spawn", "after-reclaim-report")
 #: between registering a worktree and checking it out, and once it is checked out but
 #: not yet recorded as ready.
 WORKSPACE_POINTS = ("workspace-after-lock", "workspace-mid-add", "workspace-after-add")
+#: The points of the merge queue (in the wrapper, after the agent succeeded): marked as
+#: merging, holding the target's merge lock, the merge computed but not checked, checked
+#: but the target not moved, the target moved (compare-and-swap done), and the result
+#: recorded but the branch and worktree not yet removed.
+MERGE_POINTS = ("merge-after-mark", "merge-after-lock", "merge-before-check",
+                "merge-before-cas", "merge-after-cas", "merge-before-cleanup")
 
 #: The points of the merge executor (scheduler/merge/git_merge.py).
 MERGE_POINTS = ("merge-before-check", "merge-before-cas", "merge-after-cas")

@@ -27,10 +27,11 @@ from scheduler.agents import prompt, ratelimit, result_file
 from scheduler.agents.result_file import AgentResult
 from scheduler.errors import AlreadyLeased, ConfigError, LeaseError, SourceError
 from scheduler.fsutil import ensure_private_dir
+from scheduler.merge import git_merge, landing
 from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
 from scheduler.state import outbox, taskfile, throttles, wake
-from scheduler.state.leases import FINISHING, Lease, LeaseStore
+from scheduler.state.leases import FINISHING, MERGING, Lease, LeaseStore
 from scheduler.workspace import limits, modes, sandbox
 from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
 from wrapper.agent import AgentProcess
@@ -100,6 +101,9 @@ class Supervisor:
         """The attempt log, open from before the agent starts to after it ended."""
         assert self.log is not None
         return self.log
+        self._landed: landing.Landed | None = None
+        self._merge_detail: dict = {}
+        self._merge_park = False
 
     # --- the whole life ------------------------------------------------------------------
 
@@ -161,6 +165,13 @@ class Supervisor:
                 modes.end(self.context, self.workspace, attempt.outcome)
             except Exception as exc:  # the outcome stands whatever the cleanup does
                 self._line(f"workspace: after the attempt: {exc!r}")
+            if self._merges(attempt):
+                self._land(lease, attempt)
+                if attempt.fenced:
+                    self._footer(attempt, time.monotonic() - started)
+                    self._line(f"lease of task {self.task_id} was lost during the merge: "
+                               "nothing reported")
+                    return 0
         duration = time.monotonic() - started
         self._footer(attempt, duration)
         result = self._result(lease, attempt, duration, log_path, said)
@@ -173,7 +184,10 @@ class Supervisor:
         self._record(result)
         if self.workspace is not None and self.context is not None:
             try:
-                modes.tidy(self.context, self.workspace, attempt.outcome)
+                if self._landed is not None:
+                    landing.tidy(self.context, self.workspace, self._landed)
+                else:
+                    modes.tidy(self.context, self.workspace, attempt.outcome)
             except Exception as exc:
                 self._line(f"workspace: cleanup failed: {exc!r}")
         self._retry(lambda: self.store.delete(self.task_id, self.token), "deleting the lease",
@@ -261,6 +275,106 @@ class Supervisor:
                 time.sleep(delay)
                 delay = min(delay * 2, KEEP_RETRY_MAX_SEC)
 
+    # --- the merge queue ---------------------------------------------------------------
+
+    def _merges(self, attempt: Attempt) -> bool:
+        return (attempt.outcome == base.SUCCEEDED and self.settings.merge != "off"
+                and self.workspace is not None and self.workspace.mode == "worktree"
+                and self.context is not None)
+
+    def _land(self, lease, attempt: Attempt) -> None:
+        """Merge the branch of a succeeded attempt; the attempt's outcome and note say how
+        it went (see scheduler.merge.landing)."""
+        assert self.workspace is not None and self.context is not None
+        started = time.monotonic()
+        try:
+            landed = landing.land(self.context, self.workspace,
+                                  lambda files: self._merging(lease, files))
+        except Exception as exc:  # a bug here must still leave a result behind
+            landed = landing.Landed(landing.ERROR, self.settings.target_branch,
+                                    error=f"wrapper error: {exc!r}")
+        if self._fenced or (landed.outcome == landing.ERROR and "lease was lost" in landed.error):
+            attempt.fenced = True
+            return
+        self._landed = landed
+        spent = time.monotonic() - started
+        target = landed.target
+        short = landed.commit[:12]
+        if landed.outcome == git_merge.MERGED:
+            files = ", ".join(landed.changed_files[:20]) + \
+                (f" and {len(landed.changed_files) - 20} more"
+                 if len(landed.changed_files) > 20 else "")
+            text = (f"merged into {target} as {short}"
+                    + (" (it had landed before the interruption)" if landed.already else "")
+                    + f"; {len(landed.changed_files)} file(s) changed: {files}"
+                    + (f"; check {landed.check_sec:.1f} s" if self.settings.merge_check_command
+                       else ""))
+            self._merge_detail = {
+                "commit": landed.commit, "target": target, "before": landed.target_before,
+                "changed_files": list(landed.changed_files), "check_sec":
+                    round(landed.check_sec, 3), "merge_sec": round(spent, 3)}
+            url = landing.link(self.settings, landed.commit, self.task_id)
+            if url:
+                self._merge_detail["link"] = url
+                text += f"; {url}"
+            text += "".join(f"; {n}" for n in landed.notes)
+        elif landed.outcome == git_merge.NO_CHANGES:
+            text = f"no changes: the branch has no commits beyond {target}; nothing merged"
+        elif landed.outcome == git_merge.CONFLICT:
+            attempt.outcome = base.MERGE_CONFLICT
+            park = self.settings.merge_conflict == "park"
+            text = (f"merge conflict with {target} ({landed.target_before[:12]}) in "
+                    f"{', '.join(landed.conflicts)}; {target} untouched; "
+                    + ("parked for a person (MERGE_CONFLICT=park)" if park else
+                       f"the next attempt starts fresh from {target}"))
+            self._merge_detail = {"conflicts": list(landed.conflicts), "target": target,
+                                  "target_at": landed.target_before,
+                                  "changed_files": list(landed.changed_files)}
+            if park:
+                self._merge_park = True
+        elif landed.outcome == git_merge.CHECK_FAILED:
+            attempt.outcome = base.CHECK_FAILED
+            tail = " ".join(landed.check_tail.split())[-300:]
+            text = (f"merge check failed after {landed.check_sec:.1f} s; {target} untouched: "
+                    f"{tail}")
+            self._merge_detail = {"target": target, "target_at": landed.target_before,
+                                  "check_sec": round(landed.check_sec, 3),
+                                  "check_tail": landed.check_tail[-2000:],
+                                  "changed_files": list(landed.changed_files)}
+        else:
+            attempt.outcome = base.OUTCOME_FAILED
+            text = f"merge into {target} failed: {landed.error}"
+        attempt.note = "; ".join(n for n in (attempt.note, text) if n)
+        self._line(f"merge: {landed.outcome}: {text} ({spent:.2f} s)")
+
+    def _merging(self, lease, files: tuple[str, ...]) -> None:
+        """The branch waits to merge: the lease says so and holds the files it changed."""
+        target = self.settings.target_branch
+        metadata = {**(lease.metadata or {}), "changed_files": list(files),
+                    "merging_into": target}
+        if self.store.heartbeat(self.task_id, self.token, clock.now(), state=MERGING,
+                                metadata=metadata) is None:
+            self._fenced = True
+            raise git_merge.GitError("the lease was lost before the merge")
+        shown = ", ".join(files[:10]) + (" ..." if len(files) > 10 else "")
+        self._line(f"merging into {target}: {len(files)} file(s) changed: {shown}")
+        self._note_source(f"merging into {target}: {len(files)} file(s) changed: {shown}")
+
+    def _note_source(self, text: str) -> None:
+        """A history note (or comment) that changes nothing; best effort."""
+        from scheduler.sources import open_source
+
+        try:
+            source = open_source(self.settings)
+            try:
+                note = getattr(source, "note", None)
+                if note is not None:
+                    note(self.task_id, text)
+            finally:
+                source.close()
+        except Exception as exc:
+            self._line(f"could not write the note to the task source ({exc})")
+
     # --- launching ----------------------------------------------------------------------
 
     def _launch_and_wait(self, lease, log_path: Path) -> Attempt:
@@ -285,6 +399,13 @@ class Supervisor:
                 return Attempt(base.NOT_STARTED, note=str(exc))
             return Attempt(base.LAUNCH_FAILED, note=str(exc))
         workspace = self.workspace
+        if workspace is not None and workspace.mode == "worktree" \
+                and self.settings.merge != "off" and landing.interrupted(self.context):
+            self._header(lease, [])
+            self._line("an earlier attempt was stopped while merging its branch: the merge "
+                       "is finished now and the agent is not run again")
+            return Attempt(base.SUCCEEDED, exit_code=0,
+                           note="finished the merge an earlier attempt began")
         values = {
             "task_id": self.task_id, "agent": lease.agent, "queue": lease.queue or "",
             "attempt": str(lease.attempt), "recipe": "", "recipe_path": "",
@@ -697,6 +818,10 @@ class Supervisor:
                 detail["files_changed"] = list(said.files_changed)
         if self._judged_problem:
             detail["result_file"] = self._judged_problem
+        if self._merge_detail:
+            detail["merge"] = self._merge_detail
+        if self._merge_park:
+            detail["park"] = True
         return Result(
             task_id=self.task_id, agent=lease.agent, attempt=lease.attempt,
             outcome=attempt.outcome, token=self.token,

@@ -37,6 +37,7 @@ from scheduler.bounds import (
     MAX_ATTEMPTS_BOUNDS,
     MAX_RUNTIME_BOUNDS,
     MAX_TOTAL_RUNTIME_BOUNDS,
+    MERGE_CHECK_TIMEOUT_BOUNDS,
     METRICS_MAX_MB_BOUNDS,
     MIN_FREE_DISK_MB_BOUNDS,
     RATE_LIMIT_BACKOFF_BOUNDS,
@@ -213,6 +214,21 @@ def parse_patterns(text: str) -> tuple[str, ...]:
 
 def _parse_optional_command(text: str) -> str:
     return _parse_command(text) if text.strip() else ""
+
+
+_LINK_PLACEHOLDERS = ("commit", "task_id", "target")
+
+
+def _parse_link_template(text: str) -> str:
+    """A text with ``{commit}``, ``{task_id}``, ``{target}`` placeholders only."""
+    import re
+
+    value = text.strip()
+    for name in re.findall(r"\{([^{}]*)\}", value):
+        if name not in _LINK_PLACEHOLDERS:
+            raise ValueError(f"unknown placeholder {{{name}}}; accepted: a text with "
+                             + ", ".join(f"{{{p}}}" for p in _LINK_PLACEHOLDERS))
+    return value
 
 
 def _parse_path_list(text: str) -> tuple[Path, ...]:
@@ -461,6 +477,28 @@ OPTIONS: tuple[Option, ...] = (
            default_note="none"),
     _whole("HOOK_TIMEOUT_SEC", "300", HOOK_TIMEOUT_BOUNDS,
            "Longest a hook may run (then SIGTERM, SIGKILL after KILL_GRACE_SEC).", "600"),
+    # --- the merge queue (docs/merge-queue.md) ---
+    Option("MERGE", "", _choice_parser("off", "merge", "rebase"),
+           "worktree mode: how a succeeded task's branch lands on TARGET_BRANCH: merge (a "
+           "merge commit), rebase (its commits replayed), or off (the branch is left).",
+           "rebase", default_note="merge in worktree mode, off otherwise"),
+    Option("MERGE_CHECK_COMMAND", "", _parse_optional_command,
+           "Argv run on the merged result before the target moves; a failure leaves the "
+           "target unchanged (check_failed).", "make test", default_note="none"),
+    _whole("MERGE_CHECK_TIMEOUT_SEC", "600", MERGE_CHECK_TIMEOUT_BOUNDS,
+           "Longest the merge check may run (then SIGTERM, SIGKILL after KILL_GRACE_SEC).",
+           "1800"),
+    Option("MERGE_CONFLICT", "retry", _choice_parser("retry", "park"),
+           "A merge conflict re-runs the task on a fresh workspace from the new target "
+           "(retry, counts as an attempt) or parks it for a person (park).", "park"),
+    Option("HOOK_AFTER_MERGE", "", _parse_optional_command,
+           "Hook argv run after a successful merge ({task_id} {commit} {target} {branch}); "
+           "a failure is reported and never undoes the merge.", "git push origin main",
+           default_note="none"),
+    Option("MERGE_LINK_TEMPLATE", "", _parse_link_template,
+           "A link to a merge commit for results and TinyTask comments ({commit} "
+           "{task_id} {target}).", "https://git.example.com/repo/commit/{commit}",
+           default_note="none"),
     _whole("AGENT_MEMORY_MAX_MB", "0", AGENT_MEMORY_MAX_MB_BOUNDS,
            "Address-space limit of an agent (setrlimit RLIMIT_AS); 0 = none.", "4096"),
     _whole("AGENT_CPU_MAX_SEC", "0", AGENT_CPU_MAX_BOUNDS,
@@ -561,6 +599,12 @@ class Settings:
     hook_after_run: str = ""
     hook_before_remove: str = ""
     hook_timeout_sec: int = 300
+    merge: str = "off"
+    merge_check_command: str = ""
+    merge_check_timeout_sec: int = 600
+    merge_conflict: str = "retry"
+    hook_after_merge: str = ""
+    merge_link_template: str = ""
     agent_memory_max_mb: int = 0
     agent_cpu_max_sec: int = 0
     agent_file_max_mb: int = 0
@@ -803,6 +847,12 @@ def _check_workspaces(values: dict[str, Any], origins: Mapping[str, str]) -> Non
     """worktree mode needs REPO_DIR and a target branch (default: REPO_DIR's own branch);
     workspaces may not live inside REPO_DIR's working tree (that would modify it)."""
     mode = values["WORKSPACE_MODE"]
+    if not values["MERGE"]:
+        values["MERGE"] = "merge" if mode == "worktree" else "off"
+    elif values["MERGE"] != "off" and mode != "worktree":
+        raise ConfigError(f"{PREFIX}MERGE={values['MERGE']} (from {origins['MERGE']}) needs "
+                          f"{PREFIX}WORKSPACE_MODE=worktree (it is {mode}); accepted: off, or "
+                          "set WORKSPACE_MODE=worktree")
     if mode == "directory" and values["WORKSPACE_TEMPLATE"] is not None \
             and not values["WORKSPACE_TEMPLATE"].is_dir():
         raise ConfigError(f"{PREFIX}WORKSPACE_TEMPLATE={values['WORKSPACE_TEMPLATE']} (from "

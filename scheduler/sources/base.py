@@ -36,8 +36,14 @@ NOT_STARTED = "not_started"
 RATE_LIMITED = "rate_limited"
 #: The agent asks for a person: the task is parked with its summary, not retried.
 NEEDS_HUMAN = "needs_human"
+#: The merge queue: the agent succeeded but its branch conflicts with the target (counts
+#: as an attempt; parked instead when the result's detail says ``park``), or the merge
+#: check failed on the merged result (like a failed attempt).
+MERGE_CONFLICT = "conflict"
+CHECK_FAILED = "check_failed"
 OUTCOMES = (SUCCEEDED, OUTCOME_FAILED, KILLED, TIMED_OUT, STALLED, OUTCOME_CANCELLED,
-            LAUNCH_FAILED, RECLAIMED, NOT_STARTED, RATE_LIMITED, NEEDS_HUMAN)
+            LAUNCH_FAILED, RECLAIMED, NOT_STARTED, RATE_LIMITED, NEEDS_HUMAN, MERGE_CONFLICT,
+            CHECK_FAILED)
 
 #: Actor names written into the audit trail / comments.
 ACTOR_SCHEDULER = "tinyscheduler"
@@ -150,6 +156,21 @@ def agent_summary(result: Result) -> str:
     return lines[0] if lines else ""
 
 
+def parks(result: Result) -> bool:
+    """True when the result asks for a person rather than a retry (needs_human, or a merge
+    conflict under MERGE_CONFLICT=park)."""
+    return result.outcome == NEEDS_HUMAN or (
+        isinstance(result.detail, dict) and result.detail.get("park") is True)
+
+
+def merge_of(result: Result) -> dict[str, Any] | None:
+    """The merge a succeeded result landed (``commit``, ``changed_files``, ``check_sec``,
+    ``target``), or None."""
+    merged = result.detail.get("merge") if isinstance(result.detail, dict) else None
+    return merged if isinstance(merged, dict) and isinstance(merged.get("commit"), str) \
+        else None
+
+
 def usage_of(result: Result) -> tuple[float, int, int]:
     """(cost in USD, tokens in, tokens out) an attempt reported, zeros when absent."""
     usage = result.detail.get("usage") if isinstance(result.detail, dict) else None
@@ -233,6 +254,10 @@ class TaskSource(Protocol):
     def reclaim_dead_hosts(self, policy: RetryPolicy) -> list[Result]:
         """Requeue the runs of hosts that stopped heart-beating (counting an attempt),
         each exactly once across all hosts; [] without a coordinator."""
+
+    def note(self, task_id: str, text: str, actor: str = ACTOR_SCHEDULER) -> None:
+        """Record ``text`` for the task without changing it: a history row (local) or a
+        comment (TinyTask)."""
 
     def health(self) -> Health:
         """Is the source reachable and sane."""

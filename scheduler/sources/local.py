@@ -155,9 +155,16 @@ def _migration_4(conn: sqlite3.Connection) -> None:
            BEGIN SELECT RAISE(ABORT, 'history is append-only'); END""")
 
 
+def _migration_5(conn: sqlite3.Connection) -> None:
+    """The merge queue: the commit a task's work landed as and the files it changed."""
+    conn.execute("ALTER TABLE tasks ADD COLUMN merge_commit TEXT")
+    conn.execute("ALTER TABLE tasks ADD COLUMN changed_files TEXT NOT NULL DEFAULT ''")
+
+
 #: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2,
-                                                          _migration_3, _migration_4]
+                                                          _migration_3, _migration_4,
+                                                          _migration_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -485,12 +492,54 @@ class LocalStore:
             fields = dict(decision.fields, lease_token=None)
             if fields.get("not_before") is not None:
                 fields["not_before"] = _clock.to_iso(fields["not_before"])
+            detail = decision.detail
+            if decision.merge is not None:
+                files = [f for f in decision.merge.get("changed_files") or ()
+                         if isinstance(f, str)]
+                fields.update(merge_commit=decision.merge["commit"],
+                              changed_files=json.dumps(files) if files else "")
+                also = self._also_changed(conn, row["id"], files)
+                detail += also
+                if "result_summary" in fields:
+                    fields["result_summary"] += also
             self._move(conn, row, decision.to_status, action=decision.action,
-                       actor=ACTOR_SCHEDULER, detail=decision.detail, **fields)
+                       actor=ACTOR_SCHEDULER, detail=detail, **fields)
             return decision.applied
 
     def reclaim_dead_hosts(self, policy: RetryPolicy) -> list[Result]:
         return []  # one host: nothing to reclaim from others
+
+    def _also_changed(self, conn: sqlite3.Connection, task: int, files: list[str]) -> str:
+        """Note files this merge changed that the task merged before it (the last one per
+        file) changed too, in both histories; the text for this task's history."""
+        if not files:
+            return ""
+        by_task: dict[int, list[str]] = {}
+        marks = ",".join("?" * len(files[:CHUNK]))
+        rows = conn.execute(
+            "SELECT f.value, t.id FROM tasks t, json_each(t.changed_files) f "
+            f"WHERE t.changed_files != '' AND t.id != ? AND f.value IN ({marks}) "
+            "ORDER BY t.updated_at DESC, t.id DESC", (task, *files[:CHUNK])).fetchall()
+        seen: set[str] = set()
+        for name, other in rows:
+            if name not in seen:
+                seen.add(name)
+                by_task.setdefault(other, []).append(name)
+        now = self._iso_now()
+        notes = []
+        for other, names in sorted(by_task.items()):
+            shown = ", ".join(sorted(names)[:20])
+            notes.append(f"also changed by task {other}: {shown}")
+            self._log(conn, other, COMPLETE, COMPLETE, ACTOR_SCHEDULER,
+                      f"also changed by task {task} (merged later): {shown}", now)
+        return "".join(f"\n{note}" for note in notes)
+
+    def note(self, task_id: str, text: str, actor: str = ACTOR_SCHEDULER) -> None:
+        """Append a history row that changes nothing (e.g. "merging", "reverted")."""
+        with self._write() as conn:
+            row = self._status_row(conn, task_id)
+            self._log(conn, row["id"], row["status"], row["status"], actor, text,
+                      self._iso_now())
 
     def health(self) -> Health:
         try:
@@ -617,15 +666,20 @@ class LocalStore:
 
     def details(self, task_id: str) -> dict[str, Any]:
         """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``,
-        and what its attempts used: ``runtime_sec``, ``cost_usd``, ``tokens_in``,
-        ``tokens_out``."""
+        what its attempts used: ``runtime_sec``, ``cost_usd``, ``tokens_in``,
+        ``tokens_out``, and what its merge landed: ``merge_commit``, ``changed_files``
+        (a list)."""
         number = int_id(task_id)
         rows = self._query("SELECT result_summary, updated_at, runtime_sec, cost_usd, "
-                           "tokens_in, tokens_out FROM tasks WHERE id = ?",
+                           "tokens_in, tokens_out, merge_commit, changed_files "
+                           "FROM tasks WHERE id = ?",
                            (number,)) if number else []
         if not rows:
             raise TaskNotFound(f"no task with id {task_id}")
-        return dict(rows[0])
+        found = dict(rows[0])
+        found["changed_files"] = json.loads(found["changed_files"]) \
+            if found["changed_files"] else []
+        return found
 
     def list_tasks(self, *, status: str | None = None, queue: str | None = None,
                    assignee: str | None = None) -> list[Task]:

@@ -8,7 +8,7 @@ differs. Pure functions: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +31,8 @@ from scheduler.sources.base import (
     Result,
     RetryPolicy,
     agent_summary,
+    merge_of,
+    parks,
     usage_of,
 )
 
@@ -378,6 +380,7 @@ class Decision:
     detail: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
     usage: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)
+    merge: dict[str, Any] | None = None  #: the merge a succeeded attempt landed, if any
 
 
 def decide_report(row: dict[str, Any], result: Result, policy: RetryPolicy,
@@ -400,8 +403,9 @@ def decide_report(row: dict[str, Any], result: Result, policy: RetryPolicy,
         return Decision(applied, to_status, action, summary, fields, usage)
 
     if result.outcome == SUCCEEDED:
-        return move(Applied("complete", f"task {task} complete"), COMPLETE, "complete",
-                    result_summary=summary, not_before=None)
+        return replace(move(Applied("complete", f"task {task} complete"), COMPLETE,
+                            "complete", result_summary=summary, not_before=None),
+                       merge=merge_of(result))
     if result.outcome == OUTCOME_CANCELLED:
         return move(Applied("cancelled", f"task {task} cancelled"), CANCELLED, "cancel",
                     result_summary=summary)
@@ -421,7 +425,7 @@ def decide_report(row: dict[str, Any], result: Result, policy: RetryPolicy,
         error = f"needs a person: {agent_summary(result)}"[:MAX_ERROR_CHARS]
     elif spent:
         error = spent
-    if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
+    if parks(result) or spent or attempts >= policy.max_attempts:
         return move(Applied("parked", f"task {task} parked after {attempts} attempt(s): "
                                       f"{error}"),
                     FAILED, "park", attempts=attempts, last_error=error, not_before=None,

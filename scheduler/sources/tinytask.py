@@ -52,6 +52,7 @@ from scheduler.sources.base import (
     RetryPolicy,
     Task,
     agent_summary,
+    parks,
     usage_of,
 )
 
@@ -696,7 +697,7 @@ class TinyTaskSource:
             attempts = _attempts_of(tags) + 1
             kept = _without(kept, TAG_ATTEMPTS, TAG_RETRY_AFTER) + [f"{TAG_ATTEMPTS}{attempts}"]
             spent = policy.budget_spent(runtime, cost)
-            if result.outcome == NEEDS_HUMAN or spent or attempts >= policy.max_attempts:
+            if parks(result) or spent or attempts >= policy.max_attempts:
                 self._patch(result.task_id, {"status": IDLE, "tags": _with_parked(kept)})
                 action = "parked"
                 why = (f"the agent needs a person: {agent_summary(result)}"
@@ -717,6 +718,10 @@ class TinyTaskSource:
         # applied tag and writes the missing comment (see _redeliver).
         self._comment(result.task_id, _with_token(text, result.token), result.token)
         return Applied(action, text[:200])
+
+    def note(self, task_id: str, text: str, actor: str = "tinyscheduler") -> None:
+        """A comment that changes nothing (e.g. "merging", "reverted")."""
+        self._comment(task_id, text)
 
     def _redeliver(self, raw: dict, result: Result) -> Applied:
         """The result was applied already; write its comment if a crash lost it."""

@@ -43,7 +43,9 @@ from scheduler.fsutil import (
 from scheduler.names import check_name, is_valid_name
 
 STARTING, RUNNING, FINISHING = "starting", "running", "finishing"
-STATES = (STARTING, RUNNING, FINISHING)
+#: The agent succeeded and its branch waits for (or is in) the merge into the target.
+MERGING = "merging"
+STATES = (STARTING, RUNNING, MERGING, FINISHING)
 LEASE_VERSION = 1
 
 #: How long :meth:`LeaseStore.adopt` waits for the liveness lock: the scheduler's probe

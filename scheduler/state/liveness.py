@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from scheduler.state.leases import FINISHING, STARTING, Lease, LeaseStore
+from scheduler.state.leases import FINISHING, MERGING, STARTING, Lease, LeaseStore
 
 if TYPE_CHECKING:
     import psutil
@@ -134,7 +134,7 @@ def classify(
         return ALIVE
 
     runtime_limit = timedelta(seconds=max_runtime_sec + kill_grace_sec + lease.heartbeat_sec)
-    if age > runtime_limit:
+    if age > runtime_limit and lease.state != MERGING:  # a merge has its own bounds
         return RUNTIME_EXCEEDED
     if heartbeat_age > stale_after:
         return HEARTBEAT_STALE

@@ -3,7 +3,9 @@ output appended to the attempt log.
 
 ``after_create`` (once, when a workspace is first made) and ``before_run`` (every
 attempt) must succeed or the attempt ends ``launch_failed``; ``after_run`` and
-``before_remove`` failures are logged and change nothing.
+``before_remove`` failures are logged and change nothing. ``after_merge`` (the merge
+queue) runs after a task's branch landed on the target; its failure is reported and never
+undoes the merge.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from scheduler.workspace.base import Context, Workspace
 from scheduler.workspace.process import Finished, run_bounded
 
 #: The hooks, in the order of a workspace's life.
-NAMES = ("after_create", "before_run", "after_run", "before_remove")
+NAMES = ("after_create", "before_run", "after_run", "after_merge", "before_remove")
 #: Hooks whose failure ends the attempt.
 REQUIRED = ("after_create", "before_run")
-PLACEHOLDERS = ("task_id", "workspace", "branch", "attempt", "outcome")
+PLACEHOLDERS = ("task_id", "workspace", "branch", "attempt", "outcome", "commit", "target")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
@@ -30,7 +32,8 @@ def fill(template: str, values: Mapping[str, str]) -> list[str]:
             for word in shlex.split(template)]
 
 
-def run(ctx: Context, name: str, workspace: Workspace, outcome: str = "") -> str | None:
+def run(ctx: Context, name: str, workspace: Workspace, outcome: str = "",
+        extra: Mapping[str, str] | None = None) -> str | None:
     """Run hook ``name`` if configured; None when it succeeded or is not set, else why it
     failed (``hook before_run exited 3: <last lines>``)."""
     template = getattr(ctx.settings, f"hook_{name}")
@@ -38,7 +41,7 @@ def run(ctx: Context, name: str, workspace: Workspace, outcome: str = "") -> str
         return None
     values = {"task_id": ctx.task_id, "workspace": str(workspace.path),
               "branch": workspace.branch or "", "attempt": str(ctx.attempt),
-              "outcome": outcome}
+              "outcome": outcome, **(extra or {})}
     argv = fill(template, values)
     env = {k: v for k, v in os.environ.items() if k != "TINYSCHEDULER_MCP_TOKEN"}
     env.update({"TINYSCHEDULER_TASK_ID": ctx.task_id, "TINYSCHEDULER_ATTEMPT": str(ctx.attempt),

@@ -37,6 +37,9 @@ class Record:
     created_at: str = ""
     updated_at: str = ""
     note: str = ""  #: why it was kept, or what cleanup left
+    #: The agent succeeded and its branch is being merged: a crash leaves this set, and
+    #: the next attempt finishes the merge instead of running the agent again.
+    merging: bool = False
 
     def changed(self, **fields: object) -> Record:
         return replace(self, **fields, updated_at=clock.to_iso(clock.now()))  # type: ignore[arg-type]

@@ -53,7 +53,10 @@ def prepare(ctx: Context) -> Workspace:
         ready = (rec is not None and rec.state == record.READY and rec.mode == "worktree"
                  and rec.path == str(path) and os.path.realpath(path) in listed
                  and (path / ".git").is_file())
-        fresh = s.workspace_fresh_on_retry and rec is not None and 0 < rec.attempt < ctx.attempt
+        # A branch waiting to merge (an interrupted merge) is never retired: the next
+        # attempt finishes its merge.
+        fresh = (s.workspace_fresh_on_retry and rec is not None and not rec.merging
+                 and 0 < rec.attempt < ctx.attempt)
         if ready and not fresh and rec is not None:
             ctx.note(f"workspace {path}: reused (branch {branch})")
             return Workspace(ctx.task_id, "worktree", path, branch, rec.base_commit)
@@ -183,7 +186,24 @@ def _repair(ctx: Context, repo: Path, path: Path, rec: record.Record | None,
     git.run(repo, "worktree", "prune")
 
 
-def _retire(ctx: Context, repo: Path, path: Path, branch: str, rec: record.Record) -> None:
+def retire(ctx: Context, workspace: Workspace) -> str | None:
+    """Remove the task's worktree and keep its branch's work under ``tinyscheduler/kept/``
+    (the merge queue, after a conflict): the next attempt starts fresh from the target.
+    The kept branch's name, or None when nothing needed keeping."""
+    s = ctx.settings
+    rec = record.read(s.task_log_dir, ctx.task_id)
+    if rec is None or workspace.branch is None:
+        return None
+    with git.repo_lock(s.state_dir, s.repo_dir, tick=ctx.tick, tick_every=ctx.tick_every):
+        kept = _retire(ctx, s.repo_dir, workspace.path, workspace.branch, rec)
+    record.write(s.task_log_dir, rec.changed(state=record.REMOVED, merging=False,
+                                             note=f"retired; work kept on {kept}" if kept
+                                             else "retired"))
+    return kept
+
+
+def _retire(ctx: Context, repo: Path, path: Path, branch: str,
+            rec: record.Record) -> str | None:
     """Before a fresh retry: nothing of the last attempt is lost. Its leftovers are
     committed, the worktree removed, and its branch kept under ``tinyscheduler/kept/``
     when it has work that is not on the target (else deleted)."""
@@ -206,9 +226,10 @@ def _retire(ctx: Context, repo: Path, path: Path, branch: str, rec: record.Recor
         kept = f"{KEPT_PREFIX}{ctx.task_id}-attempt-{rec.attempt}"
         git.run(repo, "branch", "--move", "--force", branch, kept)
         ctx.note(f"workspace {path}: fresh retry; the last attempt's work is kept on {kept}")
-    else:
-        git.run(repo, "branch", "--delete", "--force", branch)
-        ctx.note(f"workspace {path}: fresh retry from {s.target_branch}")
+        return kept
+    git.run(repo, "branch", "--delete", "--force", branch)
+    ctx.note(f"workspace {path}: fresh retry from {s.target_branch}")
+    return None
 
 
 def _mark(settings, task_id: str, **fields: object) -> None:

@@ -47,6 +47,9 @@ class CoordinatedSource:
     def working(self) -> list[Task]:
         return self.inner.working()
 
+    def note(self, task_id: str, text: str, actor: str = "tinyscheduler") -> None:
+        self.inner.note(task_id, text, actor)
+
     def claim(self, task_id: str, agent: str, token: str) -> None:
         with self.coordinator.db.transaction() as cur:
             self.coordinator.claim_run(cur, str(task_id), agent, 0, token)

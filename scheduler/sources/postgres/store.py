@@ -436,6 +436,12 @@ class PostgresStore:
             f"SELECT task_id FROM {B} WHERE blocker_id = %s ORDER BY task_id",
             (int(number),))]
 
+    def note(self, task_id: str, text: str, actor: str = "tinyscheduler") -> None:
+        """A history row that changes nothing (e.g. "merging", "reverted")."""
+        with self._tx() as cur:
+            row = self._status_row(cur, task_id, lock=False)
+            self._log(cur, row["id"], row["status"], row["status"], actor, text, self._now())
+
     def retry(self, task_id: str, actor: str = "cli") -> Task:
         with self._tx() as cur:
             row = self._status_row(cur, task_id)

@@ -1,0 +1,173 @@
+"""The merge queue's step in the wrapper: land a succeeded task's branch on the target.
+
+    agent succeeded, leftovers auto-committed
+      -> no commits beyond the base: "no changes", nothing merged
+      -> mark the workspace record ``merging`` (a crash from here on is finished by the
+         next attempt, which does not run the agent again) and tell the caller the files
+         the branch changed (the lease holds them for the planner)
+      -> wait for the target's merge lock (one merge per target at a time), heartbeating
+      -> merge or rebase onto the target's tip, run the check, compare-and-swap
+         (``git_merge.merge``: redone when the target moved, idempotent after a crash)
+      -> merged: HOOK_AFTER_MERGE; conflict / check_failed: the target is untouched
+    after the result is recorded (``tidy``): merged -> worktree and branch removed;
+    conflict with MERGE_CONFLICT=retry -> worktree removed, the branch's work kept under
+    ``tinyscheduler/kept/``, so the next attempt starts fresh from the new target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scheduler import faults
+from scheduler.fsutil import ensure_private_dir
+from scheduler.merge import git_merge
+from scheduler.merge.git_merge import Check, Git, GitError
+from scheduler.workspace import gitcmd, hooks, record, worktree
+from scheduler.workspace.base import Context, Workspace
+
+#: Longest a wrapper waits for the merges queued before its own.
+MERGE_WAIT_SEC = 6 * 3600
+#: At most this many changed files are held in the lease (more: the whole tree is held).
+MAX_HELD_FILES = 1000
+#: Outcomes of a landing beyond git_merge's: the merge machinery failed.
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Landed:
+    """How the landing ended."""
+
+    outcome: str  #: merged | no_changes | conflict | check_failed | error
+    target: str = ""
+    commit: str = ""  #: merged: the target's new commit
+    target_before: str = ""
+    changed_files: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    check_sec: float = 0.0
+    check_tail: str = ""
+    already: bool = False  #: an interrupted merge had landed already
+    notes: tuple[str, ...] = field(default=())
+    error: str = ""
+
+
+def merge_lock_path(state_dir: Path, repo: Path, target: str) -> Path:
+    """The flock that serializes merges into ``target`` of ``repo``."""
+    digest = hashlib.sha256(f"{repo.resolve()}\0{target}".encode()).hexdigest()[:16]
+    return state_dir / "merge-locks" / f"target-{digest}.lock"
+
+
+def git_for(ctx: Context) -> Git:
+    """git on REPO_DIR with the repository lock, heartbeating through the context."""
+    s = ctx.settings
+    return Git(s.repo_dir, lock=lambda: gitcmd.repo_lock(s.state_dir, s.repo_dir,
+                                                         tick=ctx.tick,
+                                                         tick_every=ctx.tick_every),
+               tick=ctx.tick, tick_every=ctx.tick_every)
+
+
+def author_of(settings) -> dict[str, str]:
+    return {"GIT_AUTHOR_NAME": settings.git_author_name,
+            "GIT_AUTHOR_EMAIL": settings.git_author_email}
+
+
+def interrupted(ctx: Context) -> bool:
+    """True when an earlier attempt of this task was killed while merging its branch."""
+    rec = record.read(ctx.settings.task_log_dir, ctx.task_id)
+    return rec is not None and rec.merging and rec.state == record.READY
+
+
+def land(ctx: Context, workspace: Workspace,
+         on_merging: Callable[[tuple[str, ...]], None]) -> Landed:
+    """Merge the task's branch into TARGET_BRANCH; never raises for git's failures."""
+    s = ctx.settings
+    target, branch = s.target_branch, workspace.branch or ""
+    git = git_for(ctx)
+    try:
+        tip, old = git.rev(f"refs/heads/{branch}"), git.rev(f"refs/heads/{target}")
+        if not tip or not old:
+            raise GitError(f"branch {branch if not tip else target} does not exist")
+        if tip == workspace.base_commit or tip == old:
+            return Landed(git_merge.NO_CHANGES, target, old, old)
+        fork = git.run("merge-base", old, tip).stdout.strip()
+        changed = git.changed(fork, tip) if fork else ()
+        _mark(s, ctx.task_id, merging=True)
+        on_merging(changed if len(changed) <= MAX_HELD_FILES else ("**",))
+        faults.crash_point("merge-after-mark")
+        with gitcmd.held(merge_lock_path(s.state_dir, s.repo_dir, target), tick=ctx.tick,
+                         tick_every=ctx.tick_every, timeout=MERGE_WAIT_SEC,
+                         what=f"the merge lock of {target}"):
+            faults.crash_point("merge-after-lock")
+            outcome = git_merge.merge(
+                git, target, branch, message=_message(ctx), author=author_of(s),
+                scratch=s.workspaces_dir / ".merge", mode=s.merge,
+                check=_check(s), base=workspace.base_commit or "")
+    except gitcmd.GitError as exc:
+        return Landed(ERROR, target, error=str(exc))
+    landed = Landed(outcome.outcome, target, outcome.commit, outcome.target_before,
+                    outcome.changed_files or changed, outcome.conflicts, outcome.check_sec,
+                    outcome.check_tail, outcome.already, outcome.notes)
+    for note in outcome.notes:
+        ctx.note(f"merge: {note}")
+    if landed.outcome == git_merge.MERGED:
+        failed = hooks.run(ctx, "after_merge", workspace, "merged",
+                           extra={"commit": landed.commit, "target": target})
+        if failed:
+            ctx.note(f"{failed} (the merge stands)")
+            landed = Landed(**{**landed.__dict__, "notes": (*landed.notes, failed)})
+    return landed
+
+
+def tidy(ctx: Context, workspace: Workspace, landed: Landed | None) -> None:
+    """Once the result is recorded: clear the ``merging`` mark; a merged task's worktree
+    and branch go; a conflicting one (MERGE_CONFLICT=retry) leaves its work on a kept
+    branch and its next attempt starts fresh."""
+    s = ctx.settings
+    faults.crash_point("merge-before-cleanup")
+    if landed is not None and landed.outcome == git_merge.MERGED:
+        if worktree.remove(ctx, workspace) and workspace.branch:
+            git = git_for(ctx)
+            tip = git.rev(f"refs/heads/{workspace.branch}")
+            if tip and git.is_ancestor(tip, f"refs/heads/{s.target_branch}"):
+                git.delete_branch(workspace.branch, tip)
+                ctx.note(f"branch {workspace.branch}: deleted (merged)")
+    elif landed is not None and landed.outcome == git_merge.CONFLICT \
+            and s.merge_conflict == "retry":
+        kept = worktree.retire(ctx, workspace)
+        ctx.note(f"merge conflict: the next attempt starts from {s.target_branch}; this "
+                 f"attempt's work is kept on {kept}" if kept else
+                 f"merge conflict: the next attempt starts from {s.target_branch}")
+    _mark(s, ctx.task_id, merging=False)
+
+
+def link(settings, commit: str, task_id: str) -> str:
+    """MERGE_LINK_TEMPLATE filled in, or ""."""
+    template = settings.merge_link_template
+    if not template or not commit:
+        return ""
+    for name, value in (("commit", commit), ("task_id", task_id),
+                        ("target", settings.target_branch)):
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+def _message(ctx: Context) -> str:
+    title = " ".join(ctx.title.split())[:200]
+    head = f"Merge task {ctx.task_id}: {title}" if title else f"Merge task {ctx.task_id}"
+    return f"{head}\n\ntinyscheduler merged branch {worktree.branch_for(ctx.task_id)}"
+
+
+def _check(settings) -> Check | None:
+    if not settings.merge_check_command:
+        return None
+    argv = hooks.fill(settings.merge_check_command, {})
+    return Check(argv, settings.merge_check_timeout_sec, settings.kill_grace_sec)
+
+
+def _mark(settings, task_id: str, **fields: object) -> None:
+    rec = record.read(settings.task_log_dir, task_id)
+    if rec is not None:
+        ensure_private_dir(settings.task_log_dir)
+        record.write(settings.task_log_dir, rec.changed(**fields))
