@@ -94,3 +94,169 @@ def test_a_task_without_commits_completes_with_no_changes(make_scheduler,
     s.pass_until(s.all_done)
     assert git(repo, "rev-parse", "main") == head
     assert "no changes" in notes(s, task) and details(s, task)["merge_commit"] is None
+
+
+def same_line_scheduler(make_scheduler, tmp_path: Path, **settings: object) -> Scheduler:
+    """Two agents rewrite line 2 of app.txt, each once its release file exists."""
+    go = tmp_path / "go"
+    go.mkdir()
+    s = merge_scheduler(make_scheduler, tmp_path, AGENT_COMMAND=fake(
+        "ready", str(go / "started-{task_id}"), "wait", str(go / "{task_id}"),
+        "write", "app.txt", "one\nchanged by {task_id}\n"), **settings)
+    s.go = go  # type: ignore[attr-defined]
+    return s
+
+
+def run_in_turn(s: Scheduler, first: str, second: str) -> None:
+    """Both agents start from the same base; the first finishes (and merges) first."""
+    go = s.go  # type: ignore[attr-defined]
+    s.run_once()
+    wait_for(lambda: (go / f"started-{first}").exists() and (go / f"started-{second}").exists(),
+             timeout=30, what="both agents to start from the same base")
+    (go / first).touch()
+    wait_for(lambda: s.tasks()[first].status == "complete", timeout=30, what="the first merge")
+    (go / second).touch()
+
+
+def test_same_line_conflict_then_retry_on_the_new_base_merges(make_scheduler,
+                                                                tmp_path: Path) -> None:
+    s = same_line_scheduler(make_scheduler, tmp_path)
+    repo = s.repo  # type: ignore[attr-defined]
+    first, second = (s.add(f"edit line 2 ({n})", "--queue", "dev") for n in (1, 2))
+    run_in_turn(s, first, second)
+    wait_for(lambda: s.tasks()[second].attempts == 1, timeout=30, what="the conflict")
+    wait_for(lambda: not s.leases(), what="the wrapper to finish")
+    after_first = git(repo, "rev-parse", "main")
+    conflict = [row for row in s.history(second) if row["from_status"] == "working"
+                and row["to_status"] == "idle"][0]["detail"]
+    assert "merge conflict with main" in conflict and "in app.txt" in conflict
+    assert "main untouched" in conflict
+    assert "conflict" in s.tasks()[second].last_error
+    kept = f"tinyscheduler/kept/task-{second}-attempt-1"
+    assert git(repo, "show", f"{kept}:app.txt") == f"one\nchanged by {second}"  # not lost
+    s.pass_until(s.all_done, timeout=60)
+    assert git(repo, "rev-parse", "main^1") == after_first  # the retry merged on top
+    assert git(repo, "show", "main:app.txt") == f"one\nchanged by {second}"
+    assert s.tasks()[second].attempts == 1  # the conflict counted as an attempt
+    assert f"also changed by task {first}: app.txt" in notes(s, second)
+    assert f"also changed by task {second} (merged later): app.txt" in notes(s, first)
+
+
+def test_a_conflict_with_park_waits_for_a_person(make_scheduler, tmp_path: Path) -> None:
+    s = same_line_scheduler(make_scheduler, tmp_path, MERGE_CONFLICT="park")
+    repo = s.repo  # type: ignore[attr-defined]
+    first, second = (s.add(f"edit line 2 ({n})", "--queue", "dev") for n in (1, 2))
+    run_in_turn(s, first, second)
+    wait_for(lambda: s.tasks()[second].status == "failed", timeout=30, what="the park")
+    wait_for(lambda: not s.leases(), what="the wrapper to finish")
+    assert s.tasks()[second].parked and "conflict" in s.tasks()[second].last_error
+    assert git(repo, "show", "main:app.txt") == f"one\nchanged by {first}"
+    # the work stays in its worktree and branch for the person
+    assert git(repo, "show", f"tinyscheduler/task-{second}:app.txt") == \
+        f"one\nchanged by {second}"
+
+
+def test_a_failing_check_leaves_the_target_unchanged(make_scheduler, tmp_path: Path) -> None:
+    check = shlex.join([sys.executable, "-c", "import sys; print('3 tests broke'); "
+                        "sys.exit(1)"])
+    s = merge_scheduler(make_scheduler, tmp_path, MAX_ATTEMPTS=1, MERGE_CHECK_COMMAND=check,
+                        AGENT_COMMAND=fake("write", "new.txt", "x"))
+    repo = s.repo  # type: ignore[attr-defined]
+    head = git(repo, "rev-parse", "main")
+    task = s.add("break the tests", "--queue", "dev")
+    s.pass_until(lambda: s.tasks()[task].status == "failed")
+    assert git(repo, "rev-parse", "main") == head
+    error = s.tasks()[task].last_error
+    assert "check_failed" in error and "merge check failed" in error and "3 tests broke" in error
+
+
+def test_a_commit_to_the_target_during_the_merge_is_not_lost(make_scheduler,
+                                                               tmp_path: Path) -> None:
+    """The check moves the target (as someone pushing meanwhile would): the compare-and-
+    swap fails, the merge is redone on the new tip, and both commits are kept."""
+    repo_dir = tmp_path / "repo"
+    mark = tmp_path / "moved-once"
+    mover = (
+        "import os, subprocess, sys\n"
+        "repo, mark = sys.argv[1], sys.argv[2]\n"
+        "if not os.path.exists(mark):\n"
+        "    open(mark, 'w').close()\n"
+        "    env = {k: v for k, v in os.environ.items() if not k.startswith('GIT_')}\n"
+        "    env.update(GIT_AUTHOR_NAME='x', GIT_AUTHOR_EMAIL='x@x', GIT_COMMITTER_NAME='x',"
+        " GIT_COMMITTER_EMAIL='x@x')\n"
+        "    g = lambda *a: subprocess.run(['git', '-C', repo, *a], env=env, check=True,"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "    new = g('commit-tree', 'main^{tree}', '-p', 'main', '-m', 'pushed meanwhile')\n"
+        "    g('update-ref', 'refs/heads/main', new)\n")
+    check = shlex.join([sys.executable, "-c", mover, str(repo_dir), str(mark)])
+    s = merge_scheduler(make_scheduler, tmp_path, MERGE_CHECK_COMMAND=check,
+                        AGENT_COMMAND=fake("write", "new.txt", "x"))
+    task = s.add("add a file", "--queue", "dev")
+    s.pass_until(s.all_done)
+    assert mark.exists()
+    assert subjects(repo_dir)[:2] == ["Merge task 1: add a file", "pushed meanwhile"]
+    assert "moved during the merge; redone on its new tip" in notes(s, task)
+
+
+@pytest.mark.parametrize("point", faults.MERGE_POINTS)
+def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_path: Path,
+                                                         point: str) -> None:
+    check = shlex.join([sys.executable, "-c", "pass"])
+    s = merge_scheduler(make_scheduler, tmp_path, MERGE_CHECK_COMMAND=check,
+                        AGENT_COMMAND=fake("append", "runs.txt", "agent ran"))
+    repo = s.repo  # type: ignore[attr-defined]
+    head = git(repo, "rev-parse", "main")
+    task = s.add("append a line", "--queue", "dev")
+    s.run_once(TEST_CRASH_AT=point)  # the forked wrapper SIGKILLs itself at the point
+    wait_for(lambda: s.leases() and s.leases()[task].pid is not None
+             and not _alive(s.leases()[task].pid), timeout=30, what="the wrapper to die")
+    assert git(repo, "rev-parse", "main") in _heads(repo, head)  # old or new, nothing else
+    s.pass_until(lambda: s.all_done() and not s.leases(), timeout=60)
+    merges = [line for line in subjects(repo) if line.startswith(f"Merge task {task}")]
+    assert len(merges) == 1
+    assert git(repo, "show", "main:runs.txt") == "agent ran"  # the agent's work, once
+    assert details(s, task)["merge_commit"] == git(repo, "rev-parse", "main")
+
+
+def _heads(repo: Path, old: str) -> set[str]:
+    return {old, git(repo, "rev-parse", "main")} if git(repo, "rev-parse", "main") == old \
+        else {git(repo, "rev-parse", "main")} if git(repo, "rev-parse", "main^1") == old \
+        else {old}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_task_revert_adds_a_revert_commit_and_a_conflicting_one_changes_nothing(
+        make_scheduler, tmp_path: Path) -> None:
+    s = merge_scheduler(make_scheduler, tmp_path, slots=1, AGENT_COMMAND=fake(
+        "write", "app.txt", "one\nchanged by {task_id}\n", "write", "own-{task_id}.txt", "x"))
+    repo = s.repo  # type: ignore[attr-defined]
+    first = s.add("first edit", "--queue", "dev")
+    s.pass_until(s.all_done)
+    second = s.add("second edit", "--queue", "dev")
+    s.pass_until(s.all_done)
+    wait_for(lambda: not s.leases(), what="the wrappers to finish")
+    head = git(repo, "rev-parse", "main")
+    refused = s.cli("task", "revert", first)  # the second edit rewrote the same line
+    assert refused.returncode == 1 and "conflicts in app.txt; nothing changed" in refused.stderr
+    assert git(repo, "rev-parse", "main") == head
+    done = s.cli("task", "revert", second)
+    assert done.returncode == 0, done.stderr
+    assert git(repo, "log", "-1", "--format=%s", "main") == f"Revert task {second}: second edit"
+    assert git(repo, "show", "main:app.txt") == f"one\nchanged by {first}"
+    assert git(repo, "rev-parse", "main^") == head
+    history = notes(s, second)
+    assert "merged into main as" in history and "reverted on main" in history
+    assert s.tasks()[second].status == "complete"  # reopens nothing
+    shown = s.cli("task", "show", second).stdout
+    assert "merged as" in shown and "own-2.txt" in shown

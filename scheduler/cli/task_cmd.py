@@ -1,5 +1,5 @@
-"""``task add|list|show|edit|retry|cancel|delete|prune|import|export``: manage the task
-store, embedded (TASK_SOURCE=local) or PostgreSQL (TASK_SOURCE=postgres).
+"""``task add|list|show|edit|retry|cancel|revert|delete|prune|import|export``: manage the
+task store, embedded (TASK_SOURCE=local) or PostgreSQL (TASK_SOURCE=postgres).
 
 The store (sqlite3, psycopg) is imported inside the command bodies so ``--help`` stays fast.
 Every change nudges a running daemon through its wake-up socket.
@@ -158,6 +158,16 @@ def _warn_if_unrunnable(settings: Any, task_obj: Any) -> None:
 # --- list --------------------------------------------------------------------------------
 
 
+def _merging(settings: Any) -> set[str]:
+    """Ids of the working tasks whose branch waits for, or is in, its merge."""
+    from scheduler.state.leases import MERGING, LeaseStore
+
+    if not settings.running_dir.is_dir():
+        return set()
+    return {lease.task_id for lease in LeaseStore(settings.running_dir).list(quarantine=False)
+            if lease.state == MERGING}
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -172,21 +182,22 @@ def _clip(text: str, width: int) -> str:
 def list_(app: AppContext, status: str | None, queue: str | None, agent: str | None,
           as_json: bool) -> None:
     """List tasks, oldest first."""
-    with _open_store(app) as (_, store):
+    with _open_store(app) as (settings, store):
         tasks = store.list_tasks(status=status, queue=queue, assignee=agent)
         if not as_json:
             runs = store.run_counts([t.id for t in tasks])
             blockers = store.current([b for t in tasks for b in t.blocked_by])
+    merging = _merging(settings) if any(t.status == "working" for t in tasks) else set()
     if as_json:
-        _echo_json([task_to_dict(t) for t in tasks])
+        _echo_json([{**task_to_dict(t), "merging": t.id in merging} for t in tasks])
         return
     if not tasks:
         click.echo("no tasks")
         return
     header = ("ID", "STATUS", "QUEUE", "AGENT", "PRI", "RUNS", "BLOCKED", "TITLE")
     rows = [
-        (t.id, t.status, t.queue or "-", t.assignee or "-", str(t.priority),
-         str(runs.get(t.id, 0)), _open_blockers(t, blockers), _clip(t.title, TITLE_WIDTH))
+        (t.id, "merging" if t.id in merging else t.status, t.queue or "-", t.assignee or "-",
+         str(t.priority), str(runs.get(t.id, 0)), _open_blockers(t, blockers), _clip(t.title, TITLE_WIDTH))
         for t in tasks
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
@@ -211,7 +222,7 @@ def _open_blockers(task_obj: Any, blockers: dict[str, Any]) -> str:
 @click.pass_obj
 def show(app: AppContext, task_id: str, as_json: bool) -> None:
     """Show a task: every field, its blockers, the tasks it blocks and its history."""
-    with _open_store(app) as (_, store):
+    with _open_store(app) as (settings, store):
         found = store.get(task_id)
         details = store.details(task_id)
         history = store.history(task_id)
@@ -233,8 +244,11 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         )
         _echo_json(data)
         return
+    merging = found.status == "working" and found.id in _merging(settings)
+    merged = details.get("merge_commit")
     fields = (
-        ("status", found.status + (" (parked)" if found.parked else "")),
+        ("status", found.status + (" (parked)" if found.parked else "")
+         + (" (merging)" if merging else "")),
         ("queue", found.queue), ("assignee", found.assignee),
         ("priority", found.priority), ("recipe", found.recipe),
         ("files", " ".join(found.files)),
@@ -243,6 +257,7 @@ def show(app: AppContext, task_id: str, as_json: bool) -> None:
         ("blocked", "yes" if found.is_blocked else "no"),
         ("last error", found.last_error), ("result", details["result_summary"]),
         ("used", _usage(details)),
+        ("merged as", merged), ("changed", " ".join(details.get("changed_files") or ())),
         ("workspace", _workspace_line(kept)),
     )
     click.echo(f"task {found.id}: {found.title}")
@@ -421,6 +436,41 @@ def _id_ranges(ids: list[str]) -> str:
         if number is not None:
             start = prev = number
     return ", ".join(parts)
+
+
+# --- revert ------------------------------------------------------------------------------
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.pass_obj
+def revert(app: AppContext, task_id: str) -> None:
+    """Undo a merged task on TARGET_BRANCH with a revert commit (compare-and-swap).
+    Reopens nothing; a revert that conflicts says so and changes nothing (exit 1)."""
+    with _open_store(app) as (settings, store):
+        found = store.get(task_id)
+        commit = store.details(found.id)["merge_commit"]
+        if not commit:
+            raise InputError(f"task {found.id} has no merge commit; accepted: the id of a task "
+                             "the merge queue merged")
+        if settings.workspace_mode != "worktree" or settings.repo_dir is None:
+            raise ConfigError("task revert needs WORKSPACE_MODE=worktree and the REPO_DIR the "
+                              "task was merged into")
+        from scheduler.merge import git_merge, landing
+
+        target = settings.target_branch
+        outcome = landing.revert_task(settings, found.id, commit, found.title)
+        if outcome.outcome == git_merge.CONFLICT:
+            text = (f"revert of {commit[:12]} on {target} conflicts in "
+                    f"{', '.join(outcome.conflicts)}; nothing changed")
+            store.note(found.id, text, actor="cli")
+            click.echo(f"task {found.id}: {text}", err=True)
+            click.get_current_context().exit(1)
+        files = ", ".join(outcome.changed_files[:20])
+        text = (f"reverted on {target}: {outcome.commit[:12]} undoes merge {commit[:12]} "
+                f"({len(outcome.changed_files)} file(s): {files})")
+        store.note(found.id, text, actor="cli")
+    click.echo(f"task {found.id}: {text}")
 
 
 # --- import ------------------------------------------------------------------------------

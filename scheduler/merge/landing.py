@@ -142,6 +142,22 @@ def tidy(ctx: Context, workspace: Workspace, landed: Landed | None) -> None:
     _mark(s, ctx.task_id, merging=False)
 
 
+def revert_task(settings, task_id: str, commit: str, title: str) -> git_merge.MergeOutcome:
+    """A commit on TARGET_BRANCH that undoes a merged task's ``commit``, landed by
+    compare-and-swap while holding the target's merge lock (it queues with the merges);
+    a revert that conflicts changes nothing (outcome ``conflict``)."""
+    repo, target = settings.repo_dir, settings.target_branch
+    git = Git(repo, lock=lambda: gitcmd.repo_lock(settings.state_dir, repo))
+    subject = " ".join(title.split())[:200]
+    message = (f"Revert task {task_id}: {subject}\n\nThis reverts the merge of task "
+               f"{task_id}, {commit}.")
+    with gitcmd.held(merge_lock_path(settings.state_dir, repo, target),
+                     timeout=gitcmd.LOCK_TIMEOUT_SEC, what=f"the merge lock of {target}"):
+        return git_merge.revert(git, target, commit, message=message,
+                                author=author_of(settings),
+                                scratch=settings.workspaces_dir / ".merge")
+
+
 def link(settings, commit: str, task_id: str) -> str:
     """MERGE_LINK_TEMPLATE filled in, or ""."""
     template = settings.merge_link_template
