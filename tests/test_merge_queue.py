@@ -4,10 +4,8 @@ time; conflicts and failed checks leave the target untouched."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 

@@ -146,7 +146,7 @@ def test_list_table_and_filters(run):
 
     code, out, _ = run("task", "list", "--agent", "alice", "--json")
     assert [t["title"] for t in json.loads(out)] == ["waits"]
-    assert set(json.loads(out)[0]) == TASK_KEYS
+    assert set(json.loads(out)[0]) == TASK_KEYS | {"merging"}
     assert run("task", "list", "--queue", "ops")[1] == "no tasks\n"
     assert run("task", "list", "--status", "complete")[1] == "no tasks\n"
 

@@ -57,8 +57,10 @@ def repo(tmp_path: Path) -> Path:
 
 
 def worktree_rig(make_rig, repo: Path, **values: object) -> Rig:
+    """Workspaces alone: the merge queue is off unless a test turns it on
+    (tests/test_merge_queue.py), so a task's branch stays for the assertions."""
     return make_rig(WORKSPACE_MODE="worktree", REPO_DIR=str(repo), MIN_FREE_DISK_MB=0,
-                    **values)
+                    **{"MERGE": "off", **values})
 
 
 def workspace_of(rig: Rig, task_id: str) -> Path:

@@ -27,7 +27,7 @@ def fake(*steps: str) -> str:
 def worktree_scheduler(make_scheduler, tmp_path: Path, **settings: object) -> Scheduler:
     repo = make_repo(tmp_path / "repo")
     values = {"WORKSPACE_MODE": "worktree", "REPO_DIR": str(repo), "MIN_FREE_DISK_MB": 0,
-              "SPAWN_TIMEOUT_SEC": 1, **settings}
+              "SPAWN_TIMEOUT_SEC": 1, "MERGE": "off", **settings}
     s = make_scheduler({"vaela": "dev"}, {"vaela": 2}, **values)
     s.repo = repo  # type: ignore[attr-defined]
     return s

@@ -197,7 +197,8 @@ def list_(app: AppContext, status: str | None, queue: str | None, agent: str | N
     header = ("ID", "STATUS", "QUEUE", "AGENT", "PRI", "RUNS", "BLOCKED", "TITLE")
     rows = [
         (t.id, "merging" if t.id in merging else t.status, t.queue or "-", t.assignee or "-",
-         str(t.priority), str(runs.get(t.id, 0)), _open_blockers(t, blockers), _clip(t.title, TITLE_WIDTH))
+         str(t.priority), str(runs.get(t.id, 0)), _open_blockers(t, blockers),
+         _clip(t.title, TITLE_WIDTH))
         for t in tasks
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header) - 1)]
