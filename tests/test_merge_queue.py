@@ -258,3 +258,30 @@ def test_task_revert_adds_a_revert_commit_and_a_conflicting_one_changes_nothing(
     assert s.tasks()[second].status == "complete"  # reopens nothing
     shown = s.cli("task", "show", second).stdout
     assert "merged as" in shown and "own-2.txt" in shown
+
+
+def test_a_task_waiting_to_merge_holds_the_files_it_changed(make_scheduler,
+                                                             tmp_path: Path) -> None:
+    """A task that declared nothing holds the files it actually changed while it waits to
+    merge (here: while its check runs): a task declaring one of them waits."""
+    release = tmp_path / "check-may-finish"
+    check = shlex.join([sys.executable, "-c", "import os, sys, time\n"
+                        "while not os.path.exists(sys.argv[1]): time.sleep(0.02)",
+                        str(release)])
+    s = merge_scheduler(make_scheduler, tmp_path, MERGE_CHECK_COMMAND=check,
+                        AGENT_COMMAND=fake("write", "app.txt", "rewritten\n"))
+    first = s.add("rewrite app.txt", "--queue", "dev")
+    s.run_once()
+    wait_for(lambda: s.leases().get(first) and s.leases()[first].state == "merging",
+             timeout=30, what="the first task to wait for its merge")
+    assert s.leases()[first].metadata["changed_files"] == ["app.txt"]
+    second = s.add("edit app.txt too", "--queue", "dev", "--files", "app.txt")
+    assert f"overlaps files of task {first} (app.txt)" in s.cli("run", "--once",
+                                                              "--dry-run").stdout
+    assert f"task {first}" in s.cli("status").stdout and "merging" in s.cli("status").stdout
+    listed = s.cli("task", "list").stdout.splitlines()
+    assert listed[1].split()[:2] == [first, "merging"]
+    s.run_once()
+    assert s.statuses()[second] == "idle"
+    release.touch()
+    s.pass_until(s.all_done, timeout=60)
