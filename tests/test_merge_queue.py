@@ -285,3 +285,45 @@ def test_a_task_waiting_to_merge_holds_the_files_it_changed(make_scheduler,
     assert s.statuses()[second] == "idle"
     release.touch()
     s.pass_until(s.all_done, timeout=60)
+
+
+def test_merge_settings_are_validated_and_the_checked_out_target_is_warned_about(
+        make_scheduler, tmp_path: Path) -> None:
+    s = merge_scheduler(make_scheduler, tmp_path)
+    repo = s.repo  # type: ignore[attr-defined]
+    for name, value, named in (
+            ("MERGE", "squash", "accepted: off | merge | rebase"),
+            ("MERGE_CONFLICT", "ask", "accepted: retry | park"),
+            ("MERGE_CHECK_TIMEOUT_SEC", "0", "TINYSCHEDULER_MERGE_CHECK_TIMEOUT_SEC='0'"),
+            ("MERGE_LINK_TEMPLATE", "https://x/{sha}", "unknown placeholder {sha}"),
+            ("MERGE_CHECK_COMMAND", "make 'test", "TINYSCHEDULER_MERGE_CHECK_COMMAND")):
+        bad = s.cli("config", "--show", **{name: value})
+        assert bad.returncode == 2 and named in bad.stderr, (name, bad.stderr)
+    off = s.cli("config", "--show", WORKSPACE_MODE="none", MERGE="merge")
+    assert off.returncode == 2 and "needs TINYSCHEDULER_WORKSPACE_MODE=worktree" in off.stderr
+    warned = s.cli("validate-config").stdout
+    assert "checked out in REPO_DIR" in warned and "staged differences" in warned
+    git(repo, "branch", "integration")
+    fine = s.cli("validate-config", TARGET_BRANCH="integration").stdout
+    assert "merge queue: merge into integration" in fine and "checked out" not in fine
+
+
+def test_rebase_mode_keeps_the_target_linear_and_the_after_merge_hook_runs(
+        make_scheduler, tmp_path: Path) -> None:
+    hook_out = tmp_path / "hook.txt"
+    hook = shlex.join([sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write("
+                       "' '.join(sys.argv[2:])); sys.exit(4)", str(hook_out), "{task_id}",
+                       "{commit}", "{target}"])
+    s = merge_scheduler(make_scheduler, tmp_path, MERGE="rebase", HOOK_AFTER_MERGE=hook,
+                        MERGE_LINK_TEMPLATE="https://git.example/c/{commit}",
+                        AGENT_COMMAND=fake("write", "new.txt", "x"))
+    repo = s.repo  # type: ignore[attr-defined]
+    task = s.add("rebase me", "--queue", "dev")
+    s.pass_until(s.all_done)
+    head = git(repo, "rev-parse", "main")
+    assert git(repo, "rev-list", "--merges", "main") == ""  # linear
+    assert git(repo, "log", "-1", "--format=%s", "main") == f"task {task}: rebase me"
+    assert hook_out.read_text() == f"{task} {head} main"
+    history = notes(s, task)
+    assert f"https://git.example/c/{head}" in history
+    assert "hook after_merge exited 4" in history  # reported; the merge stands

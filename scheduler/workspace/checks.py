@@ -39,5 +39,20 @@ def _check_worktree(settings) -> list[tuple[str, str]]:
     if git.rev(repo, f"refs/heads/{settings.target_branch}") is None:
         return [("error", f"TINYSCHEDULER_TARGET_BRANCH={settings.target_branch} is not a "
                           f"branch of {repo}; set it to an existing branch")]
-    return [("ok", f"workspace mode worktree: {repo}, branch {settings.target_branch}, "
-                   f"workspaces in {settings.workspaces_dir}")]
+    found = [("ok", f"workspace mode worktree: {repo}, branch {settings.target_branch}, "
+                    f"workspaces in {settings.workspaces_dir}")]
+    if settings.merge != "off":
+        checked_out = git.run(repo, "symbolic-ref", "--quiet", "HEAD", check=False, timeout=10)
+        head = checked_out.output.decode(errors="replace").strip()
+        if checked_out.ok and head == f"refs/heads/{settings.target_branch}":
+            found.append(("warning", f"MERGE={settings.merge} moves TARGET_BRANCH="
+                          f"{settings.target_branch}, which is checked out in REPO_DIR {repo}: "
+                          "its files stay as they are, so `git status` there will show the "
+                          "merged work as staged differences; use a target branch that is not "
+                          "checked out in REPO_DIR (e.g. TINYSCHEDULER_TARGET_BRANCH="
+                          "integration)"))
+        else:
+            found.append(("ok", f"merge queue: {settings.merge} into {settings.target_branch}"
+                          + (f", checked by {settings.merge_check_command}"
+                             if settings.merge_check_command else ", no check")))
+    return found
