@@ -103,6 +103,7 @@ class Supervisor:
         return self.log
         self._landed: landing.Landed | None = None
         self._merge_detail: dict = {}
+        self._merge_text = ""
         self._merge_park = False
 
     # --- the whole life ------------------------------------------------------------------
@@ -344,7 +345,9 @@ class Supervisor:
         else:
             attempt.outcome = base.OUTCOME_FAILED
             text = f"merge into {target} failed: {landed.error}"
-        attempt.note = "; ".join(n for n in (attempt.note, text) if n)
+        if attempt.outcome != base.SUCCEEDED:  # why it failed: last_error
+            attempt.note = "; ".join(n for n in (attempt.note, text) if n)
+        self._merge_text = text
         self._line(f"merge: {landed.outcome}: {text} ({spent:.2f} s)")
 
     def _merging(self, lease, files: tuple[str, ...]) -> None:
@@ -801,7 +804,8 @@ class Supervisor:
             code = f"{attempt.limit} ({code})"
         told = said.summary.strip() if said is not None else ""
         used = _usage_text(said)
-        summary = (f"{attempt.outcome}: {code}, {duration:.1f} s{used}, attempt {lease.attempt}, "
+        summary = ((f"{attempt.outcome}: {self._merge_text}\n" if self._merge_text else "")
+                   + f"{attempt.outcome}: {code}, {duration:.1f} s{used}, attempt {lease.attempt}, "
                    f"host {self.settings.hostname}, log {log_path}"
                    + (f"\nreason: {attempt.note}" if attempt.note else "")
                    + (f"\nagent: {told}" if told else "")
