@@ -100,6 +100,15 @@ def test_merging_again_changes_nothing(repo):
     assert repo.git("rev-list", "--count", "main") == "3"
 
 
+def test_a_merge_redone_after_later_merges_names_its_own_merge_commit(repo):
+    repo.branch("task-1", {"auth.py": "ok\n"})
+    repo.branch("task-2", {"billing.py": "ok\n"})
+    first = _merge(repo, "task-1")
+    _merge(repo, "task-2")
+    again = _merge(repo, "task-1")  # as after a crash between the swap and the report
+    assert again.already and again.commit == first.commit != repo.rev()
+
+
 def test_a_branch_without_work_is_no_changes(repo):
     base = repo.rev()
     repo.git("branch", "task-1")

@@ -294,7 +294,7 @@ class Supervisor:
         except Exception as exc:  # a bug here must still leave a result behind
             landed = landing.Landed(landing.ERROR, self.settings.target_branch,
                                     error=f"wrapper error: {exc!r}")
-        if self._fenced or (landed.outcome == landing.ERROR and "lease was lost" in landed.error):
+        if self._fenced:  # the lease was reclaimed meanwhile: report nothing
             attempt.fenced = True
             return
         self._landed = landed
@@ -611,7 +611,10 @@ class Supervisor:
 
     def _keep_alive(self) -> bool:
         """Heartbeat only; False when fenced."""
-        return self._beat() != BEAT_FENCED
+        if self._beat() == BEAT_FENCED:
+            self._fenced = True
+            return False
+        return True
 
     # --- waiting ------------------------------------------------------------------------
 

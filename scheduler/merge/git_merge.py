@@ -143,8 +143,8 @@ def merge(git: Git, target: str, branch: str, *, message: str, author: dict[str,
         if tip == (git.rev(base) if base else "") or tip == old:
             return MergeOutcome(NO_CHANGES, old, old, races=races)
         if git.is_ancestor(tip, old):
-            return MergeOutcome(MERGED, old, old, already=True, races=races,
-                                notes=tuple(notes))
+            return MergeOutcome(MERGED, old, _landed_by(git, tip, old), already=True,
+                                races=races, notes=tuple(notes))
         base = git.run("merge-base", old, tip).stdout.strip()
         changed = git.changed(base, tip)
         if not changed:
@@ -169,6 +169,15 @@ def merge(git: Git, target: str, branch: str, *, message: str, author: dict[str,
                                 races=races, notes=tuple(notes))
         notes.append(f"target {target} moved during the merge; redone on its new tip")
     raise GitError(f"target {target} kept moving: gave up after {MAX_RACES} attempts")
+
+
+def _landed_by(git: Git, tip: str, target: str) -> str:
+    """The commit of ``target``'s first-parent line that brought ``tip`` in (the merge
+    commit of an earlier, interrupted merge), or ``target`` when git cannot tell."""
+    proc = git.run("rev-list", "--first-parent", "--ancestry-path", "--reverse",
+                   f"{tip}..{target}", check=False)
+    first = proc.stdout.split()[:1] if proc.returncode == 0 else []
+    return first[0] if first else target
 
 
 def revert(git: Git, target: str, commit: str, *, message: str, author: dict[str, str],
@@ -324,8 +333,10 @@ class _worktree:  # noqa: N801 - used as a context manager, like open()
     def __enter__(self) -> Path:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.git.lock():
-            self.git.run("worktree", "add", "--detach", "--quiet", str(self.path),
-                         self.commit)
+            self.git.run("worktree", "add", "--detach", "--no-checkout", "--quiet",
+                         str(self.path), self.commit)
+        # The checkout touches only this worktree: outside the repository's lock.
+        self.git.run("reset", "--hard", "--quiet", "HEAD", cwd=self.path)
         return self.path
 
     def __exit__(self, *_exc: object) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from scheduler import faults
@@ -91,7 +91,11 @@ def land(ctx: Context, workspace: Workspace,
             raise GitError(f"branch {branch if not tip else target} does not exist")
         if tip == workspace.base_commit or tip == old:
             return Landed(git_merge.NO_CHANGES, target, old, old)
-        fork = git.run("merge-base", old, tip).stdout.strip()
+        # The task's own changes: from the commit its work started from (a branch merged
+        # before an interruption is contained in the target, so a merge-base says nothing).
+        base = workspace.base_commit
+        fork = base if base and git.is_ancestor(base, tip) else \
+            git.run("merge-base", old, tip).stdout.strip()
         changed = git.changed(fork, tip) if fork else ()
         _mark(s, ctx.task_id, merging=True)
         on_merging(changed if len(changed) <= MAX_HELD_FILES else ("**",))
@@ -116,23 +120,28 @@ def land(ctx: Context, workspace: Workspace,
                            extra={"commit": landed.commit, "target": target})
         if failed:
             ctx.note(f"{failed} (the merge stands)")
-            landed = Landed(**{**landed.__dict__, "notes": (*landed.notes, failed)})
+            landed = replace(landed, notes=(*landed.notes, failed))
     return landed
 
 
 def tidy(ctx: Context, workspace: Workspace, landed: Landed | None) -> None:
-    """Once the result is recorded: clear the ``merging`` mark; a merged task's worktree
-    and branch go; a conflicting one (MERGE_CONFLICT=retry) leaves its work on a kept
-    branch and its next attempt starts fresh."""
+    """Once the result is recorded: clear the ``merging`` mark; a merged (or unchanged)
+    task's worktree and branch go; a conflicting one (MERGE_CONFLICT=retry) leaves its
+    work on a kept branch and its next attempt starts fresh. After a merge that failed
+    for another reason (``error``) the mark stays: the next attempt retries the merge
+    instead of running the agent again."""
     s = ctx.settings
     faults.crash_point("merge-before-cleanup")
-    if landed is not None and landed.outcome == git_merge.MERGED:
+    if landed is not None and landed.outcome == ERROR:
+        return  # the merge never ended: the next attempt tries it again, not the agent
+    if landed is not None and landed.outcome in (git_merge.MERGED, git_merge.NO_CHANGES):
         if worktree.remove(ctx, workspace) and workspace.branch:
             git = git_for(ctx)
             tip = git.rev(f"refs/heads/{workspace.branch}")
             if tip and git.is_ancestor(tip, f"refs/heads/{s.target_branch}"):
                 git.delete_branch(workspace.branch, tip)
-                ctx.note(f"branch {workspace.branch}: deleted (merged)")
+                ctx.note(f"branch {workspace.branch}: deleted (its work is on "
+                         f"{s.target_branch})")
     elif landed is not None and landed.outcome == git_merge.CONFLICT \
             and s.merge_conflict == "retry":
         kept = worktree.retire(ctx, workspace)
