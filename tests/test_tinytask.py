@@ -314,6 +314,26 @@ def test_last_attempt_parks_with_reason(fake, source):
     assert task.parked and task.attempts == 3
 
 
+def test_merge_queue_results_comment_and_park(fake, source):
+    """The merge queue: a merged result's comment carries the commit, files and link; a
+    conflict under MERGE_CONFLICT=park parks at once; a note is a comment."""
+    merged = claimed(fake, source, queue="dev")
+    source.note(str(merged), "merging into main: 1 file(s) changed: app.py")
+    summary = ("succeeded: merged into main as 3f2a9c1d0b7e; 1 file(s) changed: app.py; "
+               "check 2.0 s; https://git.example/c/3f2a9c1d0b7e\nsucceeded: exit code 0")
+    source.report(result(merged, SUCCEEDED, summary=summary), POLICY)
+    notes = fake.comments_of(merged)
+    assert notes[0] == "merging into main: 1 file(s) changed: app.py"
+    assert "merged into main as 3f2a9c1d0b7e" in notes[1] and "https://git.example/c/" in notes[1]
+    conflict = claimed(fake, source, queue="dev", token="tok-2")
+    parked = Result(task_id=str(conflict), agent="bob", attempt=1, outcome="conflict",
+                    token="tok-2", summary="conflict: merge conflict with main in app.py",
+                    detail={"park": True, "reason": "merge conflict with main in app.py"})
+    assert source.report(parked, POLICY).action == "parked"
+    assert "tinyscheduler:parked" in fake.task(conflict)["tags"]
+    assert "parked for a person after a conflict" in fake.comments_of(conflict)[0]
+
+
 def test_cancel_parks_without_counting_an_attempt(fake, source):
     task_id = claimed(fake, source, queue="dev")
     applied = source.report(result(task_id, OUTCOME_CANCELLED, summary="by operator"), POLICY)

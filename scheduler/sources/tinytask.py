@@ -702,6 +702,8 @@ class TinyTaskSource:
                 action = "parked"
                 why = (f"the agent needs a person: {agent_summary(result)}"
                        if result.outcome == NEEDS_HUMAN
+                       else f"parked for a person after a {result.outcome}"
+                       if parks(result)
                        else spent or f"parked after {attempts} attempts ({result.outcome})")
                 text = f"{why}; a human decides: {result.summary}"
             else:
