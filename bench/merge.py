@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cli, clean_env, median, write_agents  # noqa: E402
+from _common import clean_env, cli, median, write_agents  # noqa: E402
 
 from scheduler import clock  # noqa: E402
 from scheduler.config.settings import load_settings  # noqa: E402
