@@ -208,18 +208,18 @@ def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_pat
     s.run_once(TEST_CRASH_AT=point)  # the forked wrapper SIGKILLs itself at the point
     wait_for(lambda: s.leases() and s.leases()[task].pid is not None
              and not _alive(s.leases()[task].pid), timeout=30, what="the wrapper to die")
-    assert git(repo, "rev-parse", "main") in _heads(repo, head)  # old or new, nothing else
+    now = git(repo, "rev-parse", "main")
+    if point in ("merge-after-cas", "merge-before-cleanup"):  # the new commit: the merge
+        assert git(repo, "rev-list", "--parents", "-n", "1", now).split()[1:] == \
+            [head, git(repo, "rev-parse", f"tinyscheduler/task-{task}")]
+    else:
+        assert now == head  # the old commit, untouched
     s.pass_until(lambda: s.all_done() and not s.leases(), timeout=60)
     merges = [line for line in subjects(repo) if line.startswith(f"Merge task {task}")]
     assert len(merges) == 1
-    assert git(repo, "show", "main:runs.txt") == "agent ran"  # the agent's work, once
+    assert git(repo, "show", "main:runs.txt") == "agent ran"  # the agent ran once
     assert details(s, task)["merge_commit"] == git(repo, "rev-parse", "main")
-
-
-def _heads(repo: Path, old: str) -> set[str]:
-    return {old, git(repo, "rev-parse", "main")} if git(repo, "rev-parse", "main") == old \
-        else {git(repo, "rev-parse", "main")} if git(repo, "rev-parse", "main^1") == old \
-        else {old}
+    assert s.tasks()[task].status == "complete"  # not stuck merging
 
 
 def _alive(pid: int) -> bool:
