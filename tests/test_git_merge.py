@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,37 @@ def test_a_hung_check_is_stopped(repo):
     assert outcome.outcome == CHECK_FAILED
     assert "ran longer than 0.5 s" in outcome.check_tail
     assert repo.rev() == before
+
+
+def test_a_long_check_heartbeats_and_a_lost_lease_stops_it(repo, tmp_path):
+    """The check calls ``tick`` (the wrapper's heartbeat) while it runs; the repository
+    lock is held around the ref update and the temporary worktree's add and remove."""
+    before = repo.rev()
+    repo.branch("task-1", {"a.txt": "a\n"})
+    marker = tmp_path / "check-started"
+    check = Check([sys.executable, "-c", "import pathlib, sys, time; "
+                   "pathlib.Path(sys.argv[1]).touch(); time.sleep(0.3)", str(marker)],
+                  timeout_sec=30)
+    ticks: list[float] = []
+    locked: list[str] = []
+
+    @contextmanager
+    def lock():
+        locked.append("held")
+        yield
+
+    git = Git(repo.path, lock=lock, tick=lambda: ticks.append(1) or True, tick_every=0.05)
+    outcome = merge(git, "main", "task-1", message="m", author=AUTHOR,
+                    scratch=tmp_path / "scratch", check=check)
+    assert outcome.outcome == MERGED and len(ticks) >= 2
+    assert len(locked) == 3  # worktree add, worktree remove, the compare-and-swap
+    repo.branch("task-2", {"b.txt": "b\n"})
+    lost = Git(repo.path, tick=lambda: False, tick_every=0.05)
+    with pytest.raises(GitError, match="lease was lost while the merge check ran"):
+        merge(lost, "main", "task-2", message="m", author=AUTHOR,
+              scratch=tmp_path / "scratch", check=Check(
+                  [sys.executable, "-c", "import time; time.sleep(60)"], timeout_sec=60))
+    assert repo.rev() == outcome.commit != before  # the second merge never landed
 
 
 def test_a_commit_added_to_the_target_meanwhile_is_never_lost(repo):
