@@ -105,15 +105,18 @@ def same_line_scheduler(make_scheduler, tmp_path: Path, **settings: object) -> S
     return s
 
 
-def run_in_turn(s: Scheduler, first: str, second: str) -> None:
-    """Both agents start from the same base; the first finishes (and merges) first."""
+def run_in_turn(s: Scheduler, first: str, second: str) -> str:
+    """Both agents start from the same base; the first finishes (and merges) first; the
+    target's commit after the first merge."""
     go = s.go  # type: ignore[attr-defined]
     s.run_once()
     wait_for(lambda: (go / f"started-{first}").exists() and (go / f"started-{second}").exists(),
              timeout=30, what="both agents to start from the same base")
     (go / first).touch()
     wait_for(lambda: s.tasks()[first].status == "complete", timeout=30, what="the first merge")
+    merged = git(s.repo, "rev-parse", "main")  # type: ignore[attr-defined]
     (go / second).touch()
+    return merged
 
 
 def test_same_line_conflict_then_retry_on_the_new_base_merges(make_scheduler,
@@ -121,10 +124,10 @@ def test_same_line_conflict_then_retry_on_the_new_base_merges(make_scheduler,
     s = same_line_scheduler(make_scheduler, tmp_path)
     repo = s.repo  # type: ignore[attr-defined]
     first, second = (s.add(f"edit line 2 ({n})", "--queue", "dev") for n in (1, 2))
-    run_in_turn(s, first, second)
+    after_first = run_in_turn(s, first, second)
     wait_for(lambda: s.tasks()[second].attempts == 1, timeout=30, what="the conflict")
     wait_for(lambda: not s.leases(), what="the wrapper to finish")
-    after_first = git(repo, "rev-parse", "main")
+    assert git(repo, "rev-parse", "main") == after_first  # untouched by the conflict
     conflict = [row for row in s.history(second) if row["from_status"] == "working"
                 and row["to_status"] == "idle"][0]["detail"]
     assert "merge conflict with main" in conflict and "in app.txt" in conflict
