@@ -231,6 +231,23 @@ def test_revert_undoes_a_merge_with_a_new_commit(repo):
     assert repo.git("merge-base", "--is-ancestor", merged, "main") == ""
 
 
+def test_revert_of_a_rebased_task_undoes_all_its_commits(repo):
+    repo.git("checkout", "-q", "-b", "task-1")
+    for name in ("a.txt", "b.txt"):
+        repo.write(name, "x\n")
+        repo.commit(f"add {name}")
+    repo.git("checkout", "-q", "main")
+    repo.branch("other", {"c.txt": "c\n"})
+    _merge(repo, "other")
+    landed = _merge(repo, "task-1", mode="rebase")
+    undone = revert(Git(repo.path), "main", landed.commit, message="revert task 1",
+                    author=AUTHOR, scratch=repo.path.parent / "scratch",
+                    since=landed.target_before)
+    assert undone.outcome == MERGED and undone.changed_files == ("a.txt", "b.txt")
+    assert repo.git("ls-tree", "--name-only", "main").split() == ["README.md", "app.py",
+                                                                   "c.txt"]
+
+
 def test_a_revert_that_conflicts_changes_nothing(repo):
     repo.branch("task-1", {"app.py": "def login():\n    return 1\n"})
     merged = _merge(repo, "task-1").commit

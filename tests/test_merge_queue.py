@@ -330,3 +330,5 @@ def test_rebase_mode_keeps_the_target_linear_and_the_after_merge_hook_runs(
     history = notes(s, task)
     assert f"https://git.example/c/{head}" in history
     assert "hook after_merge exited 4" in history  # reported; the merge stands
+    assert s.cli("task", "revert", task).returncode == 0
+    assert git(repo, "ls-tree", "--name-only", "main").split() == ["README", "app.txt"]

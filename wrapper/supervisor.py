@@ -311,9 +311,11 @@ class Supervisor:
                     + (f"; check {landed.check_sec:.1f} s" if self.settings.merge_check_command
                        else ""))
             self._merge_detail = {
-                "commit": landed.commit, "target": target, "before": landed.target_before,
+                "commit": landed.commit, "target": target,
                 "changed_files": list(landed.changed_files), "check_sec":
                     round(landed.check_sec, 3), "merge_sec": round(spent, 3)}
+            if not landed.already:  # the target before this merge (a rebase's start)
+                self._merge_detail["before"] = landed.target_before
             url = landing.link(self.settings, landed.commit, self.task_id)
             if url:
                 self._merge_detail["link"] = url

@@ -450,7 +450,8 @@ def revert(app: AppContext, task_id: str) -> None:
     Reopens nothing; a revert that conflicts says so and changes nothing (exit 1)."""
     with _open_store(app) as (settings, store):
         found = store.get(task_id)
-        commit = store.details(found.id)["merge_commit"]
+        merged = store.details(found.id)
+        commit = merged["merge_commit"]
         if not commit:
             raise InputError(f"task {found.id} has no merge commit; accepted: the id of a task "
                              "the merge queue merged")
@@ -460,7 +461,8 @@ def revert(app: AppContext, task_id: str) -> None:
         from scheduler.merge import git_merge, landing
 
         target = settings.target_branch
-        outcome = landing.revert_task(settings, found.id, commit, found.title)
+        outcome = landing.revert_task(settings, found.id, commit, found.title,
+                                      since=merged["merge_base"] or "")
         if outcome.outcome == git_merge.CONFLICT:
             text = (f"revert of {commit[:12]} on {target} conflicts in "
                     f"{', '.join(outcome.conflicts)}; nothing changed")

@@ -181,9 +181,10 @@ def _landed_by(git: Git, tip: str, target: str) -> str:
 
 
 def revert(git: Git, target: str, commit: str, *, message: str, author: dict[str, str],
-           scratch: Path) -> MergeOutcome:
+           scratch: Path, since: str = "") -> MergeOutcome:
     """Add a commit to ``target`` that undoes ``commit`` (a merge: against its first
-    parent), by compare-and-swap; a revert that conflicts changes nothing."""
+    parent; with ``since``, every commit of ``since..commit``, as a rebase landed them),
+    by compare-and-swap; a revert that conflicts changes nothing."""
     ref = f"refs/heads/{target}"
     for races in range(MAX_RACES):
         old = git.rev(ref)
@@ -194,9 +195,15 @@ def revert(git: Git, target: str, commit: str, *, message: str, author: dict[str
         if not git.is_ancestor(full, old):
             raise GitError(f"commit {commit} is not on {target}")
         parents = git.run("rev-list", "--parents", "-n", "1", full).stdout.split()[1:]
+        undo = [full]
+        if len(parents) > 1:
+            undo = ["-m", "1", full]
+        elif since:
+            if not git.is_ancestor(since, full):
+                raise GitError(f"commit {since} is not an ancestor of {commit}")
+            undo = [f"{since}..{full}"]
         with _worktree(git, old, scratch) as work:
-            mainline = ["-m", "1"] if len(parents) > 1 else []
-            proc = git.run("revert", "--no-commit", *mainline, full, check=False, cwd=work)
+            proc = git.run("revert", "--no-commit", *undo, check=False, cwd=work)
             if proc.returncode != 0:
                 conflicts = _unmerged(git, work)
                 git.run("revert", "--abort", check=False, cwd=work)

@@ -151,10 +151,12 @@ def tidy(ctx: Context, workspace: Workspace, landed: Landed | None) -> None:
     _mark(s, ctx.task_id, merging=False)
 
 
-def revert_task(settings, task_id: str, commit: str, title: str) -> git_merge.MergeOutcome:
+def revert_task(settings, task_id: str, commit: str, title: str,
+                since: str = "") -> git_merge.MergeOutcome:
     """A commit on TARGET_BRANCH that undoes a merged task's ``commit``, landed by
     compare-and-swap while holding the target's merge lock (it queues with the merges);
-    a revert that conflicts changes nothing (outcome ``conflict``)."""
+    ``since`` (the target before a rebase landed the task) undoes every commit after it.
+    A revert that conflicts changes nothing (outcome ``conflict``)."""
     repo, target = settings.repo_dir, settings.target_branch
     git = Git(repo, lock=lambda: gitcmd.repo_lock(settings.state_dir, repo))
     subject = " ".join(title.split())[:200]
@@ -164,7 +166,7 @@ def revert_task(settings, task_id: str, commit: str, title: str) -> git_merge.Me
                      timeout=gitcmd.LOCK_TIMEOUT_SEC, what=f"the merge lock of {target}"):
         return git_merge.revert(git, target, commit, message=message,
                                 author=author_of(settings),
-                                scratch=settings.workspaces_dir / ".merge")
+                                scratch=settings.workspaces_dir / ".merge", since=since)
 
 
 def link(settings, commit: str, task_id: str) -> str:

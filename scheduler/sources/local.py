@@ -156,8 +156,10 @@ def _migration_4(conn: sqlite3.Connection) -> None:
 
 
 def _migration_5(conn: sqlite3.Connection) -> None:
-    """The merge queue: the commit a task's work landed as and the files it changed."""
+    """The merge queue: the commit a task's work landed as, the target's commit before
+    it, and the files it changed."""
     conn.execute("ALTER TABLE tasks ADD COLUMN merge_commit TEXT")
+    conn.execute("ALTER TABLE tasks ADD COLUMN merge_base TEXT")
     conn.execute("ALTER TABLE tasks ADD COLUMN changed_files TEXT NOT NULL DEFAULT ''")
 
 
@@ -496,7 +498,9 @@ class LocalStore:
             if decision.merge is not None:
                 files = [f for f in decision.merge.get("changed_files") or ()
                          if isinstance(f, str)]
+                before = decision.merge.get("before")
                 fields.update(merge_commit=decision.merge["commit"],
+                              merge_base=before if isinstance(before, str) else None,
                               changed_files=json.dumps(files) if files else "")
                 also = self._also_changed(conn, row["id"], files)
                 detail += also
@@ -667,11 +671,11 @@ class LocalStore:
     def details(self, task_id: str) -> dict[str, Any]:
         """Columns that :class:`Task` does not carry: ``result_summary``, ``updated_at``,
         what its attempts used: ``runtime_sec``, ``cost_usd``, ``tokens_in``,
-        ``tokens_out``, and what its merge landed: ``merge_commit``, ``changed_files``
-        (a list)."""
+        ``tokens_out``, and what its merge landed: ``merge_commit``, ``merge_base`` (the
+        target before it), ``changed_files`` (a list)."""
         number = int_id(task_id)
         rows = self._query("SELECT result_summary, updated_at, runtime_sec, cost_usd, "
-                           "tokens_in, tokens_out, merge_commit, changed_files "
+                           "tokens_in, tokens_out, merge_commit, merge_base, changed_files "
                            "FROM tasks WHERE id = ?",
                            (number,)) if number else []
         if not rows:
