@@ -223,6 +223,7 @@ def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_pat
     assert git(repo, "show", "main:runs.txt") == "agent ran"  # the agent ran once
     assert details(s, task)["merge_commit"] == git(repo, "rev-parse", "main")
     assert s.tasks()[task].status == "complete"  # not stuck merging
+    assert not list((s.state / "workspaces" / ".merge").glob("merge-*"))  # no leftovers
 
 
 def _alive(pid: int) -> bool:

@@ -360,6 +360,9 @@ def clean_scratch(git: Git, scratch: Path, is_live: Callable[[Path], bool] = lam
     if scratch.is_dir():
         for entry in scratch.iterdir():
             if entry.name.startswith("merge-") and not is_live(entry):
-                shutil.rmtree(entry, ignore_errors=True)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
     with git.lock():
         git.run("worktree", "prune", check=False)

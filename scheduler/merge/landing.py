@@ -104,6 +104,7 @@ def land(ctx: Context, workspace: Workspace,
                          tick_every=ctx.tick_every, timeout=MERGE_WAIT_SEC,
                          what=f"the merge lock of {target}"):
             faults.crash_point("merge-after-lock")
+            git_merge.clean_scratch(git, s.workspaces_dir / ".merge", _in_use)
             outcome = git_merge.merge(
                 git, target, branch, message=_message(ctx), author=author_of(s),
                 scratch=s.workspaces_dir / ".merge", mode=s.merge,
@@ -191,6 +192,22 @@ def _check(settings) -> Check | None:
         return None
     argv = hooks.fill(settings.merge_check_command, {})
     return Check(argv, settings.merge_check_timeout_sec, settings.kill_grace_sec)
+
+
+def _in_use(scratch: Path) -> bool:
+    """A temporary worktree ``merge-<pid>-<random>`` is in use while its process lives."""
+    import os
+
+    pid = scratch.name.split("-")[1] if scratch.name.count("-") >= 2 else ""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _mark(settings, task_id: str, **fields: object) -> None:
