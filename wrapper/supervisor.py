@@ -299,58 +299,12 @@ class Supervisor:
             return
         self._landed = landed
         spent = time.monotonic() - started
-        target = landed.target
-        short = landed.commit[:12]
-        if landed.outcome == git_merge.MERGED:
-            files = ", ".join(landed.changed_files[:20]) + \
-                (f" and {len(landed.changed_files) - 20} more"
-                 if len(landed.changed_files) > 20 else "")
-            text = (f"merged into {target} as {short}"
-                    + (" (it had landed before the interruption)" if landed.already else "")
-                    + f"; {len(landed.changed_files)} file(s) changed: {files}"
-                    + (f"; check {landed.check_sec:.1f} s" if self.settings.merge_check_command
-                       else ""))
-            self._merge_detail = {
-                "commit": landed.commit, "target": target,
-                "changed_files": list(landed.changed_files), "check_sec":
-                    round(landed.check_sec, 3), "merge_sec": round(spent, 3)}
-            if not landed.already:  # the target before this merge (a rebase's start)
-                self._merge_detail["before"] = landed.target_before
-            url = landing.link(self.settings, landed.commit, self.task_id)
-            if url:
-                self._merge_detail["link"] = url
-                text += f"; {url}"
-            text += "".join(f"; {n}" for n in landed.notes)
-        elif landed.outcome == git_merge.NO_CHANGES:
-            text = f"no changes: the branch has no commits beyond {target}; nothing merged"
-        elif landed.outcome == git_merge.CONFLICT:
-            attempt.outcome = base.MERGE_CONFLICT
-            park = self.settings.merge_conflict == "park"
-            text = (f"merge conflict with {target} ({landed.target_before[:12]}) in "
-                    f"{', '.join(landed.conflicts)}; {target} untouched; "
-                    + ("parked for a person (MERGE_CONFLICT=park)" if park else
-                       f"the next attempt starts fresh from {target}"))
-            self._merge_detail = {"conflicts": list(landed.conflicts), "target": target,
-                                  "target_at": landed.target_before,
-                                  "changed_files": list(landed.changed_files)}
-            if park:
-                self._merge_park = True
-        elif landed.outcome == git_merge.CHECK_FAILED:
-            attempt.outcome = base.CHECK_FAILED
-            tail = " ".join(landed.check_tail.split())[-300:]
-            text = (f"merge check failed after {landed.check_sec:.1f} s; {target} untouched: "
-                    f"{tail}")
-            self._merge_detail = {"target": target, "target_at": landed.target_before,
-                                  "check_sec": round(landed.check_sec, 3),
-                                  "check_tail": landed.check_tail[-2000:],
-                                  "changed_files": list(landed.changed_files)}
-        else:
-            attempt.outcome = base.OUTCOME_FAILED
-            text = f"merge into {target} failed: {landed.error}"
-        if attempt.outcome != base.SUCCEEDED:  # why it failed: last_error
-            attempt.note = "; ".join(n for n in (attempt.note, text) if n)
-        self._merge_text = text
-        self._line(f"merge: {landed.outcome}: {text} ({spent:.2f} s)")
+        said = landing.verdict(landed, self.settings, self.task_id, spent)
+        attempt.outcome = said.outcome
+        if said.outcome != base.SUCCEEDED:  # why it failed: last_error
+            attempt.note = "; ".join(n for n in (attempt.note, said.text) if n)
+        self._merge_text, self._merge_detail, self._merge_park = said.text, said.detail, said.park
+        self._line(f"merge: {landed.outcome}: {said.text} ({spent:.2f} s)")
 
     def _merging(self, lease, files: tuple[str, ...]) -> None:
         """The branch waits to merge: the lease says so and holds the files it changed."""

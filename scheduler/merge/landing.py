@@ -25,6 +25,7 @@ from scheduler import faults
 from scheduler.fsutil import ensure_private_dir
 from scheduler.merge import git_merge
 from scheduler.merge.git_merge import Check, Git, GitError
+from scheduler.sources import base as outcomes
 from scheduler.workspace import gitcmd, hooks, record, worktree
 from scheduler.workspace.base import Context, Workspace
 
@@ -168,6 +169,63 @@ def revert_task(settings, task_id: str, commit: str, title: str,
         return git_merge.revert(git, target, commit, message=message,
                                 author=author_of(settings),
                                 scratch=settings.workspaces_dir / ".merge", since=since)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a landing means for the attempt: its outcome, the result's first line, the
+    result's ``merge`` detail, and whether it parks the task."""
+
+    outcome: str
+    text: str
+    detail: dict
+    park: bool = False
+
+
+def verdict(landed: Landed, settings, task_id: str, spent: float) -> Verdict:
+    """The attempt's outcome and the words for it (a pure rule)."""
+    target, files = landed.target, landed.changed_files
+    if landed.outcome == git_merge.MERGED:
+        shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20
+                                         else "")
+        text = (f"merged into {target} as {landed.commit[:12]}"
+                + (" (it had landed before the interruption)" if landed.already else "")
+                + f"; {len(files)} file(s) changed: {shown}"
+                + (f"; check {landed.check_sec:.1f} s" if settings.merge_check_command
+                   else ""))
+        detail: dict = {"commit": landed.commit, "target": target,
+                        "changed_files": list(files), "check_sec": round(landed.check_sec, 3),
+                        "merge_sec": round(spent, 3)}
+        if not landed.already:  # the target before this merge (where a rebase started)
+            detail["before"] = landed.target_before
+        url = link(settings, landed.commit, task_id)
+        if url:
+            detail["link"] = url
+            text += f"; {url}"
+        return Verdict(outcomes.SUCCEEDED, text + "".join(f"; {n}" for n in landed.notes),
+                       detail)
+    if landed.outcome == git_merge.NO_CHANGES:
+        return Verdict(outcomes.SUCCEEDED, f"no changes: the branch has no commits beyond "
+                                           f"{target}; nothing merged", {})
+    if landed.outcome == git_merge.CONFLICT:
+        park = settings.merge_conflict == "park"
+        text = (f"merge conflict with {target} ({landed.target_before[:12]}) in "
+                f"{', '.join(landed.conflicts)}; {target} untouched; "
+                + ("parked for a person (MERGE_CONFLICT=park)" if park else
+                   f"the next attempt starts fresh from {target}"))
+        return Verdict(outcomes.MERGE_CONFLICT, text, {
+            "conflicts": list(landed.conflicts), "target": target,
+            "target_at": landed.target_before, "changed_files": list(files)}, park)
+    if landed.outcome == git_merge.CHECK_FAILED:
+        tail = " ".join(landed.check_tail.split())[-300:]
+        return Verdict(outcomes.CHECK_FAILED,
+                       f"merge check failed after {landed.check_sec:.1f} s; {target} "
+                       f"untouched: {tail}", {
+                           "target": target, "target_at": landed.target_before,
+                           "check_sec": round(landed.check_sec, 3),
+                           "check_tail": landed.check_tail[-2000:],
+                           "changed_files": list(files)})
+    return Verdict(outcomes.OUTCOME_FAILED, f"merge into {target} failed: {landed.error}", {})
 
 
 def link(settings, commit: str, task_id: str) -> str:
