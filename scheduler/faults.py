@@ -27,9 +27,6 @@ WORKSPACE_POINTS = ("workspace-after-lock", "workspace-mid-add", "workspace-afte
 #: recorded but the branch and worktree not yet removed.
 MERGE_POINTS = ("merge-after-mark", "merge-after-lock", "merge-before-check",
                 "merge-before-cas", "merge-after-cas", "merge-before-cleanup")
-
-#: The points of the merge executor (scheduler/merge/git_merge.py).
-MERGE_POINTS = ("merge-before-check", "merge-before-cas", "merge-after-cas")
 ALL_POINTS = POINTS + WORKSPACE_POINTS + MERGE_POINTS
 
 

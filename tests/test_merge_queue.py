@@ -208,7 +208,9 @@ def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_pat
     repo = s.repo  # type: ignore[attr-defined]
     head = git(repo, "rev-parse", "main")
     task = s.add("append a line", "--queue", "dev")
-    s.run_once(TEST_CRASH_AT=point)  # the forked wrapper SIGKILLs itself at the point
+    env = s.environ()
+    env[faults.CRASH_AT_VARIABLE] = point  # the forked wrapper SIGKILLs itself at the point
+    assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid is not None
              and not _alive(s.leases()[task].pid), timeout=30, what="the wrapper to die")
     now = git(repo, "rev-parse", "main")
