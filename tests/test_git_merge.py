@@ -295,3 +295,54 @@ def test_kill_9_at_each_merge_point_leaves_the_target_whole(repo, point):
     assert outcome.outcome == MERGED
     assert outcome.already == (point == "merge-after-cas")
     assert repo.git("rev-list", "--merges", "--count", "main") == "1", "merged exactly once"
+
+
+HUNG = r'''
+import sys
+from pathlib import Path
+from scheduler.merge.git_merge import Check, Git, merge
+repo, pid_file = Path(sys.argv[1]), sys.argv[2]
+check = Check([sys.executable, "-c", "import os, sys, time; "
+               "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)", pid_file],
+              timeout_sec=300)
+merge(Git(repo), "main", "task-1", message="m",
+      author={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x"}, scratch=repo.parent / "s",
+      check=check)
+'''
+
+
+@pytest.mark.processes
+def test_a_check_dies_with_the_process_that_runs_it(repo, tmp_path):
+    """A killed wrapper leaves no check running unbounded (nobody would stop it)."""
+    before = repo.rev()
+    repo.branch("task-1", {"a.txt": "a\n"})
+    pid_file = tmp_path / "check.pid"
+    merger = subprocess.Popen([sys.executable, "-c", HUNG, str(repo.path), str(pid_file)],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text())
+        check_pid = int(pid_file.read_text())
+        merger.kill()
+        merger.wait(timeout=30)
+        wait_until(lambda: not _running(check_pid))
+    finally:
+        merger.kill()
+        merger.wait(timeout=30)
+    assert repo.rev() == before
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from scheduler import faults
 from scheduler.workspace import gitcmd
-from scheduler.workspace.process import Tick
+from scheduler.workspace.process import Tick, run_bounded
 
 #: Longest any single git command may run.
 GIT_TIMEOUT_SEC = 120
@@ -267,64 +266,25 @@ def _unmerged(git: Git, work: Path) -> tuple[str, ...]:
 
 def _run_check(git: Git, commit: str, check: Check, scratch: Path) -> tuple[float, str, bool]:
     """Run the check on ``commit`` in a temporary worktree: (seconds, output tail, passed).
-    A check that outlives its timeout is stopped like a hung agent (TERM, then KILL)."""
+    It runs like a hook (``process.run_bounded``): its own session, stopped like a hung
+    agent after its timeout (TERM, then KILL), killed if this process dies, ``tick`` called
+    while it runs (a False tick stops it: the lease was lost)."""
+    env = {k: v for k, v in os.environ.items() if k != "TINYSCHEDULER_MCP_TOKEN"}
     with _worktree(git, commit, scratch) as work:
         started = time.monotonic()
-        log_path = work.parent / f"{work.name}.check.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(list(check.argv), cwd=work, stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            passed = _wait(proc, check, git.tick, git.tick_every)
+        done = run_bounded(list(check.argv), cwd=work, env=env, timeout=check.timeout_sec,
+                           grace=check.kill_grace_sec, tick=git.tick,
+                           tick_every=git.tick_every, die_with_parent=True)
         spent = time.monotonic() - started
-        tail = _tail(log_path, CHECK_TAIL_CHARS)
-        log_path.unlink(missing_ok=True)
-        if passed is None:
-            tail += f"\n(check stopped: ran longer than {check.timeout_sec:g} s)"
-            return spent, tail.strip(), False
-        return spent, tail, passed
-
-
-def _wait(proc: subprocess.Popen[bytes], check: Check, tick: Tick | None,
-          tick_every: float) -> bool | None:
-    deadline = time.monotonic() + check.timeout_sec
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                return proc.wait(timeout=max(0.0, min(left, tick_every))) == 0
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline:
-                    raise
-                if tick is not None and not tick():
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    raise GitError("the lease was lost while the merge check ran") from None
-    except subprocess.TimeoutExpired:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=check.kill_grace_sec)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-        return None
-    finally:
-        _signal_group(proc.pid, signal.SIGKILL)  # whatever it left in its group
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _tail(path: Path, limit: int) -> str:
-    try:
-        data = path.read_bytes()[-limit * 4:]
-    except OSError:
-        return ""
-    return data.decode(errors="replace")[-limit:]
+    if done.stopped:
+        raise GitError("the lease was lost while the merge check ran")
+    tail = done.output[-CHECK_TAIL_CHARS * 4:].decode(errors="replace")[-CHECK_TAIL_CHARS:]
+    if done.error:
+        return spent, f"the check could not start: {done.error}", False
+    if done.timed_out:
+        tail += f"\n(check stopped: ran longer than {check.timeout_sec:g} s)"
+        return spent, tail.strip(), False
+    return spent, tail, done.returncode == 0
 
 
 # --- temporary worktrees --------------------------------------------------------------------
