@@ -185,11 +185,25 @@ def test_a_long_check_heartbeats_and_a_lost_lease_stops_it(repo, tmp_path):
     assert len(locked) == 3  # worktree add, worktree remove, the compare-and-swap
     repo.branch("task-2", {"b.txt": "b\n"})
     lost = Git(repo.path, tick=lambda: False, tick_every=0.05)
-    with pytest.raises(GitError, match="lease was lost while the merge check ran"):
+    with pytest.raises(GitError, match="lease was lost"):
         merge(lost, "main", "task-2", message="m", author=AUTHOR,
               scratch=tmp_path / "scratch", check=Check(
                   [sys.executable, "-c", "import time; time.sleep(60)"], timeout_sec=60))
     assert repo.rev() == outcome.commit != before  # the second merge never landed
+
+
+def test_git_steps_heartbeat_between_commands(repo, tmp_path):
+    repo.branch("task-1", {"a.txt": "a\n"})
+    ticks: list[int] = []
+    git = Git(repo.path, tick=lambda: ticks.append(1) or True, tick_every=0)
+    merge(git, "main", "task-1", message="m", author=AUTHOR, scratch=tmp_path / "s")
+    assert len(ticks) >= 5  # one before each git command
+    before = repo.rev()
+    repo.branch("task-2", {"b.txt": "b\n"})
+    with pytest.raises(GitError, match="the lease was lost during the merge"):
+        merge(Git(repo.path, tick=lambda: False, tick_every=0), "main", "task-2", message="m",
+              author=AUTHOR, scratch=tmp_path / "s")
+    assert repo.rev() == before
 
 
 def test_a_commit_added_to_the_target_meanwhile_is_never_lost(repo):

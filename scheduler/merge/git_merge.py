@@ -73,12 +73,16 @@ class Git:
     #: The repository's lock (``gitcmd.repo_lock``), held around ref updates and
     #: worktree add/remove; none by default.
     lock: Callable[[], AbstractContextManager[object]] = _no_lock
-    #: Called every ``tick_every`` seconds while a check runs; False stops it.
+    #: Called every ``tick_every`` seconds while a check runs, and between git commands
+    #: when that much time has passed; False stops the merge (the lease was lost).
     tick: Tick | None = None
     tick_every: float = 15.0
+    _ticked: list[float] = field(default_factory=lambda: [time.monotonic()], compare=False,
+                                 repr=False)
 
     def run(self, *args: str, check: bool = True, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        self._heartbeat()
         full_env = gitcmd.git_env(env)
         try:
             proc = subprocess.run(["git", "-C", str(cwd or self.repo), *gitcmd.CONFIG, *args],
@@ -90,6 +94,13 @@ class Git:
             raise GitError(f"git {' '.join(args[:3])} failed ({proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[:300]}")
         return proc
+
+    def _heartbeat(self) -> None:
+        if self.tick is None or time.monotonic() - self._ticked[0] < self.tick_every:
+            return
+        self._ticked[0] = time.monotonic()
+        if not self.tick():
+            raise GitError("the lease was lost during the merge")
 
     def rev(self, name: str) -> str:
         """The commit ``name`` points at, or "" when there is none."""
