@@ -311,8 +311,9 @@ class Supervisor:
         target = self.settings.target_branch
         metadata = {**(lease.metadata or {}), "changed_files": list(files),
                     "merging_into": target}
-        if self.store.heartbeat(self.task_id, self.token, clock.now(), state=MERGING,
-                                metadata=metadata) is None:
+        # A lease that cannot be written now (a full disk) gets these fields at the next
+        # heartbeat that can; only a fenced one stops the merge.
+        if self._beat(state=MERGING, metadata=metadata) == BEAT_FENCED:
             self._fenced = True
             raise git_merge.GitError("the lease was lost before the merge")
         shown = ", ".join(files[:10]) + (" ..." if len(files) > 10 else "")
@@ -321,16 +322,10 @@ class Supervisor:
 
     def _note_source(self, text: str) -> None:
         """A history note (or comment) that changes nothing; best effort."""
-        from scheduler.sources import open_source
-
         try:
-            source = open_source(self.settings)
-            try:
-                note = getattr(source, "note", None)
-                if note is not None:
-                    note(self.task_id, text)
-            finally:
-                source.close()
+            note = getattr(self._open_source(), "note", None)
+            if note is not None:
+                note(self.task_id, text)
         except Exception as exc:
             self._line(f"could not write the note to the task source ({exc})")
 

@@ -722,8 +722,10 @@ class TinyTaskSource:
         return Applied(action, text[:200])
 
     def note(self, task_id: str, text: str, actor: str = "tinyscheduler") -> None:
-        """A comment that changes nothing (e.g. "merging", "reverted")."""
-        self._comment(task_id, text)
+        """A comment that changes nothing (e.g. "merging", "reverted"): one POST, never
+        repeated (a note whose answer was lost may be missing, never doubled)."""
+        self._call("POST", f"/tasks/{_id_number(task_id)}/comments", retry=False,
+                   body={"content": text, "created_by": actor})
 
     def _redeliver(self, raw: dict, result: Result) -> Applied:
         """The result was applied already; write its comment if a crash lost it."""
