@@ -14,7 +14,7 @@ import pytest
 from freezegun import freeze_time
 
 from scheduler import clock
-from scheduler.state.leases import FINISHING, RUNNING, STARTING, Lease, LeaseStore
+from scheduler.state.leases import FINISHING, MERGING, RUNNING, STARTING, Lease, LeaseStore
 from scheduler.state.liveness import (
     ALIVE,
     HEARTBEAT_STALE,
@@ -92,6 +92,11 @@ def test_runtime_exceeded_boundary_leaves_the_wrapper_its_margin() -> None:
         frozen.tick(MS)
         assert judge(fresh, probe) == RUNTIME_EXCEEDED
         assert judge(replace(fresh, state=FINISHING), probe) == RUNTIME_EXCEEDED
+        # A merging lease has its own bounds (check timeout, lock wait): only its
+        # heartbeat judges it.
+        assert judge(replace(fresh, state=MERGING), probe) is ALIVE
+        frozen.tick(timedelta(seconds=10 * 4))
+        assert judge(replace(fresh, state=MERGING), probe) == HEARTBEAT_STALE
 
 
 def test_spawn_timeout_boundary_and_a_live_wrapper() -> None:
