@@ -95,16 +95,16 @@ class Supervisor:
         self._source = None
         self._runs: Any = None  #: the run coordinator (several hosts), opened lazily
         self._renewed_at = time.monotonic()
+        self._landed: landing.Landed | None = None
+        self._merge_detail: dict = {}
+        self._merge_text = ""
+        self._merge_park = False
 
     @property
     def _out(self) -> AttemptLog:
         """The attempt log, open from before the agent starts to after it ended."""
         assert self.log is not None
         return self.log
-        self._landed: landing.Landed | None = None
-        self._merge_detail: dict = {}
-        self._merge_text = ""
-        self._merge_park = False
 
     # --- the whole life ------------------------------------------------------------------
 
