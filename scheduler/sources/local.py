@@ -68,7 +68,9 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     import_fields,
     int_id,
     is_valid_recipe,
+    missing_blockers,
     parse_blocker_ids,
+    parse_import,
     ref_cycles,
     truncate_bytes,
 )
@@ -897,27 +899,11 @@ class LocalStore:
     def import_tasks(self, specs: list, actor: str = "import") -> list[Task]:
         """Add every task of ``specs`` (a parsed JSON list) or none: all items are
         validated first; an error names the item index and the field."""
-        if not isinstance(specs, list):
-            raise InputError(f"import expects a JSON list of task objects, got "
-                             f"{type(specs).__name__}")
-        errors: list[str] = []
-        parsed: list[tuple[dict, list[int], list[int]]] = []  # spec, existing ids, #refs
-        for index, spec in enumerate(specs):
-            item_errors, existing, refs = check_spec(index, spec, len(specs))
-            errors += [f"item {index}: {e}" for e in item_errors]
-            parsed.append((spec if isinstance(spec, dict) else {}, existing, refs))
-        if not errors:
-            errors += ref_cycles([refs for _, _, refs in parsed])
-        if errors:
-            raise InputError("\n".join(errors))
+        parsed = parse_import(specs)
         with self._write() as conn:
             missing = self._missing(conn, (n for _, existing, _ in parsed for n in existing))
             if missing:
-                raise InputError("\n".join(
-                    f"item {i}: blocked_by {n} is not an existing task id; accepted: ids of "
-                    "existing tasks or '#N' for the N-th item of this file (0-based)"
-                    for i, (_, existing, _) in enumerate(parsed)
-                    for n in existing if n in missing))
+                raise missing_blockers(parsed, missing)
             numbers = [self._insert(conn, actor=actor, **import_fields(spec))
                        for spec, _, _ in parsed]
             for number, (_, existing, refs) in zip(numbers, parsed, strict=True):

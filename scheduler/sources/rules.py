@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from scheduler import clock as _clock
-from scheduler.errors import InvalidTransition
+from scheduler.errors import InputError, InvalidTransition
 from scheduler.names import NAME_RULE, TEXT_RULE, is_valid_name, text_problem
 from scheduler.sources.base import (
     CANCELLED,
@@ -445,6 +445,38 @@ def usage_delta(result: Result) -> tuple[float, float, int, int]:
         return 0.0, 0.0, 0, 0
     cost, tokens_in, tokens_out = usage_of(result)
     return max(float(result.duration_sec or 0.0), 0.0), cost, tokens_in, tokens_out
+
+
+#: One checked import item: the spec, the ids of existing tasks it waits for, and the
+#: ``#N`` references to other items of the same file.
+ParsedItem = tuple[dict, list[int], list[int]]
+
+
+def parse_import(specs: object) -> list[ParsedItem]:
+    """Every item of an import file checked before anything is written; raises
+    :class:`InputError` naming each bad item and field (all or nothing)."""
+    if not isinstance(specs, list):
+        raise InputError(f"import expects a JSON list of task objects, got "
+                         f"{type(specs).__name__}")
+    errors: list[str] = []
+    parsed: list[ParsedItem] = []
+    for index, spec in enumerate(specs):
+        item_errors, existing, refs = check_spec(index, spec, len(specs))
+        errors += [f"item {index}: {e}" for e in item_errors]
+        parsed.append((spec if isinstance(spec, dict) else {}, existing, refs))
+    if not errors:
+        errors += ref_cycles([refs for _, _, refs in parsed])
+    if errors:
+        raise InputError("\n".join(errors))
+    return parsed
+
+
+def missing_blockers(parsed: list[ParsedItem], missing: set[int]) -> InputError:
+    """The error for import items waiting on task ids the store does not have."""
+    return InputError("\n".join(
+        f"item {i}: blocked_by {n} is not an existing task id; accepted: ids of existing "
+        "tasks or '#N' for the N-th item of this file (0-based)"
+        for i, (_, existing, _) in enumerate(parsed) for n in existing if n in missing))
 
 
 def import_fields(spec: dict) -> dict[str, Any]:

@@ -43,14 +43,14 @@ from scheduler.sources.rules import (
     MAX_DETAIL_BYTES,
     STATUSES,
     check_files,
-    check_spec,
     check_transition,
     decide_report,
     field_errors,
     import_fields,
     int_id,
+    missing_blockers,
     parse_blocker_ids,
-    ref_cycles,
+    parse_import,
     truncate_bytes,
 )
 
@@ -613,27 +613,11 @@ class PostgresStore:
     def import_tasks(self, specs: list, actor: str = "import") -> list[Task]:
         """Add every task of ``specs`` or none (see the embedded store); items exported
         with ``task export`` keep their status, attempts, result and history."""
-        if not isinstance(specs, list):
-            raise InputError(f"import expects a JSON list of task objects, got "
-                             f"{type(specs).__name__}")
-        errors: list[str] = []
-        parsed: list[tuple[dict, list[int], list[int]]] = []
-        for index, spec in enumerate(specs):
-            item_errors, existing, refs = check_spec(index, spec, len(specs))
-            errors += [f"item {index}: {e}" for e in item_errors]
-            parsed.append((spec if isinstance(spec, dict) else {}, existing, refs))
-        if not errors:
-            errors += ref_cycles([refs for _, _, refs in parsed])
-        if errors:
-            raise InputError("\n".join(errors))
+        parsed = parse_import(specs)
         with self._tx() as cur:
             missing = self._missing(cur, (n for _, existing, _ in parsed for n in existing))
             if missing:
-                raise InputError("\n".join(
-                    f"item {i}: blocked_by {n} is not an existing task id; accepted: ids of "
-                    "existing tasks or '#N' for the N-th item of this file (0-based)"
-                    for i, (_, existing, _) in enumerate(parsed)
-                    for n in existing if n in missing))
+                raise missing_blockers(parsed, missing)
             numbers = [self._insert(cur, actor=actor, **import_fields(spec))
                        for spec, _, _ in parsed]
             for number, (_, existing, refs) in zip(numbers, parsed, strict=True):
