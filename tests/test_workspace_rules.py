@@ -96,3 +96,17 @@ def test_ids_git_cannot_use_as_a_branch_are_refused(task_id):
 def test_branch_names_follow_the_task_id():
     assert branch_for("42") == "tinyscheduler/task-42"
     assert branch_for("fix-login_2.v1") == "tinyscheduler/task-fix-login_2.v1"
+
+
+def test_an_agent_installed_under_tmp_stays_visible_in_the_private_tmp(tmp_path: Path) -> None:
+    from scheduler.workspace import sandbox
+
+    program = tmp_path / "venv" / "bin" / "python"
+    program.parent.mkdir(parents=True)
+    program.write_text("")
+    script = tmp_path / "agent.py"
+    script.write_text("")
+    words = [str(program), "-S", str(script), "--title=x", "/tmp", "/tmp/loose-file"]
+    assert str(tmp_path).startswith("/tmp/")
+    assert sandbox.hidden_by_private_tmp(words) == [program.parent, tmp_path]
+    assert sandbox.hidden_by_private_tmp(["/usr/bin/true", "/etc/hostname"]) == []

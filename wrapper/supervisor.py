@@ -492,6 +492,7 @@ class Supervisor:
         readable = [self.settings.base_path, self.task_dir]
         if self.settings.repo_dir is not None:
             readable.insert(1, self.settings.repo_dir)
+        readable += sandbox.hidden_by_private_tmp(argv)
         return sandbox.wrap(argv, program=program,
                             workspace=workspace.path if workspace else None, cwd=cwd,
                             writable=writable, readable=readable)

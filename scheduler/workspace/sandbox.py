@@ -56,6 +56,20 @@ def wrap(argv: list[str], *, program: str, workspace: Path | None, cwd: Path,
     return [*sandbox, "--chdir", str(cwd), "--", *argv]
 
 
+def hidden_by_private_tmp(argv: Iterable[str]) -> list[Path]:
+    """Directories of the program and of the file arguments that lie below /tmp, which
+    the private /tmp would hide (an agent or its script installed in a directory there), to
+    bind back read-only. /tmp itself is never bound back: it stays private."""
+    found: list[Path] = []
+    for word in argv:
+        path = Path(word)
+        if not word.startswith("/tmp/") or path.parent == Path("/tmp"):
+            continue
+        if path.is_file() and path.parent not in found:
+            found.append(path.parent)
+    return found
+
+
 def git_writable(workspace: Path) -> list[Path]:
     """What git in a worktree writes besides the worktree: its own metadata directory,
     the object store, and the task branches' refs and logs (REPO_DIR's working tree,
