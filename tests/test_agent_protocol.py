@@ -338,7 +338,7 @@ def test_a_preset_never_overwrites_a_command_already_set(make_scheduler, tmp_pat
     proc = s.cli("--env-file", str(env_file), "validate-config", "--fix", "--preset", "codex")
     assert "TINYSCHEDULER_AGENT_COMMAND is already set; left as it is" in proc.stdout
     assert env_file.read_text().startswith("TINYSCHEDULER_AGENT_COMMAND=my-agent {task_id}\n")
-    assert "TINYSCHEDULER_AGENT_RESULT_ADAPTER='codex'" in env_file.read_text()
+    assert "TINYSCHEDULER_AGENT_RESULT_ADAPTER=codex\n" in env_file.read_text()
     bad = s.cli("--env-file", str(env_file), "validate-config", "--fix", "--preset", "gpt")
     assert bad.returncode == 2 and "unknown preset 'gpt'; accepted: goose" in bad.stderr
     no_fix = s.cli("--env-file", str(env_file), "validate-config", "--preset", "codex")

@@ -161,6 +161,7 @@ def _preset_env_file(app: AppContext) -> Path:
 def _write_preset(env_file: Path, name: str) -> list[Finding]:
     """Append the preset's settings to the env file; never overwrite a line that is set."""
     from scheduler.agents.presets import get
+    from scheduler.config.envfile import env_value
     from scheduler.config.settings import PREFIX, read_env_file
     from scheduler.fsutil import FILE_MODE
 
@@ -176,7 +177,7 @@ def _write_preset(env_file: Path, name: str) -> list[Finding]:
                                                f"left as it is (preset {name} would set "
                                                f"{value!r})"))
         else:
-            lines.append(f"{PREFIX}{key}={_env_quote(value)}\n")
+            lines.append(f"{PREFIX}{key}={env_value(value)}\n")
     if lines:
         try:
             fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
@@ -187,13 +188,6 @@ def _write_preset(env_file: Path, name: str) -> list[Finding]:
             return [Finding("error", f"cannot write preset {name} to {env_file}: {exc}")]
         findings.append(Finding("fixed", f"wrote preset {name} to {env_file}"))
     return findings
-
-
-def _env_quote(value: str) -> str:
-    """An env-file value that python-dotenv reads back verbatim."""
-    if "'" not in value:
-        return f"'{value}'"
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _creatable(path: Path) -> bool:
