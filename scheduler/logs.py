@@ -161,3 +161,24 @@ def setup_logging(level: str, fmt: str, log_dir: Path | None,
     logger.propagate = False
     for noisy in ("httpx", "httpcore"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def append_event(log_dir: Path, fmt: str, level: int, message: str, fields: dict) -> None:
+    """Write one line to today's scheduler log from a process that has no logging set up
+    (a wrapper): formatted like the scheduler's own lines, in one ``O_APPEND`` write so it
+    never interleaves with them. Failures are ignored: a log line never fails an attempt."""
+    record = logging.makeLogRecord({
+        "name": LOGGER_NAME, "levelno": level, "levelname": logging.getLevelName(level),
+        "msg": message, "args": None, "fields": fields,
+    })
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    day = time.strftime("%Y%m%d", time.gmtime(record.created))
+    try:
+        fd = os.open(log_dir / f"scheduler_{day}.log",
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (formatter.format(record) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

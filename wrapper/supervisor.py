@@ -8,6 +8,7 @@ idle check), so it costs nothing while it waits and reacts at once when the agen
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -27,10 +28,11 @@ from scheduler.agents import prompt, ratelimit, result_file
 from scheduler.agents.result_file import AgentResult
 from scheduler.errors import AlreadyLeased, ConfigError, LeaseError, SourceError
 from scheduler.fsutil import ensure_private_dir
+from scheduler.logs import append_event
 from scheduler.merge import git_merge, landing
 from scheduler.sources import base
 from scheduler.sources.base import Result, RetryPolicy
-from scheduler.state import outbox, taskfile, throttles, wake
+from scheduler.state import outbox, records, taskfile, throttles, wake
 from scheduler.state.leases import FINISHING, MERGING, Lease, LeaseStore
 from scheduler.workspace import limits, modes, sandbox
 from scheduler.workspace.base import Context, LowDisk, Workspace, WorkspaceError
@@ -182,7 +184,7 @@ class Supervisor:
             self._line("lease vanished or was re-owned before reporting: nothing reported")
             return 0
         self._hold_or_release_agent(lease.agent, result, said)
-        self._record(result)
+        self._record_outcome(result, self._record(result))
         if self.workspace is not None and self.context is not None:
             try:
                 if self._landed is not None:
@@ -790,11 +792,12 @@ class Supervisor:
             detail=detail,
         )
 
-    def _record(self, result: Result) -> None:
+    def _record(self, result: Result) -> str:
         """Make the result safe: first in the outbox (so a slow or hung source can lose
         nothing, whatever happens to this process), then reported to the source, then the
         outbox entry removed. While it can be neither written nor reported, it is kept in
-        memory and retried, the lease heartbeated meanwhile."""
+        memory and retried, the lease heartbeated meanwhile. Returns what the source did
+        with it (``outbox`` when it waits there, ``dropped`` when fenced meanwhile)."""
         delay = 0.5
         while True:
             kept = self._keep(result)
@@ -805,14 +808,14 @@ class Supervisor:
                 except OSError as exc:  # delivered again later: ignored as a duplicate
                     self._line(f"delivered, but the outbox entry stays ({exc})")
             if reported or kept is not None:
-                return
+                return reported or "outbox"
             self._line(f"result neither reported nor written to the outbox; kept in memory, "
                        f"retrying in {delay:.1f} s")
             time.sleep(delay)
             delay = min(delay * 2, KEEP_RETRY_MAX_SEC)
             if self._beat(state=FINISHING) == BEAT_FENCED:
                 self._line("lease re-owned while the result was kept in memory: dropped")
-                return
+                return "dropped"
 
     def _keep(self, result: Result) -> Path | None:
         try:
@@ -821,8 +824,9 @@ class Supervisor:
             self._line(f"the result could not be written to the outbox ({exc})")
             return None
 
-    def _report(self, result: Result) -> bool:
-        """Report to the source within REPORT_DEADLINE_SEC; True when it took it."""
+    def _report(self, result: Result) -> str | None:
+        """Report to the source within REPORT_DEADLINE_SEC; what it did with the result,
+        or None when it could not be reached."""
         policy = RetryPolicy.from_settings(self.settings)
         try:
             source = self._open_source()
@@ -833,9 +837,26 @@ class Supervisor:
         except Exception as exc:
             self._line(f"task source unreachable ({exc}); result kept in "
                        f"{outbox.path_for(self.settings.outbox_dir, result.task_id, result.token)}")
-            return False
+            return None
         self._line(f"reported {result.outcome}: {applied.action} {applied.note}".rstrip())
-        return True
+        return applied.action or "reported"
+
+    def _record_outcome(self, result: Result, action: str) -> None:
+        """One line in ``outcomes.jsonl`` (the dashboard's counters and recent outcomes)
+        and one in the scheduler log. Neither may fail the attempt: it is recorded.
+        Nothing for a result dropped when fenced: the scheduler records what it reclaimed."""
+        if action == "dropped":
+            return
+        try:
+            records.append_outcome(self.settings, records.outcome_entry(result, action))
+        except OSError as exc:
+            self._line(f"could not record the outcome: {exc}")
+        level = logging.INFO if result.outcome == base.SUCCEEDED else logging.WARNING
+        append_event(self.settings.log_dir, self.settings.log_format, level,
+                     f"task {result.task_id} {result.outcome}", {
+                         "task": result.task_id, "agent": result.agent,
+                         "attempt": result.attempt, "outcome": result.outcome,
+                         "duration_sec": result.duration_sec, "action": action})
 
 
 # --- process helpers -----------------------------------------------------------------------

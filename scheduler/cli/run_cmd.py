@@ -69,17 +69,39 @@ def _reload(app: AppContext, flags: dict):
 
 @click.command(cls=SubCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--watch", is_flag=True, help="Redraw every second until interrupted.")
 @click.pass_obj
-def status(app: AppContext, as_json: bool) -> int:
-    """Agents, running leases, outbox, last pass, source health (exit 1 if unhealthy)."""
+def status(app: AppContext, as_json: bool, watch: bool) -> int:
+    """Agents, running tasks, backlog, outbox, last pass, source health (exit 1 if
+    unhealthy)."""
     from scheduler.reconcile import status as status_mod
 
-    report = status_mod.collect(app.settings())
+    if watch and as_json:
+        raise click.UsageError("give --watch or --json, not both")
+    settings = app.settings()
+    if watch:
+        return _watch(settings, status_mod)
+    report = status_mod.collect(settings)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         click.echo(status_mod.render(report))
     return EXIT_OK if report["healthy"] else EXIT_PASS_ERRORS
+
+
+def _watch(settings, status_mod) -> int:
+    """``status --watch``: clear the terminal and redraw once a second; Ctrl-C ends it."""
+    import sys
+    import time
+
+    try:
+        while True:
+            text = status_mod.render(status_mod.collect(settings))
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")  # home, clear, redraw
+            sys.stdout.flush()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _pause_command(pause: bool):

@@ -28,6 +28,11 @@ def build_reconciler(settings, mode: str):
 
     registry = load_registry(settings.agent_control_file, settings.agent_limits,
                              settings.default_agent_limit)
+    log.info(f"scheduler starting ({mode})", extra={"fields": {
+        "source": settings.task_source, "mode": mode,
+        "agents": ",".join(f"{a.name}={a.limit}" for a in registry.agents) or "none",
+        "legacy": registry.legacy, "interval_sec": settings.loop_interval_sec,
+        "spawn_mode": settings.spawn_mode}})
     for warning in registry.warnings():
         log.warning(warning)
     return Reconciler(settings, registry, mode=mode)

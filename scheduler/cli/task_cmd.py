@@ -310,6 +310,52 @@ def _brief(task_id: str, other: Any) -> dict[str, Any]:
     return {"id": task_id, "status": other.status, "title": other.title}
 
 
+# --- log -------------------------------------------------------------------------------
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--attempt", type=click.IntRange(min=1), help="Which attempt (default: the "
+              "latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the "
+              "attempt ends, then say how it ended.")
+@click.pass_obj
+def log(app: AppContext, task_id: str, attempt: int | None, follow: bool) -> int:
+    """Print the log of one attempt of a task (any task source)."""
+    import sys
+
+    from scheduler.names import check_name
+    from scheduler.state import tasklog
+
+    check_name(task_id)
+    settings = app.settings()
+    logs, running_dir = settings.task_log_dir, settings.running_dir
+    running = tasklog.running_attempt(running_dir, task_id)
+    if attempt is None:
+        known = tasklog.attempts(logs, task_id)
+        attempt = max([*known, running or 0]) or None
+        if attempt is None:
+            raise InputError(f"task {task_id} has no attempt log in {logs / task_id}")
+    path = tasklog.attempt_path(logs, task_id, attempt)
+    if running != attempt and not path.exists():
+        known = tasklog.attempts(logs, task_id)
+        have = f"attempts with a log: {', '.join(map(str, known))}" if known else "no attempt logs"
+        raise InputError(f"task {task_id} has no log for attempt {attempt} ({have})")
+    out = sys.stdout.buffer
+    if not follow:
+        chunk = tasklog.read_chunk(path, 0, limit=1 << 62)
+        out.write(chunk[0] if chunk else b"")
+        out.flush()
+        return 0
+    for data in tasklog.follow(logs, running_dir, task_id, attempt):
+        out.write(data)
+        out.flush()
+    ended = tasklog.outcome(tasklog.tail(path)) or "no outcome line (the attempt was " \
+        "reclaimed or its wrapper died; see 'task show')"
+    click.echo(f"attempt {attempt} of task {task_id} ended: {ended}", err=True)
+    return 0
+
+
 # --- retry / cancel ----------------------------------------------------------------------
 
 

@@ -635,6 +635,10 @@ class Settings:
         return self.state_dir / "metrics.jsonl"
 
     @property
+    def outcomes_file(self) -> Path:
+        return self.state_dir / "outcomes.jsonl"
+
+    @property
     def wake_socket(self) -> Path:
         return self.state_dir / "wake.sock"
 

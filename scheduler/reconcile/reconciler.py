@@ -41,7 +41,7 @@ from scheduler.sources.base import (
     RetryPolicy,
     Task,
 )
-from scheduler.state import liveness, outbox, taskfile, throttles
+from scheduler.state import liveness, outbox, records, taskfile, throttles
 from scheduler.state.leases import (
     RUNNING,
     STARTING,
@@ -380,14 +380,29 @@ class Reconciler:
 
     def _report_or_keep(self, result: Result) -> None:
         try:
-            applied = self.source.report(result, self.policy)
+            action = self.source.report(result, self.policy).action
             log.info("requeued after reclaim", extra={"fields": {
-                "task": result.task_id, "action": applied.action}})
+                "task": result.task_id, "action": action}})
         except SourceError as exc:
             path = outbox.write(self.settings.outbox_dir, result)
+            action = "outbox"
             log.warning("source unreachable; reclaim result kept in the outbox",
                         extra={"fields": {"task": result.task_id, "path": str(path),
                                           "error": str(exc)}})
+        self._record_outcome(result, action)
+
+    def _record_outcome(self, result: Result, action: str) -> None:
+        """An attempt the scheduler ended (reclaim, launch failure): one outcome line in
+        ``outcomes.jsonl`` and one in the log, like a wrapper's."""
+        try:
+            records.append_outcome(self.settings, records.outcome_entry(result, action))
+        except OSError as exc:
+            log.warning("could not record an outcome", extra={"fields": {
+                "task": result.task_id, "error": str(exc)}})
+        log.warning(f"task {result.task_id} {result.outcome}", extra={"fields": {
+            "task": result.task_id, "agent": result.agent, "attempt": result.attempt,
+            "outcome": result.outcome, "duration_sec": result.duration_sec,
+            "action": action}})
 
     def _stop_unwanted(self, leases: list[Lease], summary: PassSummary) -> None:
         """Both sides reconciled: a run whose task the source no longer has working on that

@@ -19,14 +19,26 @@ STALE_INTERVALS = 3
 LOW_DISK_MIN_FREE_BYTES = 100 * 2**20
 #: ... and so is less than this fraction of it free.
 LOW_DISK_MIN_FREE_RATIO = 0.02
+#: Running task titles are shortened to this many characters in the table.
+TITLE_WIDTH = 40
 
 
-def collect(settings) -> dict:
+def collect(settings, source=None, leases=None, probe_locks: bool = True,
+            check_paths: bool = True) -> dict:
+    """The status report (the shape of ``status --json``). ``source``: an open task source
+    to reuse (the dashboard keeps one); otherwise one is opened and closed here.
+    ``leases``: the leases, when the caller has read them (otherwise read here).
+    ``probe_locks=False`` (the dashboard) judges stranded tasks without probing liveness
+    locks: a working task with no lease and no outbox entry counts. ``check_paths=False``:
+    the caller checked the state paths already (the dashboard, at start-up)."""
+    if check_paths:
+        check_state_paths(settings)  # a link or a writable directory: refused, exit 2
     now = clock.now()
     problems: list[str] = []
-    check_state_paths(settings)  # a link or a writable directory: refused, exit 2
     store = LeaseStore(settings.running_dir)
-    leases = store.list(quarantine=False) if os.path.lexists(settings.running_dir) else []
+    if leases is None:
+        leases = (store.list(quarantine=False) if os.path.lexists(settings.running_dir)
+                  else [])
     used: dict[str, int] = {}
     for lease in leases:
         used[lease.agent] = used.get(lease.agent, 0) + 1
@@ -47,12 +59,15 @@ def collect(settings) -> dict:
     except ConfigError as exc:
         paused = "unknown (pause file unreadable)"
         problems.append(str(exc))
+
+    backlog = None
     if settings.task_source == "local" and not settings.tasks_db.exists():
         source_health: dict[str, Any] = {
             "ok": False, "detail": f"no task store yet at {settings.tasks_db} "
                                    "(created by the first 'task add' or pass)"}
     else:
-        source_health = _source_health(settings, store, {lease.task_id for lease in leases})
+        source_health, backlog = _source_health(
+            settings, store, {lease.task_id for lease in leases}, source, probe_locks)
     if not source_health["ok"]:
         problems.append(f"task source unhealthy: {source_health['detail']}")
     stranded: list[str] = list(source_health.pop("stranded", []))
@@ -64,12 +79,14 @@ def collect(settings) -> dict:
     if disk.get("problem"):
         problems.append(disk["problem"])
     cluster = _cluster(settings, problems)
+    logs = str(settings.task_log_dir)
     return {
         "cluster": cluster,
         "healthy": not problems,
         "problems": problems,
         "agents": agents,
-        "leases": [_lease_row(lease, now) for lease in leases],
+        "leases": [_lease_row(lease, now, logs) for lease in leases],
+        "backlog": backlog,
         "outbox_pending": len(outbox.pending(settings.outbox_dir)),
         "paused": paused,
         "last_pass": last,
@@ -122,28 +139,52 @@ def _spending(settings, agent: str, now) -> dict:
     return row
 
 
-def _source_health(settings, store: LeaseStore, leased: set[str]) -> dict[str, Any]:
-    """The source's health, and (when healthy) the tasks stranded in working: under one of
-    this scheduler's tokens, with no lease and no live wrapper."""
+def _source_health(settings, store: LeaseStore, leased: set[str], source=None,
+                   probe_locks: bool = True) -> tuple[dict[str, Any], dict | None]:
+    """The source's health, (when healthy) the tasks stranded in working: under one of
+    this scheduler's tokens, with no lease and no live wrapper; and the backlog counts
+    per queue when the source can count them (the local store; None otherwise)."""
     from scheduler.sources import open_source
 
+    opened = None
     try:
-        source = open_source(settings)
-        try:
-            health = source.health()
-            stranded: list[str] = []
-            if health.ok:
-                owner = owner_tag(settings.hostname, settings.running_dir)
-                stranded = [task.id for task in source.working()
-                            if is_owned(task.lease_token, owner) and task.id not in leased
-                            and not store.is_held(task.id)
-                            and not outbox.path_for(settings.outbox_dir, task.id,
-                                                    task.lease_token).exists()]
-        finally:
-            source.close()
-        return {"ok": health.ok, "detail": health.detail, "stranded": stranded}
+        if source is None:
+            source = opened = open_source(settings)
+        health = source.health()
+        stranded: list[str] = []
+        backlog = None
+        if health.ok:
+            owner = owner_tag(settings.hostname, settings.running_dir)
+            stranded = [task.id for task in source.working()
+                        if is_owned(task.lease_token, owner) and task.id not in leased
+                        and not (probe_locks and store.is_held(task.id))
+                        and not outbox.path_for(settings.outbox_dir, task.id,
+                                                task.lease_token).exists()]
+            if hasattr(source, "backlog_counts"):
+                backlog = source.backlog_counts()
+        return {"ok": health.ok, "detail": health.detail, "stranded": stranded}, backlog
     except Exception as exc:
-        return {"ok": False, "detail": str(exc)}
+        return {"ok": False, "detail": str(exc)}, None
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _cluster(settings, problems: list[str]) -> dict | None:
+    """Several hosts: every host, its last heartbeat and its runs (None on one host)."""
+    from scheduler.sources import open_coordinator
+
+    try:
+        coordinator = open_coordinator(settings)
+        if coordinator is None:
+            return None
+        try:
+            return coordinator.cluster()
+        finally:
+            coordinator.close()
+    except Exception as exc:
+        problems.append(f"cluster unavailable: {exc}")
+        return {"hosts": [], "error": str(exc)}
 
 
 def disk_report(path) -> dict:
@@ -171,30 +212,23 @@ def disk_report(path) -> dict:
     return report
 
 
-def _cluster(settings, problems: list[str]) -> dict | None:
-    """Several hosts: every host, its last heartbeat and its runs (None on one host)."""
-    from scheduler.sources import open_coordinator
-
-    try:
-        coordinator = open_coordinator(settings)
-        if coordinator is None:
-            return None
-        try:
-            return coordinator.cluster()
-        finally:
-            coordinator.close()
-    except Exception as exc:
-        problems.append(f"cluster unavailable: {exc}")
-        return {"hosts": [], "error": str(exc)}
-
-
-def _lease_row(lease, now) -> dict:
+def _lease_row(lease, now, logs: str) -> dict:
+    title = lease.metadata.get("title")
     return {
-        "task": lease.task_id, "agent": lease.agent, "state": lease.state, "pid": lease.pid,
+        "task": lease.task_id, "title": title if isinstance(title, str) else None,
+        "agent": lease.agent, "state": lease.state, "pid": lease.pid,
         "attempt": lease.attempt, "host": lease.host,
         "age_sec": round((now - lease.started_at).total_seconds(), 1),
         "heartbeat_age_sec": round((now - lease.heartbeat).total_seconds(), 1),
+        # the lease store validated the id; plain text joins: this runs per lease
+        "log": f"{logs}/{lease.task_id}/attempt-{lease.attempt}.log",
     }
+
+
+def shorten(text: str | None, width: int = TITLE_WIDTH) -> str:
+    """One line of at most ``width`` characters (whitespace collapsed, ``...`` when cut)."""
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def render(report: dict) -> str:
@@ -210,9 +244,12 @@ def render(report: dict) -> str:
     lines += ["", f"RUNNING ({len(report['leases'])})"]
     for row in report["leases"]:
         lines.append(f"  task {row['task']:<8} {row['agent']:<14} {row['state']:<9} "
-                     f"pid {row['pid'] or '-':<7} age {row['age_sec']:>7.1f}s  "
-                     f"heartbeat {row['heartbeat_age_sec']:>6.1f}s ago  attempt {row['attempt']}")
+                     f"pid {row['pid'] or '-':<7} runtime {row['age_sec']:>7.1f}s  "
+                     f"heartbeat {row['heartbeat_age_sec']:>6.1f}s ago  attempt {row['attempt']}"
+                     f"  {shorten(row.get('title'))}".rstrip())
+        lines.append(f"    log {row['log']}")
     lines += _render_cluster(report.get("cluster"))
+    lines += ["", *_render_backlog(report.get("backlog"))]
     lines += ["", f"OUTBOX   {report['outbox_pending']} result(s) waiting",
               f"DISPATCH {report['paused']}"]
     last = report["last_pass"]
@@ -240,6 +277,21 @@ def render(report: dict) -> str:
     lines.append("")
     lines.append("healthy" if report["healthy"] else "UNHEALTHY: " + "; ".join(report["problems"]))
     return "\n".join(lines)
+
+
+BACKLOG_COLUMNS = ("ready", "blocked", "backoff", "working", "parked")
+
+
+def _render_backlog(backlog: dict | None) -> list[str]:
+    if backlog is None:
+        return ["BACKLOG  (not counted for this task source)"]
+    lines = ["BACKLOG  " + f"{'queue':<16}" + "".join(f"{c:>9}" for c in BACKLOG_COLUMNS)]
+    if not backlog:
+        lines.append("  (no tasks)")
+    for queue, counts in backlog.items():
+        lines.append("         " + f"{queue:<16}"
+                     + "".join(f"{counts.get(c, 0):>9}" for c in BACKLOG_COLUMNS))
+    return lines
 
 
 def _render_cluster(cluster: dict | None) -> list[str]:

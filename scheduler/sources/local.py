@@ -190,6 +190,16 @@ READY_QUEUE_SQL = (
 READY_ASSIGNED_SQL = (
     f"{SELECT_TASKS} WHERE t.assignee = ? AND t.status = 'idle' ORDER BY t.id"
 )
+#: Tasks per queue, status, blocked and in retry backoff (idle ones only); see backlog_counts.
+BACKLOG_SQL = """
+    SELECT t.queue, t.status,
+        t.status = 'idle' AND EXISTS (SELECT 1 FROM blockers b JOIN tasks bt ON bt.id = b.blocker_id
+                                      WHERE b.task_id = t.id AND bt.status != 'complete'),
+        t.status = 'idle' AND t.not_before IS NOT NULL AND t.not_before > ?,
+        count(*)
+    FROM tasks t GROUP BY 1, 2, 3, 4
+"""
+BACKLOG_KINDS = ("ready", "blocked", "backoff", "working", "parked", "complete", "cancelled")
 BLOCKING_SQL = "SELECT task_id FROM blockers WHERE blocker_id = ? ORDER BY task_id"
 BLOCKERS_OF_SQL = "SELECT blocker_id FROM blockers WHERE task_id = ? ORDER BY blocker_id"
 
@@ -555,6 +565,21 @@ class LocalStore:
         except (SourceError, OSError) as exc:
             return Health(False, str(exc))
         return Health(True, f"local store {self.path}: {count} tasks, schema v{version}")
+
+    def backlog_counts(self) -> dict[str, dict[str, int]]:
+        """Tasks per queue ("-" for none) and state: ``ready``, ``blocked``, ``backoff``
+        (idle, waiting for its retry time), ``working``, ``parked`` (failed after the last
+        attempt), ``complete``, ``cancelled``. One grouped query."""
+        now = self._iso_now()
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, blocked, backoff, number in self._query(BACKLOG_SQL, (now,)):
+            if status == IDLE:
+                kind = "blocked" if blocked else "backoff" if backoff else "ready"
+            else:
+                kind = {FAILED: "parked"}.get(status, status)
+            row = counts.setdefault(queue or "-", dict.fromkeys(BACKLOG_KINDS, 0))
+            row[kind] += number
+        return dict(sorted(counts.items()))
 
     # -- management API ------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""The pass records: ``last-pass.json`` (replaced each pass) and ``metrics.jsonl``
-(appended, moved to ``metrics.jsonl.1`` when it reaches ``METRICS_MAX_MB``)."""
+"""The pass and attempt records: ``last-pass.json`` (replaced each pass), ``metrics.jsonl``
+(one line per pass) and ``outcomes.jsonl`` (one line per attempt that ended); both
+appended, and moved to ``<name>.1`` when they reach ``METRICS_MAX_MB``."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def append_metrics(path: Path, line: str, max_bytes: int) -> None:
     if size >= max_bytes:
         os.replace(path, path.with_name(path.name + ".1"))
     append_private(path, (line + "\n").encode())
+
+
+def outcome_entry(result, action: str) -> dict:
+    """One line of ``outcomes.jsonl``: an attempt's end and what the source did with it
+    (``action`` is the source's answer, or ``outbox`` when the result waits there)."""
+    finished = result.finished_at or clock.now()
+    return {
+        "time": clock.to_iso(finished), "task": result.task_id, "agent": result.agent,
+        "attempt": result.attempt, "outcome": result.outcome, "action": action,
+        "duration_sec": result.duration_sec, "host": result.host,
+    }
+
+
+def append_outcome(settings, entry: dict) -> None:
+    """Append one attempt's outcome in one ``O_APPEND`` write (concurrent wrappers never
+    interleave their lines), rotated like ``metrics.jsonl``."""
+    ensure_private_dir(settings.state_dir)
+    line = json.dumps(entry, separators=(",", ":"))
+    try:
+        append_metrics(settings.outcomes_file, line, settings.metrics_max_mb * 1024 * 1024)
+    except FileNotFoundError:  # another wrapper rotated it between our look and move
+        append_private(settings.outcomes_file, (line + "\n").encode())
 
 
 def read_last_pass(settings) -> dict | None:
