@@ -114,42 +114,14 @@ def _pause_command(pause: bool):
     @click.option("--queue", help=f"{verb.capitalize()} one queue only.")
     @click.pass_obj
     def command(app: AppContext, agent: str | None, queue: str | None) -> int:
-        from scheduler.names import check_name
-        from scheduler.state import pauses
-        from scheduler.state.wake import nudge
+        from scheduler.reconcile.actions import set_paused
 
         if agent and queue:
             raise click.UsageError("give --agent or --queue, not both")
-        for value, what in ((agent, "agent name"), (queue, "queue name")):
-            if value:
-                check_name(value, what)
-        settings = app.settings()
-        current = pauses.load(settings.pause_file)
-        _check_known(settings, current, agent, queue, verb)
-        updated = pauses.change(current, pause=pause, agent=agent, queue=queue)
-        pauses.save(settings.pause_file, updated)
-        nudge(settings.wake_socket)
-        click.echo(f"{updated.describe()} (running tasks continue; reclaims still happen)")
+        click.echo(set_paused(app.settings(), pause=pause, agent=agent, queue=queue))
         return EXIT_OK
 
     return command
-
-
-def _check_known(settings, current, agent: str | None, queue: str | None, verb: str) -> None:
-    """A name that is neither a known agent/queue nor already paused is a typo: refuse."""
-    if agent is None and queue is None:
-        return
-    from scheduler.config.registry import load_registry
-    from scheduler.errors import InputError
-
-    registry = load_registry(settings.agent_control_file, settings.agent_limits,
-                             settings.default_agent_limit)
-    if agent is not None and agent not in registry.by_name() and agent not in current.agents:
-        raise InputError(f"agent {agent!r} is not a known agent ({registry.describe_known()});"
-                         f" nothing to {verb}")
-    if queue is not None and queue not in registry.queues() and queue not in current.queues:
-        raise InputError(f"queue {queue!r} is not a known queue ({registry.describe_known()});"
-                         f" nothing to {verb}")
 
 
 pause = _pause_command(True)

@@ -17,6 +17,7 @@ import click
 
 from scheduler.cli.context import AppContext, SubGroup
 from scheduler.errors import ConfigError, InputError
+from scheduler.sources.base import task_to_dict
 
 STATUSES = ("idle", "working", "complete", "failed", "cancelled")
 TITLE_WIDTH = 50
@@ -62,27 +63,6 @@ def _iso(value: Any) -> str | None:
     from scheduler.clock import to_iso
 
     return to_iso(value)
-
-
-def task_to_dict(task_obj: Any) -> dict[str, Any]:
-    """The stable JSON shape of a task."""
-    return {
-        "id": task_obj.id,
-        "title": task_obj.title,
-        "description": task_obj.description,
-        "queue": task_obj.queue,
-        "assignee": task_obj.assignee,
-        "status": task_obj.status,
-        "priority": task_obj.priority,
-        "created_at": _iso(task_obj.created_at),
-        "blocked_by": list(task_obj.blocked_by),
-        "is_blocked": task_obj.is_blocked,
-        "files": list(task_obj.files),
-        "recipe": task_obj.recipe,
-        "attempts": task_obj.attempts,
-        "not_before": _iso(task_obj.not_before),
-        "last_error": task_obj.last_error,
-    }
 
 
 def _echo_json(value: Any) -> None:
@@ -364,10 +344,10 @@ def log(app: AppContext, task_id: str, attempt: int | None, follow: bool) -> int
 @click.pass_obj
 def retry(app: AppContext, task_id: str) -> None:
     """Put a failed or cancelled task back to idle (attempts reset to 0)."""
+    from scheduler.reconcile import actions
+
     with _open_store(app) as (settings, store):
-        retried = store.retry(task_id)
-    _nudge(settings)
-    click.echo(f"task {retried.id} is idle again (attempts reset)")
+        click.echo(actions.retry(settings, store, task_id))
 
 
 @task.command()
@@ -375,20 +355,10 @@ def retry(app: AppContext, task_id: str) -> None:
 @click.pass_obj
 def cancel(app: AppContext, task_id: str) -> None:
     """Cancel an idle task, or stop a working one through its wrapper."""
-    with _open_store(app) as (settings, store):
-        found = store.get(task_id)
-        if found.status == "working":
-            from scheduler.reconcile.cancel import request_cancel
+    from scheduler.reconcile import actions
 
-            if request_cancel(settings, found.id):
-                click.echo(f"asked the wrapper of task {found.id} to stop; it will be "
-                           "marked cancelled when it reports")
-                return
-            store.cancel(found.id, detail="no live wrapper")
-        else:
-            store.cancel(found.id)
-    _nudge(settings)
-    click.echo(f"task {found.id} cancelled")
+    with _open_store(app) as (settings, store):
+        click.echo(actions.cancel(settings, store, task_id))
 
 
 # --- edit / delete / prune -----------------------------------------------------------------

@@ -236,6 +236,38 @@ def _parse_path_list(text: str) -> tuple[Path, ...]:
     return tuple(Path(part.strip()).expanduser() for part in text.split(":") if part.strip())
 
 
+def split_bind(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) -> (host, port); ValueError
+    saying what is accepted."""
+    accepted = "accepted: HOST:PORT, e.g. 127.0.0.1:8765 or [::1]:8765 (port 0-65535)"
+    value = text.strip()
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c in host for c in " /[]") \
+            or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(accepted)
+    return host, int(port)
+
+
+def _parse_bind(text: str) -> str:
+    split_bind(text)
+    return text.strip()
+
+
+#: The shortest dashboard token accepted (it guards a web page: no guessable ones).
+MIN_TOKEN_CHARS = 16
+
+
+def _parse_token(text: str) -> str:
+    value = text.strip()
+    if value and (len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value)
+                  or not value.isprintable()):
+        raise ValueError(f"accepted: at least {MIN_TOKEN_CHARS} printable characters "
+                         "without spaces, e.g. from 'openssl rand -hex 24'")
+    return value
+
+
 def parse_agent_limits(text: str) -> dict[str, int]:
     """Parse ``{"a": 1, "b": 2}`` or ``a=1,b=2`` into a name -> limit mapping."""
     value = text.strip()
@@ -513,6 +545,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("SANDBOX_WRITABLE", "", _parse_path_list,
            "bwrap: more writable paths, separated by ':' (e.g. a cache).",
            "/root/.cache:/srv/agents/npm-cache", default_note="none"),
+    Option("DASHBOARD_BIND", "127.0.0.1:8765", _parse_bind,
+           "Where `tinyscheduler dashboard` listens (HOST:PORT); any address other than "
+           "loopback needs DASHBOARD_TOKEN.", "0.0.0.0:8765"),
+    Option("DASHBOARD_TOKEN", "", _parse_token,
+           "Token the dashboard asks for (bearer header or login form); at least 16 "
+           "characters (secret).", "3f9c0e...", secret=True),
+    Option("DASHBOARD_ACTIONS", "false", _parse_bool,
+           "Dashboard buttons for cancel, retry, pause and resume (needs DASHBOARD_TOKEN).",
+           "true"),
 )
 
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -611,6 +652,9 @@ class Settings:
     agent_open_files_max: int = 0
     sandbox: str = "none"
     sandbox_writable: tuple[Path, ...] = ()
+    dashboard_bind: str = "127.0.0.1:8765"
+    dashboard_token: str = field(default="", repr=False)
+    dashboard_actions: bool = False
     env_file: Path | None = None
     #: how the env file was chosen: ``--env-file``, ``TINYSCHEDULER_ENV_FILE``, ``found
     #: in the current directory``, or "" when none was loaded

@@ -268,3 +268,26 @@ class TaskSource(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def task_to_dict(task: Task) -> dict:
+    """The stable JSON shape of a task (``task show --json``, the dashboard's API)."""
+    from scheduler.clock import to_iso
+
+    return {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "queue": task.queue,
+        "assignee": task.assignee,
+        "status": task.status,
+        "priority": task.priority,
+        "created_at": to_iso(task.created_at) if task.created_at else None,
+        "blocked_by": list(task.blocked_by),
+        "is_blocked": task.is_blocked,
+        "files": list(task.files),
+        "recipe": task.recipe,
+        "attempts": task.attempts,
+        "not_before": to_iso(task.not_before) if task.not_before else None,
+        "last_error": task.last_error,
+    }

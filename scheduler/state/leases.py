@@ -405,9 +405,10 @@ class LeaseStore:
             return None
         return lease
 
-    def read(self, task_id: str) -> Lease | None:
-        """The task's lease, or None when there is none (or it was corrupt: quarantined)."""
-        return self._load(str(self._lease_path(task_id)))
+    def read(self, task_id: str, *, quarantine: bool = True) -> Lease | None:
+        """The task's lease, or None when there is none (or it was corrupt: quarantined,
+        unless ``quarantine=False`` for a reader that changes nothing)."""
+        return self._load(str(self._lease_path(task_id)), quarantine=quarantine)
 
     def list(self, *, quarantine: bool = True) -> list[Lease]:
         """Every valid lease, sorted by task id. One directory scan, one read per file;

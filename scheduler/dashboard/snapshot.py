@@ -1,0 +1,220 @@
+"""What the dashboard shows, as plain data: the status report (``status --json``) plus the
+last output line of each running task, why the next waiting tasks wait, the latest
+outcomes and the activity chart; and one task with its blockers, history and logs.
+
+Read-only: leases are read without quarantining, liveness locks are never probed (the
+waiting reasons come from the pure planner, with every lease taken as alive), and the
+task source is only queried.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from scheduler import clock
+from scheduler.config.registry import load_registry
+from scheduler.dashboard.history import OutcomeHistory, PassHistory, chart_series
+from scheduler.errors import ConfigError, SourceError, TaskNotFound
+from scheduler.names import check_name
+from scheduler.reconcile import status
+from scheduler.reconcile.planner import LeaseView, plan
+from scheduler.sources.base import task_to_dict
+from scheduler.state import pauses as pauses_mod
+from scheduler.state import tasklog
+from scheduler.state.leases import LeaseStore
+
+#: How many waiting tasks and recent outcomes the page lists.
+WAITING_SHOWN = 20
+OUTCOMES_SHOWN = 20
+#: The waiting list is planned at most this often (it lists every idle task).
+WAITING_TTL_SEC = 2.0
+
+
+class Snapshot:
+    """Builds the dashboard's data for one state directory; keeps one task source open
+    and the record aggregates between calls. Not thread-safe: the app calls it from its
+    event loop only."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self.outcomes = OutcomeHistory(settings.outcomes_file)
+        self.passes = PassHistory(settings.metrics_file)
+        self.leases = LeaseStore(settings.running_dir)
+        self._source: Any = None
+        self._waiting: tuple[float, list[dict]] | None = None
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def source(self):
+        """The task source, opened on first use; None while the local store does not
+        exist yet (the dashboard never creates it)."""
+        if self._source is None:
+            if self.settings.task_source == "local" and not self.settings.tasks_db.exists():
+                return None
+            from scheduler.sources import open_source
+
+            self._source = open_source(self.settings)
+        return self._source
+
+    # --- the whole page ----------------------------------------------------------------
+
+    def state(self) -> dict:
+        report = status.collect(self.settings, source=self.source())
+        for row in report["leases"]:
+            row["last_line"] = tasklog.last_output_line(Path(row["log"]))
+        self.outcomes.refresh()
+        self.passes.refresh()
+        report["outcomes"] = self._recent_outcomes()
+        report["waiting"] = self._waiting_tasks(report)
+        now = clock.now()
+        report["chart"] = chart_series(self.outcomes, self.passes, now)
+        report["generated_at"] = clock.to_iso(now)
+        return report
+
+    def _recent_outcomes(self) -> list[dict]:
+        recent = list(reversed(self.outcomes.recent))[:OUTCOMES_SHOWN]
+        titles = self._titles([str(entry.get("task")) for entry in recent])
+        return [{**entry, "title": titles.get(str(entry.get("task")))} for entry in recent]
+
+    def _titles(self, task_ids: list[str]) -> dict[str, str]:
+        source = self.source()
+        if source is None or not task_ids:
+            return {}
+        try:
+            current = source.current(task_ids)
+        except (SourceError, OSError):
+            return {}
+        return {task_id: task.title for task_id, task in current.items() if task is not None}
+
+    def _waiting_tasks(self, report: dict) -> list[dict]:
+        cached = self._waiting
+        if cached is not None and time.monotonic() - cached[0] < WAITING_TTL_SEC:
+            return cached[1]
+        rows = self._plan_waiting(report)
+        self._waiting = (time.monotonic(), rows)
+        return rows
+
+    def _plan_waiting(self, report: dict) -> list[dict]:
+        """The next waiting tasks and why: would start at the next pass, blocked by N,
+        no free slot, backoff until T, paused, parked."""
+        source = self.source()
+        if source is None or not report["source"]["ok"]:
+            return []
+        s = self.settings
+        try:
+            registry = load_registry(s.agent_control_file, s.agent_limits,
+                                     s.default_agent_limit)
+        except ConfigError:
+            return []
+        listings = [(source.assigned_idle, agent.name) for agent in registry.agents]
+        if not registry.legacy:
+            listings += [(source.queue_idle_unassigned, q) for q in registry.queues()]
+        try:
+            tasks = [task for listing, name in listings for task in listing(name)]
+        except (SourceError, OSError):
+            return []
+        views = [LeaseView(row["task"], row["agent"], None) for row in report["leases"]]
+        the_plan = plan(views, tasks, registry, clock.now(),
+                        disable_blocking=s.disable_blocking,
+                        pauses=pauses_mod.load(s.pause_file))
+        by_id = {task.id: task for task in tasks}
+        rows = [{"task": spawn.task.id, "title": spawn.task.title, "queue": spawn.task.queue,
+                 "kind": "next", "reason": f"starts at the next pass on {spawn.agent}"}
+                for spawn in the_plan.spawns]
+        for skip in the_plan.skips:
+            if skip.kind == "leased":
+                continue
+            task = by_id.get(skip.task_id)
+            rows.append({"task": skip.task_id, "title": task.title if task else None,
+                         "queue": task.queue if task else None, "kind": skip.kind,
+                         "reason": skip.reason})
+        return rows[:WAITING_SHOWN]
+
+    # --- one task ----------------------------------------------------------------------
+
+    def task(self, task_id: str) -> dict | None:
+        """The task (``task show --json`` shape for the local store), its lease if it
+        runs, and its attempt logs; None when no such task exists."""
+        check_name(task_id)
+        source = self.source()
+        data: dict[str, Any] | None = None
+        if source is not None:
+            data = self._task_from_source(source, task_id)
+        lease = self.leases.read(task_id, quarantine=False)
+        attempts = tasklog.attempts(self.settings.task_log_dir, task_id)
+        if data is None and lease is None and not attempts:
+            return None
+        if data is None:
+            title = lease.metadata.get("title") if lease else None
+            data = {"id": task_id, "title": title if isinstance(title, str) else None}
+        now = clock.now()
+        data["lease"] = None if lease is None else {
+            "agent": lease.agent, "state": lease.state, "attempt": lease.attempt,
+            "host": lease.host, "pid": lease.pid,
+            "age_sec": round((now - lease.started_at).total_seconds(), 1),
+            "heartbeat_age_sec": round((now - lease.heartbeat).total_seconds(), 1)}
+        running = lease.attempt if lease is not None else None
+        data["attempt_logs"] = sorted(set(attempts) | ({running} if running else set()))
+        data["running_attempt"] = running
+        return data
+
+    @staticmethod
+    def _task_from_source(source, task_id: str) -> dict | None:
+        try:
+            if hasattr(source, "history"):  # the local store: the full ``task show``
+                found = source.get(task_id)
+                details = source.details(task_id)
+                blocking = source.blocking(task_id)
+                related = source.current([*found.blocked_by, *blocking])
+                data = task_to_dict(found)
+                data.update(
+                    parked=found.parked, result_summary=details["result_summary"],
+                    updated_at=details["updated_at"],
+                    blockers=[_brief(i, related.get(i)) for i in found.blocked_by],
+                    blocking=[_brief(i, related.get(i)) for i in blocking],
+                    history=source.history(task_id))
+                return data
+            current = source.current([task_id]).get(task_id)
+            return None if current is None else {**task_to_dict(current),
+                                                 "parked": current.parked}
+        except TaskNotFound:
+            return None
+        except (SourceError, OSError):
+            return None
+
+    def log_chunk(self, task_id: str, attempt: int, offset: int) -> dict:
+        """New text of one attempt's log from ``offset`` (bytes), for the page's live log:
+        the text, the next offset, and whether the attempt still runs."""
+        check_name(task_id)
+        path = tasklog.attempt_path(self.settings.task_log_dir, task_id, attempt)
+        running = tasklog.running_attempt(self.settings.running_dir, task_id) == attempt
+        chunk = tasklog.read_chunk(path, offset, limit=256 * 1024)
+        data, end = chunk if chunk is not None else (b"", 0)
+        reset = chunk is not None and end - len(data) != offset  # the log was replaced
+        whole = _whole_utf8(data)  # a character cut in two waits for the next read
+        end -= len(data) - len(whole)
+        return {"attempt": attempt, "offset": end, "text": whole.decode("utf-8", "replace"),
+                "running": running, "exists": chunk is not None, "reset": reset}
+
+
+def _whole_utf8(data: bytes) -> bytes:
+    """``data`` without a trailing, incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data
+        if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data
+
+
+def _brief(task_id: str, other) -> dict:
+    if other is None:
+        return {"id": task_id, "status": None, "title": None}
+    return {"id": task_id, "status": other.status, "title": other.title}
