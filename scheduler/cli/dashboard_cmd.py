@@ -22,6 +22,7 @@ def dashboard(app: AppContext, bind: str | None) -> int:
         from scheduler.dashboard import server
     except ImportError as exc:
         raise ConfigError(
-            f"the dashboard needs its optional libraries ({exc.name} is missing): "
+            f"the dashboard needs its optional libraries ({(exc.name or '?').split('.')[0]} "
+            "is missing): "
             "pip install 'tinyscheduler[dashboard]'") from None
     return server.serve(settings)

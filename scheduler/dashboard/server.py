@@ -3,8 +3,11 @@ process (one event loop, no workers, no reloader: nothing is forked)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
+from collections.abc import Iterator
 
 from scheduler.config.settings import split_bind
 from scheduler.dashboard import auth
@@ -30,6 +33,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGTERM/SIGINT end it with exit 0 after the graceful
+        shutdown (uvicorn re-raises the signal, so the process would die of it)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {sig: signal.signal(sig, self.handle_exit)
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
 def serve(settings) -> int:
     """Run the dashboard until SIGTERM/SIGINT; returns the exit code."""
     host, port = split_bind(settings.dashboard_bind)
@@ -48,7 +71,7 @@ def serve(settings) -> int:
         loop="asyncio", http="h11", ws="none", lifespan="on", server_header=False,
         proxy_headers=False, timeout_graceful_shutdown=2, timeout_keep_alive=10,
         limit_concurrency=64)
-    server = uvicorn.Server(config)
+    server = _server_class()(config)
     try:
         server.run(sockets=[sock])
     finally:
