@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(call step,"installing the dev tools into $(VENV): pytest ruff mypy import-linter (pip; 20-30 s the first time)")
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(call step,"installing the dev tools and the dashboard extra into $(VENV): pytest ruff mypy import-linter playwright starlette uvicorn jinja2 prometheus-client (pip; 20-40 s the first time)")
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,dashboard]'
 	@touch $@
 
 ## run: install, then run the scheduler on the bundled example backlog

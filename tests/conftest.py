@@ -72,3 +72,48 @@ def pg_url(pg_server) -> Iterator[str]:
     yield url
     if pg_server.running():
         pg_server.drop_database(url)
+
+
+#: Debian's chromium, driven headless by Playwright (which never downloads a browser here).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless chromium for the whole test session (per xdist worker)."""
+    import os
+
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
+                    "(apt-get install chromium; .ci/run does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page; every dialog it opens is recorded in
+    ``page.dialogs`` (and dismissed)."""
+    context = browser.new_context()
+    opened = context.new_page()
+    dialogs: list[str] = []
+
+    def on_dialog(dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    context.on("page", lambda p: p.on("dialog", on_dialog))
+    opened.on("dialog", on_dialog)
+    opened.dialogs = dialogs  # type: ignore[attr-defined]
+    yield opened
+    context.close()

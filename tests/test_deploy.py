@@ -44,6 +44,14 @@ def test_timer_and_oneshot_shape():
     assert oneshot["Type"] == "oneshot" and oneshot["ExecStart"].endswith("run --once")
 
 
+def test_dashboard_service_shape():
+    service = unit("tinyscheduler-dashboard.service")["Service"]
+    assert service["ExecStart"].endswith(" dashboard")
+    assert service["ExecStart"].index("--env-file") < service["ExecStart"].index(" dashboard")
+    assert service["Restart"] == "on-failure" and service["NoNewPrivileges"] == "yes"
+    assert "/srv/tinyscheduler" in service["ReadOnlyPaths"]
+
+
 def test_cron_example_puts_env_file_before_the_subcommand():
     line = next(text for text in (DEPLOY / "tinyscheduler-cron.example").read_text().splitlines()
                 if text and not text.startswith("#"))
@@ -57,13 +65,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
     stand_in = tmp_path / "tinyscheduler"
     stand_in.write_text("#!/bin/sh\nexit 0\n")
     stand_in.chmod(0o755)
-    for name in (*SERVICES, "tinyscheduler.timer"):
+    units = (*SERVICES, "tinyscheduler.timer", "tinyscheduler-dashboard.service")
+    for name in units:
         text = (DEPLOY / name).read_text()
         text = text.replace("/opt/tinyscheduler/.venv/bin/tinyscheduler", str(stand_in))
         (tmp_path / name).write_text(text)
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no",
-         *(str(tmp_path / n) for n in (*SERVICES, "tinyscheduler.timer"))],
+         *(str(tmp_path / n) for n in units)],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
