@@ -10,7 +10,7 @@ directory (no ./.env) with no TINYSCHEDULER_* variables, of:
   ``validate-config --fix``: lock, lease scan, ready query, records),
 
 with the ratio of each to the floor. Then, per command, which of the heavy modules end up
-in ``sys.modules``; httpx, sqlite3 and psutil must not.
+in ``sys.modules``; httpx, sqlite3, psutil and the dashboard's libraries must not.
 
     .venv/bin/python bench/startup.py [--runs N]
 
@@ -32,8 +32,10 @@ RUNS = 20
 #: command label -> goal in milliseconds
 GOALS = {"tinyscheduler --help": 100.0, "tinyscheduler config --show": 150.0,
          "tinyscheduler run --once (empty)": 150.0}
-HEAVY = ("httpx", "sqlite3", "psutil", "filelock", "tenacity", "dotenv", "click")
-FORBIDDEN = ("httpx", "sqlite3", "psutil")
+HEAVY = ("httpx", "sqlite3", "psutil", "filelock", "tenacity", "dotenv", "click",
+         "starlette", "uvicorn", "jinja2", "prometheus_client")
+#: Never on the fast commands' path; the last four are the dashboard extra's libraries.
+FORBIDDEN = ("httpx", "sqlite3", "psutil", "starlette", "uvicorn", "jinja2", "prometheus_client")
 
 PROBE = """
 import sys

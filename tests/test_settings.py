@@ -155,7 +155,7 @@ def test_every_default_parses(tmp_path):
             option.parse(option.default)
         else:
             assert option.default_note or option.name in {
-                "AGENT_LIMITS", "MCP_ENDPOINT", "MCP_TOKEN"}, option.name
+                "AGENT_LIMITS", "MCP_ENDPOINT", "MCP_TOKEN", "DASHBOARD_TOKEN"}, option.name
 
 
 def test_every_example_parses():

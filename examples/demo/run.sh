@@ -28,13 +28,28 @@ tinyscheduler task import "$HERE/backlog.json"
 tinyscheduler task list
 say "run --once --dry-run: what the first pass would do (blocked tasks wait)"
 tinyscheduler run --once --dry-run
+DASH=""
+if python -c "import starlette, uvicorn, jinja2, prometheus_client" 2>/dev/null; then
+    say "dashboard (a separate read-only process) for the demo's duration"
+    tinyscheduler dashboard &
+    DASH=$!
+    sleep 1
+    echo "   open http://127.0.0.1:8765/ (set DEMO_HOLD=60 to keep it up 60 s after the run)"
+else
+    say "dashboard: not installed here; pip install -e '.[dashboard]', then: tinyscheduler --base-path $DEMO dashboard"
+fi
 say "run --daemon until the backlog is done (wakes up as soon as a task finishes)"
 tinyscheduler run --daemon &
 DAEMON=$!
-trap 'kill $DAEMON 2>/dev/null || true' EXIT
+trap 'kill $DAEMON $DASH 2>/dev/null || true' EXIT
 python "$HERE/watch.py" --timeout 25
 kill -TERM $DAEMON
 wait $DAEMON || true
+if [ -n "$DASH" ]; then
+    sleep "${DEMO_HOLD:-0}"
+    kill -TERM $DASH 2>/dev/null || true
+    wait $DASH || true
+fi
 trap - EXIT
 say "tinyscheduler status"
 tinyscheduler status || true

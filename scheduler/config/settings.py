@@ -550,7 +550,7 @@ OPTIONS: tuple[Option, ...] = (
            "loopback needs DASHBOARD_TOKEN.", "0.0.0.0:8765"),
     Option("DASHBOARD_TOKEN", "", _parse_token,
            "Token the dashboard asks for (bearer header or login form); at least 16 "
-           "characters (secret).", "3f9c0e...", secret=True),
+           "characters (secret).", "9b1d5f3c7a2e4d6f8b0c1e3a", secret=True),
     Option("DASHBOARD_ACTIONS", "false", _parse_bool,
            "Dashboard buttons for cancel, retry, pause and resume (needs DASHBOARD_TOKEN).",
            "true"),

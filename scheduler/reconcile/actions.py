@@ -4,7 +4,7 @@ dashboard's buttons: cancel, retry, pause, resume. Each returns the sentence to 
 from __future__ import annotations
 
 from scheduler.names import check_name
-from scheduler.reconcile.cancel import request_cancel
+from scheduler.reconcile import cancel as stopping
 from scheduler.sources.base import WORKING
 from scheduler.state import pauses
 from scheduler.state.wake import nudge
@@ -15,7 +15,7 @@ def cancel(settings, store, task_id: str) -> str:
     ``cancelled`` itself); a working task with no live wrapper is cancelled directly."""
     found = store.get(task_id)
     if found.status == WORKING:
-        if request_cancel(settings, found.id):
+        if stopping.request_cancel(settings, found.id):
             return (f"asked the wrapper of task {found.id} to stop; it will be marked "
                     "cancelled when it reports")
         store.cancel(found.id, detail="no live wrapper")
