@@ -89,7 +89,11 @@ def test_api_has_the_shape_of_status_json_and_task_show(make_scheduler):
     wait_for(lambda: s.started(first), what="the first task to start")
     proc, url = start_dashboard(s)
 
-    state = get(url + "/api/v1/state").json()
+    first_look = get(url + "/api/v1/state").json()
+    assert first_look["waiting"] is None or isinstance(first_look["waiting"], list)
+    # the waiting list is planned in the background: there on a later request
+    state = wait_for(lambda: (lambda st: st if st["waiting"] is not None else None)(
+        get(url + "/api/v1/state").json()), what="the waiting list")
     status = json.loads(s.cli("status", "--json").stdout)
     assert set(status) <= set(state)
     assert state["agents"] == status["agents"]

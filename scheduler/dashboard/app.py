@@ -49,6 +49,8 @@ STATE_TTL_SEC = 0.5
 #: Longest accepted form body (login, actions).
 MAX_FORM_BYTES = 4096
 ACTIONS = ("cancel", "retry", "pause", "resume")
+#: The page lists this many running tasks (the API all of them).
+RUNNING_SHOWN = 100
 
 log = get_logger("dashboard")
 
@@ -155,7 +157,8 @@ class Dashboard:
         self.notes: OrderedDict[str, str] = OrderedDict()  # action results, shown by id
 
     def page(self, name: str, status_code: int = 200, **context) -> HTMLResponse:
-        context.update(actions=self.actions_on, csrf=self.csrf, has_token=bool(self.token))
+        context.update(actions=self.actions_on, csrf=self.csrf, has_token=bool(self.token),
+                       running_shown=RUNNING_SHOWN)
         return HTMLResponse(self.templates.get_template(name).render(**context), status_code)
 
     def _note(self, request: Request) -> str | None:

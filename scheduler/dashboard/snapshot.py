@@ -9,6 +9,8 @@ task source is only queried.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from scheduler import clock
 from scheduler.config.registry import load_registry
 from scheduler.dashboard.history import OutcomeHistory, PassHistory, chart_series
 from scheduler.errors import ConfigError, SourceError, TaskNotFound
+from scheduler.logs import get_logger
 from scheduler.names import check_name
 from scheduler.reconcile import status
 from scheduler.reconcile.planner import LeaseView, plan
@@ -25,11 +28,17 @@ from scheduler.state import pauses as pauses_mod
 from scheduler.state import tasklog
 from scheduler.state.leases import LeaseStore
 
+log = get_logger("dashboard")
+
 #: How many waiting tasks and recent outcomes the page lists.
 WAITING_SHOWN = 20
 OUTCOMES_SHOWN = 20
-#: The waiting list is planned at most this often (it lists every idle task).
-WAITING_TTL_SEC = 2.0
+#: The waiting list is planned in the background at most this often, and at most this
+#: share of the time (it lists every idle task: ~0.1-0.3 s for 10,000 of them) ...
+WAITING_MIN_INTERVAL_SEC = 2.0
+WAITING_MAX_DUTY = 0.1
+#: ... and only while someone has looked at the state in the last this many seconds.
+WAITING_IDLE_SEC = 30.0
 
 
 class Snapshot:
@@ -43,9 +52,11 @@ class Snapshot:
         self.passes = PassHistory(settings.metrics_file)
         self.leases = LeaseStore(settings.running_dir)
         self._source: Any = None
-        self._waiting: tuple[float, list[dict]] | None = None
+        self.waiting = WaitingPlanner(settings)
+        self._last_lines: dict[str, tuple[int, int, str | None]] = {}
 
     def close(self) -> None:
+        self.waiting.close()
         if self._source is not None:
             self._source.close()
             self._source = None
@@ -65,8 +76,10 @@ class Snapshot:
 
     def state(self) -> dict:
         report = status.collect(self.settings, source=self.source())
+        lines: dict[str, tuple[int, int, str | None]] = {}
         for row in report["leases"]:
-            row["last_line"] = tasklog.last_output_line(Path(row["log"]))
+            row["last_line"] = self._last_line(row["log"], lines)
+        self._last_lines = lines  # only the logs of running tasks stay cached
         self.outcomes.refresh()
         self.passes.refresh()
         report["outcomes"] = self._recent_outcomes()
@@ -75,6 +88,20 @@ class Snapshot:
         report["chart"] = chart_series(self.outcomes, self.passes, now)
         report["generated_at"] = clock.to_iso(now)
         return report
+
+    def _last_line(self, path: str, seen: dict) -> str | None:
+        """The log's last output line, read again only when the log changed."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        cached = self._last_lines.get(path)
+        if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
+            line = cached[2]
+        else:
+            line = tasklog.last_output_line(Path(path))
+        seen[path] = (st.st_size, st.st_mtime_ns, line)
+        return line
 
     def _recent_outcomes(self) -> list[dict]:
         recent = list(reversed(self.outcomes.recent))[:OUTCOMES_SHOWN]
@@ -91,49 +118,11 @@ class Snapshot:
             return {}
         return {task_id: task.title for task_id, task in current.items() if task is not None}
 
-    def _waiting_tasks(self, report: dict) -> list[dict]:
-        cached = self._waiting
-        if cached is not None and time.monotonic() - cached[0] < WAITING_TTL_SEC:
-            return cached[1]
-        rows = self._plan_waiting(report)
-        self._waiting = (time.monotonic(), rows)
-        return rows
-
-    def _plan_waiting(self, report: dict) -> list[dict]:
-        """The next waiting tasks and why: would start at the next pass, blocked by N,
-        no free slot, backoff until T, paused, parked."""
-        source = self.source()
-        if source is None or not report["source"]["ok"]:
+    def _waiting_tasks(self, report: dict) -> list[dict] | None:
+        views = [(row["task"], row["agent"]) for row in report["leases"]]
+        if not report["source"]["ok"] or self.source() is None:
             return []
-        s = self.settings
-        try:
-            registry = load_registry(s.agent_control_file, s.agent_limits,
-                                     s.default_agent_limit)
-        except ConfigError:
-            return []
-        listings = [(source.assigned_idle, agent.name) for agent in registry.agents]
-        if not registry.legacy:
-            listings += [(source.queue_idle_unassigned, q) for q in registry.queues()]
-        try:
-            tasks = [task for listing, name in listings for task in listing(name)]
-        except (SourceError, OSError):
-            return []
-        views = [LeaseView(row["task"], row["agent"], None) for row in report["leases"]]
-        the_plan = plan(views, tasks, registry, clock.now(),
-                        disable_blocking=s.disable_blocking,
-                        pauses=pauses_mod.load(s.pause_file))
-        by_id = {task.id: task for task in tasks}
-        rows = [{"task": spawn.task.id, "title": spawn.task.title, "queue": spawn.task.queue,
-                 "kind": "next", "reason": f"starts at the next pass on {spawn.agent}"}
-                for spawn in the_plan.spawns]
-        for skip in the_plan.skips:
-            if skip.kind == "leased":
-                continue
-            task = by_id.get(skip.task_id)
-            rows.append({"task": skip.task_id, "title": task.title if task else None,
-                         "queue": task.queue if task else None, "kind": skip.kind,
-                         "reason": skip.reason})
-        return rows[:WAITING_SHOWN]
+        return self.waiting.rows(views)
 
     # --- one task ----------------------------------------------------------------------
 
@@ -218,3 +207,96 @@ def _brief(task_id: str, other) -> dict:
     if other is None:
         return {"id": task_id, "status": None, "title": None}
     return {"id": task_id, "status": other.status, "title": other.title}
+
+
+class WaitingPlanner:
+    """Works out the next waiting tasks and why they wait, in a background thread, so
+    that no request waits for the planner: a request gets the latest list (None until the
+    first one is ready) and the thread plans again at most every
+    ``WAITING_MIN_INTERVAL_SEC`` (longer when planning is slow), and only while requests
+    keep coming. The thread has its own task source (a SQLite connection belongs to the
+    thread that opened it)."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._views: list[tuple[str, str]] = []
+        self._rows: list[dict] | None = None
+        self._asked = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def rows(self, views: list[tuple[str, str]]) -> list[dict] | None:
+        with self._lock:
+            self._views = views
+            self._asked = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="waiting-planner",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.set()
+            return self._rows
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from scheduler.sources import open_source
+
+        source = None
+        try:
+            while not self._stop.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop.is_set() or time.monotonic() - self._asked > WAITING_IDLE_SEC:
+                    continue  # stopping, or nobody looks: wait for the next request
+                if source is None:
+                    source = open_source(self.settings)
+                with self._lock:
+                    views = list(self._views)
+                started = time.monotonic()
+                try:
+                    rows = self._plan(source, views)
+                    with self._lock:
+                        self._rows = rows
+                except Exception as exc:  # keep the last list; try again later
+                    log.warning("planning the waiting list failed",
+                                extra={"fields": {"error": str(exc)}})
+                took = time.monotonic() - started
+                self._stop.wait(max(WAITING_MIN_INTERVAL_SEC, took / WAITING_MAX_DUTY))
+        finally:
+            if source is not None:
+                source.close()
+
+    def _plan(self, source, views: list[tuple[str, str]]) -> list[dict]:
+        """The next waiting tasks and why: would start at the next pass, blocked by N,
+        no free slot, backoff until T, paused, parked."""
+        s = self.settings
+        try:
+            registry = load_registry(s.agent_control_file, s.agent_limits,
+                                     s.default_agent_limit)
+        except ConfigError:
+            return []
+        listings = [(source.assigned_idle, agent.name) for agent in registry.agents]
+        if not registry.legacy:
+            listings += [(source.queue_idle_unassigned, q) for q in registry.queues()]
+        tasks = [task for listing, name in listings for task in listing(name)]
+        the_plan = plan([LeaseView(task_id, agent, None) for task_id, agent in views], tasks,
+                        registry, clock.now(), disable_blocking=s.disable_blocking,
+                        pauses=pauses_mod.load(s.pause_file))
+        by_id = {task.id: task for task in tasks}
+        rows = [{"task": spawn.task.id, "title": spawn.task.title, "queue": spawn.task.queue,
+                 "kind": "next", "reason": f"starts at the next pass on {spawn.agent}"}
+                for spawn in the_plan.spawns]
+        for skip in the_plan.skips:
+            if skip.kind == "leased":
+                continue
+            task = by_id.get(skip.task_id)
+            rows.append({"task": skip.task_id, "title": task.title if task else None,
+                         "queue": task.queue if task else None, "kind": skip.kind,
+                         "reason": skip.reason})
+        return rows[:WAITING_SHOWN]
