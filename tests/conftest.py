@@ -102,8 +102,9 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """A fresh browser context and page; every dialog it opens is recorded in
-    ``page.dialogs`` (and dismissed)."""
+    """A fresh browser context and page; every dialog its pages open is recorded in
+    ``page.dialogs`` (and dismissed), every console error (a Content-Security-Policy
+    violation included) in ``page.errors``."""
     context = browser.new_context()
     opened = context.new_page()
     dialogs: list[str] = []
@@ -112,8 +113,16 @@ def page(browser):
         dialogs.append(dialog.message)
         dialog.dismiss()
 
-    context.on("page", lambda p: p.on("dialog", on_dialog))
-    opened.on("dialog", on_dialog)
+    errors: list[str] = []
+
+    def watch(p) -> None:
+        p.on("dialog", on_dialog)
+        p.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        p.on("pageerror", lambda e: errors.append(str(e)))
+
+    context.on("page", watch)
+    watch(opened)
     opened.dialogs = dialogs  # type: ignore[attr-defined]
+    opened.errors = errors  # type: ignore[attr-defined]  # console errors, CSP reports
     yield opened
     context.close()

@@ -71,6 +71,7 @@ def test_live_page_follows_a_task_from_start_to_outcome(make_scheduler, page):
     assert page.locator("#live img").count() == 0
     assert follower.locator("main img").count() == 0
     assert page.dialogs == []  # type: ignore[attr-defined]
+    assert page.errors == []  # type: ignore[attr-defined]  # the page keeps its own CSP
     daemon.terminate()
     assert daemon.wait(timeout=30) == 0
     assert stop(proc) == 0
@@ -94,6 +95,7 @@ def test_a_hostile_title_renders_as_text_and_opens_no_dialog(make_scheduler, pag
                                                   "<svg onload=alert(4)>")
     assert page.locator("main img, main svg[onload]").count() == 0
     assert page.dialogs == []  # type: ignore[attr-defined]
+    assert page.errors == []  # type: ignore[attr-defined]
     assert stop(proc) == 0
 
 
