@@ -1,7 +1,7 @@
 """Screenshots of the dashboard with a busy demo, for the docs (docs/dashboard.png and
 docs/dashboard-task.png).
 
-Builds a demo in a temporary directory (five agents in two queues, 120 tasks, some
+Builds a demo in a temporary directory (five agents in two queues, 400 tasks, some
 blocked, some failing, an agent that prints progress lines), runs the daemon and the
 dashboard for a while, and photographs the page with Debian's chromium through
 Playwright. Needs the dashboard and dev extras and /usr/bin/chromium.
@@ -29,7 +29,7 @@ task, title = sys.argv[1], sys.argv[2]
 agent = os.environ.get("TINYSCHEDULER_AGENT", "?")
 attempt = int(os.environ.get("TINYSCHEDULER_ATTEMPT", "1"))
 seed = int(hashlib.sha256(f"{task}/{attempt}".encode()).hexdigest(), 16)
-steps = 4 + seed % 9
+steps = 6 + seed % 12
 words = ["reading the code", "planning the change", "editing files", "running the tests",
          "fixing a failing test", "running the linters", "writing the summary"]
 print(f"{agent}: task {task} {title!r}, attempt {attempt}", flush=True)
@@ -50,7 +50,7 @@ VERBS = ["Fix", "Refactor", "Add tests for", "Document", "Speed up", "Review"]
 
 def backlog() -> list[dict]:
     tasks: list[dict] = []
-    for index in range(120):
+    for index in range(400):
         area, verb = AREAS[index % len(AREAS)], VERBS[(index // len(AREAS)) % len(VERBS)]
         queue = "review" if verb == "Review" else "build"
         spec = {"title": f"{verb} the {area}", "queue": queue, "priority": index % 4}
@@ -62,7 +62,7 @@ def backlog() -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=150.0)
+    parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent
                         / "docs")
     args = parser.parse_args()
@@ -113,8 +113,7 @@ def main() -> int:
                 args.out.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(args.out / "dashboard.png"), full_page=True)
                 running = page.locator("#running tbody tr[data-task] a").first
-                task_url = url + running.get_attribute("href")
-                page.goto(task_url)
+                page.goto(url + running.get_attribute("href", timeout=5000))
                 page.wait_for_timeout(2500)
                 page.screenshot(path=str(args.out / "dashboard-task.png"))
                 browser.close()

@@ -117,3 +117,22 @@ def test_log_chunks_end_at_whole_characters():
         whole.decode("utf-8")  # never raises
         assert text.startswith(whole) and cut - len(whole) < 4
     assert _whole_utf8(text) == text
+
+
+def test_the_chart_window_zooms_in_on_young_records(tmp_path):
+    path = tmp_path / "outcomes.jsonl"
+    path.write_text(line(time="2026-12-02T11:50:10Z", agent="a", outcome="succeeded"))
+    history = OutcomeHistory(path)
+    history.refresh()
+    empty = PassHistory(tmp_path / "none.jsonl")
+    assert chart_series(history, empty, NOW)["minutes"] == 30  # never less
+    path.unlink()  # replaced (rotated): read again from the start
+    path.write_text(line(time="2026-12-02T10:00:10Z", agent="a", outcome="succeeded"))
+    history.refresh()
+    series = chart_series(history, empty, NOW)
+    assert series["minutes"] == 121 and series["completed"][0] == 1
+    with open(path, "a") as handle:
+        handle.write(line(time="2026-12-01T10:00:10Z", agent="a", outcome="succeeded"))
+    history.refresh()
+    assert chart_series(history, empty, NOW)["minutes"] == 180  # never more
+    assert chart.geometry(chart_series(history, empty, NOW))["window"] == "3 h"

@@ -32,11 +32,16 @@ def geometry(series: dict) -> dict:
         f"{LEFT + (index + 0.5) * step:.1f},{TOP + plot_h - value * plot_h:.1f}"
         for index, value in enumerate(use) if value is not None)
     ticks = []
-    for index in range(0, count, 30):
+    spacing = next((n for n in (5, 10, 15, 30, 60) if count / n <= 7), 60)
+    for index in range(0, count, spacing):
         minute = series["start_minute"] + index
         label = datetime.fromtimestamp(minute * 60, timezone.utc).strftime("%H:%M")
         ticks.append({"x": round(LEFT + index * step, 1), "label": label})
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT,
             "top": TOP, "bottom": TOP + plot_h, "bars": bars, "points": points,
-            "ticks": ticks, "peak": peak, "total_ok": sum(completed),
+            "ticks": ticks, "peak": peak, "window": _window(count), "total_ok": sum(completed),
             "total_bad": sum(failed)}
+
+
+def _window(minutes: int) -> str:
+    return f"{minutes // 60} h" if minutes % 60 == 0 else f"{minutes} min"

@@ -151,11 +151,20 @@ def _prune(per_minute: dict) -> None:
             del per_minute[minute]
 
 
+#: The chart shows at least this many minutes (a young state directory is zoomed in).
+MIN_WINDOW_MINUTES = 30
+
+
 def chart_series(outcomes: OutcomeHistory, passes: PassHistory, now: datetime,
-                 minutes: int = WINDOW_MINUTES) -> dict:
+                 minutes: int | None = None) -> dict:
     """Completed and failed attempts per minute and slot use (0-1) per minute, oldest
-    first, for the last ``minutes`` minutes up to ``now``."""
+    first, for the last ``minutes`` minutes up to ``now``: by default the last 3 hours,
+    or less when the records start later (never less than 30 minutes)."""
     last = int(now.timestamp() // 60)
+    if minutes is None:
+        known = [m for m in (*outcomes.per_minute, *passes.slots) if m <= last]
+        oldest = min(known) if known else last
+        minutes = max(MIN_WINDOW_MINUTES, min(WINDOW_MINUTES, last - oldest + 1))
     first = last - minutes + 1
     completed, failed, use = [], [], []
     for minute in range(first, last + 1):
