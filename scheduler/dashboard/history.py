@@ -25,15 +25,18 @@ WINDOW_MINUTES = 180
 RECENT = 50
 #: At most this much of a record file is read per request (the rest on the next one).
 READ_LIMIT = 16 << 20
+HEAD_BYTES = 64
 
 
 class JsonlFollower:
-    """Reads the lines appended to one file since the last call."""
+    """Reads the lines appended to one file since the last call. A file replaced (new
+    inode, shorter, or other first bytes) is read again from its start."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self.inode: tuple[int, int] | None = None
+        self.head = b""  #: the file's first bytes: another file (same inode) if they differ
         self.bad_lines = 0
 
     def new_entries(self) -> tuple[bool, list[dict]]:
@@ -47,9 +50,12 @@ class JsonlFollower:
         try:
             st = os.fstat(fd)
             reset = False
-            if self.inode != (st.st_dev, st.st_ino) or st.st_size < self.offset:
+            head = os.pread(fd, HEAD_BYTES, 0)
+            if self.inode != (st.st_dev, st.st_ino) or st.st_size < self.offset \
+                    or head[:len(self.head)] != self.head:
                 reset = self.inode is not None
                 self.offset, self.inode = 0, (st.st_dev, st.st_ino)
+            self.head = head
             data = os.pread(fd, min(READ_LIMIT, st.st_size - self.offset), self.offset)
         finally:
             os.close(fd)
