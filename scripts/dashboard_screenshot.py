@@ -80,8 +80,8 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINYSCHEDULER_")}
         env.update({
             "TINYSCHEDULER_BASE_PATH": str(base),
-            "TINYSCHEDULER_AGENT_COMMAND": f"{shlex.quote(sys.executable)} -S "
-                                           f"{shlex.quote(str(base / 'agent.py'))} "
+            # python3 from PATH: the attempt log shows the agent's argv
+            "TINYSCHEDULER_AGENT_COMMAND": f"python3 -S {shlex.quote(str(base / 'agent.py'))} "
                                            "{task_id} {title}",
             "TINYSCHEDULER_AGENT_LIMITS": "builder-ada=3,builder-bo=3,builder-cy=2,"
                                           "reviewer-di=2,reviewer-ed=1",
