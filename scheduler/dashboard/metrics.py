@@ -60,11 +60,21 @@ def _agents(state: dict):
                              labels=["agent"])
     limit = GaugeMetricFamily(f"{PREFIX}_agent_slots_limit", "Slot limit per agent.",
                               labels=["agent"])
+    held = GaugeMetricFamily(f"{PREFIX}_agent_held",
+                             "1 while the agent is held (rate limit or daily budget).",
+                             labels=["agent"])
+    cost = GaugeMetricFamily(f"{PREFIX}_agent_cost_today_usd",
+                             "What the agent's attempts reported spending today (UTC).",
+                             labels=["agent"])
     for agent in state["agents"]:
         used.add_metric([agent["agent"]], agent["used"])
         limit.add_metric([agent["agent"]], agent["limit"])
+        held.add_metric([agent["agent"]], 1 if agent.get("held") else 0)
+        cost.add_metric([agent["agent"]], agent.get("cost_today_usd", 0.0))
     yield used
     yield limit
+    yield held
+    yield cost
 
 
 def _tasks(state: dict):

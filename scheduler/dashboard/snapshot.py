@@ -162,8 +162,7 @@ class Snapshot:
                 related = source.current([*found.blocked_by, *blocking])
                 data = task_to_dict(found)
                 data.update(
-                    parked=found.parked, result_summary=details["result_summary"],
-                    updated_at=details["updated_at"],
+                    parked=found.parked, **details,
                     blockers=[_brief(i, related.get(i)) for i in found.blocked_by],
                     blocking=[_brief(i, related.get(i)) for i in blocking],
                     history=source.history(task_id))
