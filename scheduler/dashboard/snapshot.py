@@ -20,13 +20,13 @@ from scheduler.config.registry import load_registry
 from scheduler.dashboard.history import OutcomeHistory, PassHistory, chart_series
 from scheduler.errors import ConfigError, SourceError, TaskNotFound
 from scheduler.logs import get_logger
-from scheduler.names import check_name
+from scheduler.names import check_name, is_valid_name
 from scheduler.reconcile import status
 from scheduler.reconcile.planner import LeaseView, plan
 from scheduler.sources.base import task_to_dict
 from scheduler.state import pauses as pauses_mod
 from scheduler.state import tasklog
-from scheduler.state.leases import LeaseStore
+from scheduler.state.leases import LEASE_NAME, LeaseStore
 
 log = get_logger("dashboard")
 
@@ -51,6 +51,7 @@ class Snapshot:
         self.outcomes = OutcomeHistory(settings.outcomes_file)
         self.passes = PassHistory(settings.metrics_file)
         self.leases = LeaseStore(settings.running_dir)
+        self.lease_cache = LeaseCache(self.leases)
         self._source: Any = None
         self.waiting = WaitingPlanner(settings)
         self._last_lines: dict[str, tuple[int, int, str | None]] = {}
@@ -75,7 +76,8 @@ class Snapshot:
     # --- the whole page ----------------------------------------------------------------
 
     def state(self) -> dict:
-        report = status.collect(self.settings, source=self.source())
+        report = status.collect(self.settings, source=self.source(),
+                                leases=self.lease_cache.leases())
         lines: dict[str, tuple[int, int, str | None]] = {}
         for row in report["leases"]:
             row["last_line"] = self._last_line(row["log"], lines)
@@ -299,3 +301,38 @@ class WaitingPlanner:
                          "queue": task.queue if task else None, "kind": skip.kind,
                          "reason": skip.reason})
         return rows[:WAITING_SHOWN]
+
+
+class LeaseCache:
+    """The leases, each decoded again only when its file changed (a lease is rewritten
+    at every heartbeat; most are unchanged between two looks). Read-only: a bad file is
+    skipped and left where it is."""
+
+    def __init__(self, store: LeaseStore) -> None:
+        self.store = store
+        self._known: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+    def leases(self) -> list:
+        found: dict[str, tuple[tuple[int, int, int], Any]] = {}
+        try:
+            scan = os.scandir(self.store.running_dir)
+        except OSError:
+            self._known = {}
+            return []
+        with scan:
+            for entry in scan:
+                match = LEASE_NAME.fullmatch(entry.name)
+                if match is None or not is_valid_name(match.group(1)):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                cached = self._known.get(entry.name)
+                lease = cached[1] if cached is not None and cached[0] == key else \
+                    self.store.read(match.group(1), quarantine=False)
+                if lease is not None:
+                    found[entry.name] = (key, lease)
+        self._known = found
+        return sorted((lease for _, lease in found.values()), key=lambda lease: lease.task_id)
