@@ -8,8 +8,9 @@ Measures, against a real ``tinyscheduler dashboard`` process on loopback:
   from the 0.5 s state cache, as when several pages poll at once); goal: cold median
   < 100 ms;
 - the dashboard's resident memory after those requests (goal < 60 MB);
-- the scheduler's ``run --once`` wall time on the same state without the dashboard, and
-  with it running and polled once a second (as by an open page): unchanged within noise.
+- the scheduler's ``run --once`` wall time on the same state with the dashboard frozen
+  (SIGSTOP: as if it were not running) and with it running and polled once a second (as
+  by an open page), alternating: unchanged within noise.
 
 The leases are live (this process holds their liveness locks, as in bench/pass.py), so
 the passes reclaim and spawn nothing.
@@ -27,6 +28,7 @@ import json
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -122,9 +124,9 @@ def main() -> int:
                             HEARTBEAT_SEC=15, LOG_LEVEL="WARNING", TASK_SOURCE="local",
                             AGENT_LIMITS=json.dumps({a: per_agent for a in bench_pass.AGENTS}))
 
-            without = bench_pass.measure(base, env, args.runs, 0, LEASES)
             proc, url = start_dashboard(base, env)
-            stack.callback(lambda: (proc.terminate(), proc.wait(timeout=30)))
+            stack.callback(lambda: (proc.send_signal(signal.SIGCONT), proc.terminate(),
+                                    proc.wait(timeout=30)))
             rows = []
             with httpx.Client(timeout=30) as client:
                 for path in ("/", "/api/v1/state"):
@@ -138,16 +140,30 @@ def main() -> int:
                                  statistics.median(warm)))
                 rss = psutil.Process(proc.pid).memory_info().rss / 2**20
 
+                # Pass times, alternating (so the machine's load drifts equally on both):
+                # the dashboard frozen (SIGSTOP: as if not running), then running and
+                # polled once a second, as by an open page.
+                polling = threading.Event()
                 stop = threading.Event()
 
-                def poll() -> None:  # an open page: one state fragment a second
+                def poll() -> None:
                     with httpx.Client(timeout=30) as poller:
                         while not stop.wait(1.0):
-                            poller.get(url + "/fragments/state")
+                            if polling.is_set():
+                                poller.get(url + "/fragments/state")
 
                 poller = threading.Thread(target=poll, daemon=True)
                 poller.start()
-                with_dashboard = bench_pass.measure(base, env, args.runs, 0, LEASES)
+                without, with_dashboard = [], []
+                for _ in range(args.runs):
+                    polling.clear()
+                    time.sleep(1.1)  # let a poll in flight finish
+                    proc.send_signal(signal.SIGSTOP)
+                    without += bench_pass.measure(base, env, 1, 0, LEASES)
+                    proc.send_signal(signal.SIGCONT)
+                    polling.set()
+                    time.sleep(1.1)
+                    with_dashboard += bench_pass.measure(base, env, 1, 0, LEASES)
                 stop.set()
                 poller.join()
     finally:
@@ -165,9 +181,9 @@ def main() -> int:
     print(f"dashboard RSS after the requests: {rss:.1f} MB  (goal < {GOAL_RSS_MB:.0f} MB: "
           f"{'ok' if rss < GOAL_RSS_MB else 'MISSED'})")
     a, b = statistics.median(without), statistics.median(with_dashboard)
-    print(f"run --once, median of {args.runs}: {a * 1000:.0f} ms without the dashboard, "
-          f"{b * 1000:.0f} ms with it running and polled (x{b / a:.2f}; min "
-          f"{min(without) * 1000:.0f} / {min(with_dashboard) * 1000:.0f} ms)")
+    print(f"run --once, median of {args.runs} (alternating): {a * 1000:.0f} ms with the "
+          f"dashboard stopped, {b * 1000:.0f} ms with it running and polled (x{b / a:.2f}; "
+          f"min {min(without) * 1000:.0f} / {min(with_dashboard) * 1000:.0f} ms)")
     return 0 if ok else 1
 
 
