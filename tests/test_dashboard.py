@@ -281,7 +281,8 @@ def test_the_dashboard_takes_no_lock_forks_nothing_and_changes_nothing(make_sche
 def test_core_cli_never_imports_the_dashboard_libraries(tmp_path):
     probe = ("import sys\nfrom scheduler.cli import main\nimport contextlib, io\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n    main(['--help'])\n"
-             "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'prometheus_client',"
+             "print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2', 'prometheus_client', "
+             "'scheduler.sources',"
              " 'scheduler.dashboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout

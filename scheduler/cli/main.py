@@ -52,7 +52,6 @@ def _register_commands() -> None:
     from scheduler.cli import (
         agents_cmd,
         config_cmd,
-        dashboard_cmd,
         init_cmd,
         run_cmd,
         task_cmd,
@@ -71,7 +70,7 @@ def _register_commands() -> None:
         task_cmd.task,
         agents_cmd.agents,
         workspace_cmd.workspace,
-        dashboard_cmd.dashboard,
+        run_cmd.dashboard,
     ):
         cli.add_command(command)
 

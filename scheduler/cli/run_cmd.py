@@ -1,4 +1,4 @@
-"""``run``, ``status``, ``pause``, ``resume``."""
+"""``run``, ``status``, ``pause``, ``resume``, ``dashboard``."""
 
 from __future__ import annotations
 
@@ -126,3 +126,21 @@ def _pause_command(pause: bool):
 
 pause = _pause_command(True)
 resume = _pause_command(False)
+
+
+@click.command(cls=SubCommand)
+@click.option("--bind", metavar="HOST:PORT",
+              help="Overrides TINYSCHEDULER_DASHBOARD_BIND (default 127.0.0.1:8765). A "
+                   "non-loopback address needs TINYSCHEDULER_DASHBOARD_TOKEN.")
+@click.pass_obj
+def dashboard(app: AppContext, bind: str | None) -> int:
+    """Serve a live web dashboard, a JSON API and Prometheus metrics (read-only; never
+    takes the scheduler lock; the tinyscheduler[dashboard] extra)."""
+    settings = app.settings(DASHBOARD_BIND=bind)
+    try:
+        from scheduler.dashboard import server
+    except ImportError as exc:
+        missing = (exc.name or "?").split(".")[0]
+        raise ConfigError(f"the dashboard needs its optional libraries ({missing} is "
+                          "missing): pip install 'tinyscheduler[dashboard]'") from None
+    return server.serve(settings)

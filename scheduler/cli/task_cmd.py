@@ -17,7 +17,6 @@ import click
 
 from scheduler.cli.context import AppContext, SubGroup
 from scheduler.errors import ConfigError, InputError
-from scheduler.sources.base import task_to_dict
 
 STATUSES = ("idle", "working", "complete", "failed", "cancelled")
 TITLE_WIDTH = 50
@@ -63,6 +62,13 @@ def _iso(value: Any) -> str | None:
     from scheduler.clock import to_iso
 
     return to_iso(value)
+
+
+def task_to_dict(task_obj: Any) -> dict[str, Any]:
+    """The stable JSON shape of a task (imported when needed: not on ``--help``)."""
+    from scheduler.sources.base import task_to_dict as to_dict
+
+    return to_dict(task_obj)
 
 
 def _echo_json(value: Any) -> None:
