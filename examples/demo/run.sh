@@ -31,10 +31,10 @@ tinyscheduler run --once --dry-run
 DASH=""
 if python -c "import starlette, uvicorn, jinja2, prometheus_client" 2>/dev/null; then
     say "dashboard (a separate read-only process) for the demo's duration"
-    tinyscheduler dashboard &
+    tinyscheduler dashboard --bind "${DEMO_DASHBOARD_BIND:-127.0.0.1:8765}" &
     DASH=$!
     sleep 1
-    echo "   open http://127.0.0.1:8765/ (set DEMO_HOLD=60 to keep it up 60 s after the run)"
+    echo "   (DEMO_HOLD=60 keeps it up 60 s after the run)"
 else
     say "dashboard: not installed here; pip install -e '.[dashboard]', then: tinyscheduler --base-path $DEMO dashboard"
 fi
