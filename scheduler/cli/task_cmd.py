@@ -209,28 +209,21 @@ def _open_blockers(task_obj: Any, blockers: dict[str, Any]) -> str:
 @click.pass_obj
 def show(app: AppContext, task_id: str, as_json: bool) -> None:
     """Show a task: every field, its blockers, the tasks it blocks and its history."""
+    if as_json:
+        from scheduler.reconcile.task_view import task_document
+
+        with _open_store(app) as (settings, store):
+            _echo_json(task_document(settings, store, task_id))
+        return
     with _open_store(app) as (settings, store):
         found = store.get(task_id)
         details = store.details(task_id)
         history = store.history(task_id)
         blocking_ids = store.blocking(task_id)
         related = store.current([*found.blocked_by, *blocking_ids])
-    from dataclasses import asdict
-
     from scheduler.workspace import record
 
     kept = record.read(app.settings().task_log_dir, found.id)
-    if as_json:
-        data = task_to_dict(found)
-        data.update(
-            workspace=asdict(kept) if kept else None,
-            **details,
-            blockers=[_brief(i, related[i]) for i in found.blocked_by],
-            blocking=[_brief(i, related[i]) for i in blocking_ids],
-            history=history,
-        )
-        _echo_json(data)
-        return
     merging = found.status == "working" and found.id in _merging(settings)
     merged = details.get("merge_commit")
     fields = (
@@ -288,12 +281,6 @@ def _workspace_line(kept: Any) -> str | None:
     state = "removed" if kept.state == "removed" else "kept"
     branch = f", branch {kept.branch}" if kept.branch else ""
     return f"{kept.path} ({state}{branch})"
-
-
-def _brief(task_id: str, other: Any) -> dict[str, Any]:
-    if other is None:
-        return {"id": task_id, "status": None, "title": None}
-    return {"id": task_id, "status": other.status, "title": other.title}
 
 
 # --- log -------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from scheduler.logs import get_logger
 from scheduler.names import check_name, is_valid_name
 from scheduler.reconcile import status
 from scheduler.reconcile.planner import LeaseView, plan
-from scheduler.sources.base import task_to_dict
+from scheduler.reconcile.task_view import task_document
+from scheduler.sources.base import FAILED, task_to_dict
 from scheduler.state import pauses as pauses_mod
 from scheduler.state import tasklog
 from scheduler.state.leases import LEASE_NAME, LeaseStore
@@ -154,21 +155,11 @@ class Snapshot:
         data["running_attempt"] = running
         return data
 
-    @staticmethod
-    def _task_from_source(source, task_id: str) -> dict | None:
+    def _task_from_source(self, source, task_id: str) -> dict | None:
         try:
-            if hasattr(source, "history"):  # the local store: the full ``task show``
-                found = source.get(task_id)
-                details = source.details(task_id)
-                blocking = source.blocking(task_id)
-                related = source.current([*found.blocked_by, *blocking])
-                data = task_to_dict(found)
-                data.update(
-                    parked=found.parked, **details,
-                    blockers=[_brief(i, related.get(i)) for i in found.blocked_by],
-                    blocking=[_brief(i, related.get(i)) for i in blocking],
-                    history=source.history(task_id))
-                return data
+            if hasattr(source, "history"):  # the local store: the full ``task show --json``
+                data = task_document(self.settings, source, task_id)
+                return {**data, "parked": data["status"] == FAILED}
             current = source.current([task_id]).get(task_id)
             return None if current is None else {**task_to_dict(current),
                                                  "parked": current.parked}
@@ -202,12 +193,6 @@ def _whole_utf8(data: bytes) -> bytes:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
             return data if back >= need else data[:-back]
     return data
-
-
-def _brief(task_id: str, other) -> dict:
-    if other is None:
-        return {"id": task_id, "status": None, "title": None}
-    return {"id": task_id, "status": other.status, "title": other.title}
 
 
 class WaitingPlanner:
