@@ -78,7 +78,7 @@ class Snapshot:
 
     def state(self) -> dict:
         report = status.collect(self.settings, source=self.source(),
-                                leases=self.lease_cache.leases())
+                                leases=self.lease_cache.leases(), probe_locks=False)
         lines: dict[str, tuple[int, int, str | None]] = {}
         for row in report["leases"]:
             row["last_line"] = self._last_line(row["log"], lines)
