@@ -259,11 +259,11 @@ def _parse_bind(text: str) -> str:
 MIN_TOKEN_CHARS = 16
 
 
-def _parse_token(text: str) -> str:
+def _parse_dashboard_token(text: str) -> str:
     value = text.strip()
-    if value and (len(value) < MIN_TOKEN_CHARS or any(c.isspace() for c in value)
-                  or not value.isprintable()):
-        raise ValueError(f"accepted: at least {MIN_TOKEN_CHARS} printable characters "
+    if value and (len(value) < MIN_TOKEN_CHARS
+                  or any(not 0x21 <= ord(char) <= 0x7E for char in value)):
+        raise ValueError(f"accepted: at least {MIN_TOKEN_CHARS} printable ASCII characters "
                          "without spaces, e.g. from 'openssl rand -hex 24'")
     return value
 
@@ -548,7 +548,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("DASHBOARD_BIND", "127.0.0.1:8765", _parse_bind,
            "Where `tinyscheduler dashboard` listens (HOST:PORT); any address other than "
            "loopback needs DASHBOARD_TOKEN.", "0.0.0.0:8765"),
-    Option("DASHBOARD_TOKEN", "", _parse_token,
+    Option("DASHBOARD_TOKEN", "", _parse_dashboard_token,
            "Token the dashboard asks for (bearer header or login form); at least 16 "
            "characters (secret).", "9b1d5f3c7a2e4d6f8b0c1e3a", secret=True),
     Option("DASHBOARD_ACTIONS", "false", _parse_bool,

@@ -14,6 +14,7 @@ from scheduler.dashboard import auth
 from scheduler.dashboard.app import create_app
 from scheduler.errors import ConfigError
 from scheduler.logs import get_logger, setup_logging
+from scheduler.state.paths import check_state_paths
 
 log = get_logger("dashboard")
 
@@ -57,6 +58,7 @@ def serve(settings) -> int:
     """Run the dashboard until SIGTERM/SIGINT; returns the exit code."""
     host, port = split_bind(settings.dashboard_bind)
     auth.check_bind(host, settings.dashboard_token, settings.dashboard_actions)
+    check_state_paths(settings)  # a link or a writable directory: refused, exit 2
     import uvicorn
 
     setup_logging(settings.log_level, settings.log_format, None)

@@ -78,7 +78,8 @@ class Snapshot:
 
     def state(self) -> dict:
         report = status.collect(self.settings, source=self.source(),
-                                leases=self.lease_cache.leases(), probe_locks=False)
+                                leases=self.lease_cache.leases(), probe_locks=False,
+                                check_paths=False)  # checked once, at start-up
         lines: dict[str, tuple[int, int, str | None]] = {}
         for row in report["leases"]:
             row["last_line"] = self._last_line(row["log"], lines)
