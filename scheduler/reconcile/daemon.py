@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from collections.abc import Callable
 
 from scheduler.errors import ConfigError, TinySchedulerError
@@ -22,7 +23,8 @@ from scheduler.state.wake import WakeSocket
 
 log = get_logger("daemon")
 
-#: Shortest pause between passes, so a burst of wake-ups is coalesced into one pass.
+#: Shortest pause between the end of a pass and the next woken one, so a burst of wake-ups
+#: is coalesced into one pass; a wake-up that comes later than this starts a pass at once.
 MIN_GAP_SEC = 0.02
 
 
@@ -36,6 +38,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._listener = None  #: the cross-host wake-up channel, when there is one
+        self._pass_ended = 0.0  #: time.monotonic() when the last pass ended
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -67,6 +70,7 @@ class Daemon:
                     failures += 1
                     log.exception("pass failed")
                     status = "last pass failed; see the log"
+                self._pass_ended = time.monotonic()
                 if not ready:
                     sdnotify.notify("READY=1")
                     ready = True
@@ -92,6 +96,14 @@ class Daemon:
         if failures:
             return min(interval, 2 ** min(failures, 10))
         return interval
+
+    def _coalesce(self) -> bool:
+        """Wait out the rest of MIN_GAP_SEC after the last pass (True if it waited)."""
+        rest = MIN_GAP_SEC - (time.monotonic() - self._pass_ended)
+        if rest <= 0:
+            return False
+        select.select([], [], [], rest)
+        return True
 
     def _listen(self, reconciler) -> None:
         """(Re)open the cross-host wake-up channel; without one, the interval rules."""
@@ -121,11 +133,11 @@ class Daemon:
                 log.warning("cross-host wake-up channel lost", extra={"fields": {
                     "error": str(exc)}})
                 self._unlisten()
-            select.select([], [], [], MIN_GAP_SEC)
+            self._coalesce()
         if wake.fileno() in ready:
             wake.drain()
-            select.select([], [], [], MIN_GAP_SEC)
-            wake.drain()
+            if self._coalesce():
+                wake.drain()
         if signal_r in ready:
             try:
                 os.read(signal_r, 64)
