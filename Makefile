@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Test workers: one per CPU (pytest-xdist); the suite mostly waits on real processes.
 TEST_WORKERS ?= auto
 
-.PHONY: run demo-parallel test test-fast chaos lint bench clean
+.PHONY: run demo-parallel test test-fast chaos lint bench clean coverage mutate
 
 # Each step prints one line first, so a long install is never a silent wait.
 step = @printf '== %s\n' $(1)
@@ -53,8 +53,19 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
+## coverage: the test suite measured across every process it starts (statements, branches)
+coverage: $(VENV)/.installed-dev
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage run -m pytest -q -p xdist -n 2
+	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage combine -q
+	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage report
+
+## mutate: plant each bug of scripts/mutate.py's list in a scratch copy, run its tests
+mutate: $(VENV)/.installed-dev
+	$(BIN)/python scripts/mutate.py
+
 bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state .coverage .coverage.*

@@ -43,6 +43,12 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
 
 
+def unmeasured_env() -> dict[str, str]:
+    """clean_env() without coverage's start-up variables: measuring a process imports
+    sqlite3, which the import probes look for."""
+    return {k: v for k, v in clean_env().items() if not k.startswith("COVERAGE_PROCESS_")}
+
+
 def console_script() -> str:
     return str(Path(sys.executable).with_name("tinyscheduler"))
 
@@ -355,7 +361,7 @@ print("CODE=" + str(code))
 def test_fast_paths_import_no_heavy_module(tmp_path, argv):
     proc = subprocess.run(
         [sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+        cwd=tmp_path, env=unmeasured_env(), capture_output=True, text=True, timeout=60,
     )
     lines = dict(line.split("=", 1) for line in proc.stdout.splitlines()
                  if line.startswith(("HEAVY=", "CODE=")))

@@ -543,3 +543,62 @@ def test_a_run_whose_task_was_reassigned_to_another_agent_is_stopped(make_schedu
     assert [e.kind for e in s.events()] == ["start", "term"]
     task = s.tasks()[task_id]
     assert (task.status, task.assignee) == ("working", "damien")  # the report was ignored
+
+
+def test_a_reclaim_whose_result_cannot_be_kept_anywhere_keeps_the_lease(
+        rig: Rig, spawn_python, monkeypatch) -> None:
+    """Source down and the outbox unwritable (a full disk): the reclaim stops before
+    dropping the lease, so the attempt is not lost; the next pass tries again."""
+    pid, started = dead_pid(spawn_python)
+    task_id, lease = claimed_lease(rig, pid=pid, pid_started_at=started)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outbox, "write", disk_full)
+        summary = a_pass(rig, Down(rig.tasks, report=0))
+
+    assert summary.reclaimed == {}
+    assert summary.errors == [f"task {task_id}: reclaim failed: [Errno 28] No space left "
+                              "on device"]
+    assert rig.leases.read(task_id) is not None
+    assert rig.tasks.get(task_id).status == WORKING
+
+    summary = a_pass(rig, retry_backoff_sec=600)
+    assert summary.reclaimed == {"pid-dead": 1} and summary.errors == []
+    assert rig.leases.read(task_id) is None
+    assert (rig.tasks.get(task_id).status, rig.tasks.get(task_id).attempts) == (IDLE, 1)
+
+
+class Listing:
+    """A source whose listing of idle tasks is replaced (say, what a remote source sent)."""
+
+    def __init__(self, source, tasks, skipped: int = 0) -> None:
+        self.source, self.tasks, self.skipped = source, tasks, skipped
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+    def assigned_idle(self, agent: str):
+        return list(self.tasks)
+
+
+@pytest.mark.parametrize("field", ["id", "recipe"])
+def test_a_task_with_a_hostile_id_or_recipe_gets_no_lease_and_no_claim(rig: Rig,
+                                                                        field: str) -> None:
+    real = rig.add()
+    hostile = replace(real, id="../../etc") if field == "id" else replace(real,
+                                                                         recipe="../../x.yaml")
+    launcher = NoLaunch()
+
+    summary = a_pass(rig, Listing(rig.tasks, [hostile]), launcher)
+
+    assert summary.spawned == 0 and launcher.launched == []
+    assert not list(rig.settings.running_dir.glob("*.json"))
+    assert rig.tasks.get(real.id).status == IDLE
+
+
+def test_tasks_the_source_could_not_decode_are_counted_as_an_error(rig: Rig) -> None:
+    summary = a_pass(rig, Listing(rig.tasks, [], skipped=2))
+    assert summary.errors == ["2 task(s) from the source had invalid data"]

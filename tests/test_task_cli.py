@@ -331,8 +331,9 @@ def test_task_module_does_not_import_sqlite():
     code = ("import sys, scheduler.cli; "
             "print(sorted(m for m in ('sqlite3', 'scheduler.sources.local') "
             "if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, env=env).stdout  # (coverage itself imports sqlite3)
     assert out.strip() == "[]"
 
 

@@ -1,0 +1,135 @@
+"""The lease store's less travelled branches: held locks, a store mutex that stays
+locked, symlinks, forbidden heartbeat changes, and quarantine name collisions."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from scheduler.errors import LeaseError
+from scheduler.state import leases as leases_module
+from scheduler.state.leases import (
+    MUTEX_NAME,
+    RUNNING,
+    STARTING,
+    Lease,
+    LeaseStore,
+    encode,
+    probe_lock,
+)
+
+T0 = datetime(2025, 1, 31, 12, 0, 0, 123000, tzinfo=timezone.utc)
+
+
+def lease(task_id: str = "t1", **changes) -> Lease:
+    values = dict(task_id=task_id, agent="worker", state=STARTING, spawn_token="tok-1",
+                  started_at=T0, heartbeat=T0, host="h1")
+    values.update(changes)
+    return Lease(**values)  # type: ignore[arg-type]
+
+
+def test_a_null_metadata_decodes_as_empty() -> None:
+    data = json.loads(encode(lease()))
+    data["metadata"] = None
+    assert Lease.from_json(data).metadata == {}
+
+
+def test_the_liveness_lock_as_a_context_manager(tmp_path: Path, spawn_python) -> None:
+    store = LeaseStore(tmp_path / "running")
+    with store.liveness_lock("t1") as held:
+        assert held.is_locked and store.is_held("t1")
+    assert not store.is_held("t1")
+
+    holder = spawn_python(
+        "import sys\nfrom pathlib import Path\n"
+        "from scheduler.state.leases import LeaseStore\n"
+        f"lock = LeaseStore(Path({str(store.running_dir)!r})).liveness_lock('t1')\n"
+        "assert lock.acquire(0)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(LeaseError, match="task_t1.lock is held by another process"):
+        with store.liveness_lock("t1"):
+            pass
+    holder.stdin.close()
+    holder.wait(timeout=10)
+
+
+def test_a_symlinked_lock_file_is_neither_followed_nor_removed(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease("t2"))
+    target = tmp_path / "elsewhere"
+    target.write_text("precious")
+    link = store.lock_path("t1")
+    link.symlink_to(target)
+
+    assert probe_lock(link) is False
+    assert store.remove_stale_lock_files(set()) == 0
+
+    assert link.is_symlink() and target.read_text() == "precious"
+
+
+def test_probing_something_that_is_no_lock_file_raises(tmp_path: Path) -> None:
+    (tmp_path / "task_t1.lock").mkdir()
+    with pytest.raises(IsADirectoryError):
+        probe_lock(tmp_path / "task_t1.lock")
+
+
+def test_a_store_mutex_held_too_long_fails_the_operation_cleanly(tmp_path: Path, spawn_python,
+                                                                 monkeypatch) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease())
+    holder = spawn_python(
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(store.running_dir / MUTEX_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+    assert holder.stdout.readline().strip() == "locked"
+    monkeypatch.setattr(leases_module, "MUTEX_WAIT_SEC", 0.2)
+
+    with pytest.raises(LeaseError, match="is locked by another process for more than"):
+        store.heartbeat("t1", "tok-1", T0)
+
+    holder.stdin.close()
+    holder.wait(timeout=10)
+    assert store.heartbeat("t1", "tok-1", T0) is not None  # free again
+
+
+def test_a_heartbeat_may_not_set_an_unknown_state(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease(state=RUNNING))
+    before = (tmp_path / "running" / "task_t1.json").read_bytes()
+    with pytest.raises(LeaseError, match="may not change task_id or set state 'gone'"):
+        store.heartbeat("t1", "tok-1", T0, state="gone")
+    assert (tmp_path / "running" / "task_t1.json").read_bytes() == before
+
+
+def test_two_corrupt_leases_quarantined_at_one_instant_keep_both(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.running_dir.mkdir(mode=0o700)
+    bad = store.running_dir / "task_t1.json"
+    with freeze_time(T0):
+        for content in (b"{first", b"{second"):
+            bad.write_bytes(content)
+            assert store.list() == []
+    corrupt = sorted(p.name for p in (store.running_dir / "corrupt").iterdir()
+                     if not p.name.endswith(".reason"))
+    assert len(corrupt) == 2 and corrupt[1] == corrupt[0] + "-1"
+    kept = sorted((store.running_dir / "corrupt" / name).read_bytes() for name in corrupt)
+    assert kept == [b"{first", b"{second"]
+
+
+def test_a_lease_mutex_file_is_private(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease())
+    store.heartbeat("t1", "tok-1", T0)
+    mode = os.stat(store.running_dir / MUTEX_NAME).st_mode & 0o777
+    assert mode == 0o600
+    fd = os.open(store.running_dir / MUTEX_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the operation
+    finally:
+        os.close(fd)
