@@ -195,7 +195,8 @@ def test_adopt_only_a_starting_lease_with_the_token(tmp_path: Path) -> None:
     try:
         assert lease == store.read("t1")
         assert (lease.state, lease.pid, lease.pid_started_at) == (RUNNING, os.getpid(), 1.5)
-        assert store.is_held("t1") and isinstance(lock.fileno(), int)
+        assert store.is_held("t1")
+        assert os.fstat(lock.fileno()).st_ino == os.stat(store.lock_path("t1")).st_ino
         assert store.adopt("t1", "tok-1", 11, 1.0, T0) is None  # already running
     finally:
         lock.release()

@@ -260,8 +260,9 @@ def start(spawn_python, code: str, **kwargs: object):
 def test_terminate_a_group_that_obeys_sigterm(spawn_python) -> None:
     child, started = start(spawn_python, SLEEPER, start_new_session=True)
     began = time.monotonic()
-    assert terminate_group(child.pid, started, 5.0, poll=0.01) is True
-    assert time.monotonic() - began < 4.0
+    assert terminate_group(child.pid, started, 60.0, poll=0.01) is True
+    # done as soon as the group is gone, long before the grace period would end
+    assert time.monotonic() - began < 30.0
     assert child.wait(timeout=5) == -signal.SIGTERM
 
 

@@ -82,8 +82,8 @@ def test_empty_database_is_migrated_to_the_current_version(sqlite_store, db_path
     assert sqlite_store.health().ok  # opens lazily
     conn = raw(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == local.SCHEMA_VERSION
-        assert local.SCHEMA_VERSION == len(local.MIGRATIONS) >= 1
+        # every migration was applied, and the store reports that version
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(local.MIGRATIONS)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert {"tasks", "blockers", "history", "idx_blockers_blocker",
                 "idx_tasks_status_queue_assignee"} <= tables

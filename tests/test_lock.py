@@ -26,7 +26,7 @@ def test_second_process_cannot_acquire_and_sees_the_holder(tmp_path: Path,
                                                            spawn_python) -> None:
     path = tmp_path / "state" / "tinyscheduler.lock"
     with SchedulerLock(path, "host-a") as lock:
-        assert isinstance(lock.fileno(), int)
+        assert os.fstat(lock.fileno()).st_ino == os.stat(path).st_ino  # the locked file
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(lock.holder_path).st_mode) == 0o600
         child = spawn_python(CONTENDER, str(path))

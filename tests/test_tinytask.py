@@ -526,15 +526,26 @@ def test_health_without_a_health_route_uses_the_api(sleeps):
             src.close()
 
 
-def test_client_is_built_once_and_lazily(fake, source):
-    assert source._client is None
+def test_client_is_built_once_and_lazily(fake, source, monkeypatch):
+    import httpx
+
+    built: list[httpx.Client] = []
+
+    class Counted(httpx.Client):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(httpx, "Client", Counted)
+    assert built == []  # nothing built before the source is used
     source.assigned_idle("a")
-    client = source._client
     source.queue_idle_unassigned("q")
-    assert source._client is client
+    assert len(built) == 1  # one client for every call of this process
     source.close()
-    source.close()
-    assert source._client is None
+    source.close()  # closing twice is harmless
+    assert built[0].is_closed
+    source.assigned_idle("a")  # used again after close: a fresh client
+    assert len(built) == 2 and not built[1].is_closed
 
 
 def test_from_settings_uses_endpoint_and_token():

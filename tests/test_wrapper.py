@@ -323,8 +323,9 @@ def test_runtime_limit_kills_an_agent_that_ignores_sigterm_and_its_group(make_ri
     grandchild = rig.track(read_pid(grandchild_file))
     started = time.monotonic()
     assert wrapper.wait(RUN_TIMEOUT) == 0
-    # runtime limit (1 s from the agent's start) + grace (1 s) + reporting
-    assert time.monotonic() - started < 1 + 1 + 2
+    # runtime limit (1 s from the agent's start) + grace (1 s) + reporting, long before
+    # the agent's own 60 s would end
+    assert time.monotonic() - started < 30
     assert gone(agent)
     wait_for(lambda: gone(grandchild), 2, "the grandchild to be killed")
     task = rig.tasks.get(task.id)
@@ -340,27 +341,28 @@ def test_a_silent_agent_is_stalled(make_rig) -> None:
     rig = make_rig(IDLE_TIMEOUT_SEC=1)
     task = rig.add()
     started = time.monotonic()
-    task = rig.attempt(task, "print", "thinking...", "sleep", "30")
-    assert time.monotonic() - started < 8
+    task = rig.attempt(task, "print", "thinking...", "sleep", "60")
+    assert time.monotonic() - started < 30  # stopped long before the agent's own end
     assert task.status == IDLE
     assert task.last_error.startswith("attempt 1 stalled, signal 15")
     summary = rig.summary(task.id)
     assert "reason: no output for 1 s" in summary and "thinking..." in summary
 
 
-def test_sigterm_to_the_wrapper_cancels_the_task(rig: Rig) -> None:
+def test_sigterm_to_the_wrapper_cancels_the_task(make_rig) -> None:
+    rig = make_rig(KILL_GRACE_SEC=60)  # the agent obeys SIGTERM: no grace period is needed
     task = rig.add()
     token = rig.prepare(task)
     ready, got_term, grandchild_file = rig.path("ready"), rig.path("term"), rig.path("gc")
     wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command(
         "on-term", str(got_term), "grandchild", str(grandchild_file), "ready", str(ready),
-        "sleep", "30"))
+        "sleep", "120"))
     agent = rig.track(read_pid(ready))
     grandchild = rig.track(read_pid(grandchild_file))
     started = time.monotonic()
     wrapper.send_signal(signal.SIGTERM)
     assert wrapper.wait(RUN_TIMEOUT) == 0
-    assert time.monotonic() - started < rig.settings.kill_grace_sec + 1
+    assert time.monotonic() - started < 30  # not the 60 s grace, not the agent's 120 s
     assert got_term.read_text() == str(int(signal.SIGTERM))  # the agent got SIGTERM itself
     assert gone(agent)
     # the grandchild ignores SIGTERM: the group's final SIGKILL takes it
@@ -596,7 +598,8 @@ def test_a_fenced_wrapper_stops_its_agent_and_reports_nothing(rig: Rig, how: str
         rig.leases.update(replace(rig.leases.read(task.id), spawn_token="f" * 16))
     fenced_at = time.monotonic()
     assert wrapper.wait(RUN_TIMEOUT) == 0
-    assert time.monotonic() - fenced_at < rig.settings.heartbeat_sec + 1.5
+    # noticed at a heartbeat (every 1 s), long before the agent's own 30 s would end
+    assert time.monotonic() - fenced_at < 15
     assert gone(agent)
     if how == "re-owned":
         assert rig.tasks.get(task.id).status == WORKING  # nothing reported
