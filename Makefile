@@ -55,10 +55,12 @@ lint: $(VENV)/.installed-dev
 
 ## coverage: the test suite measured across every process it starts (statements, branches)
 coverage: $(VENV)/.installed-dev
-	rm -f .coverage .coverage.*
+	rm -f .coverage .coverage.* coverage.json
 	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage run -m pytest -q -p xdist -n 2
 	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage combine -q
 	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage report
+	COVERAGE_FILE=$(abspath .coverage) $(BIN)/coverage json -q -o coverage.json
+	$(BIN)/python scripts/coverage_summary.py coverage.json
 
 ## mutate: plant each bug of scripts/mutate.py's list in a scratch copy, run its tests
 mutate: $(VENV)/.installed-dev
@@ -68,4 +70,4 @@ bench: $(VENV)/.installed
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state .coverage .coverage.*
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state .coverage .coverage.* coverage.json

@@ -49,20 +49,8 @@ class ForkLauncher:
         wrapper_main.preload()  # once: every forked wrapper starts with its modules loaded
         read_end, write_end = os.pipe()
         middle = os.fork()
-        if middle == 0:  # the middle process: start the wrapper, tell its pid, leave
-            code = 0
-            try:
-                os.close(read_end)
-                os.setsid()
-                wrapper_pid = os.fork()
-                if wrapper_pid == 0:
-                    os.close(write_end)
-                    _become_wrapper(self.settings, task_id, token)
-                os.write(write_end, str(wrapper_pid).encode())
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
+        if middle == 0:
+            _be_the_middle(self.settings, task_id, token, read_end, write_end)
         os.close(write_end)
         try:
             data = os.read(read_end, 32)
@@ -75,6 +63,24 @@ class ForkLauncher:
 
     def reap(self) -> None:
         return None
+
+
+def _be_the_middle(settings, task_id: str, token: str, read_end: int, write_end: int) -> None:
+    """The middle process: start the wrapper in a new session, tell its pid, leave.
+    Never returns. (A function of its own, so coverage measures it in the child.)"""
+    code = 0
+    try:
+        os.close(read_end)
+        os.setsid()
+        wrapper_pid = os.fork()
+        if wrapper_pid == 0:
+            os.close(write_end)
+            _become_wrapper(settings, task_id, token)
+        os.write(write_end, str(wrapper_pid).encode())
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def _become_wrapper(settings, task_id: str, token: str) -> None:
