@@ -101,7 +101,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "adoption keeps waiting for a lock whose lease is gone", T_LEASES),
     # --- liveness ----------------------------------------------------------------------------
     Mutation("V1", LIVENESS,
-             "if age > timedelta(seconds=spawn_timeout_sec) and not probe.lock_held(lease.task_id):",
+             "if age > timedelta(seconds=spawn_timeout_sec) and not "
+             "probe.lock_held(lease.task_id):",
              "if age > timedelta(seconds=spawn_timeout_sec):",
              "a starting lease is reclaimed under a live wrapper", T_LIVENESS),
     Mutation("V2", LIVENESS, "if age > timedelta(seconds=spawn_timeout_sec)",
@@ -161,7 +162,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "a task is requeued while something still holds its lock", T_RECONCILER),
     Mutation("R5", RECONCILER, "outcome=NOT_STARTED if never_ran else RECLAIMED",
              "outcome=RECLAIMED", "a spawn that never started costs an attempt", T_RECONCILER),
-    Mutation("R6", RECONCILER, "outcome=NOT_STARTED if never_ran else RECLAIMED, token=claimed_with",
+    Mutation("R6", RECONCILER,
+             "outcome=NOT_STARTED if never_ran else RECLAIMED, token=claimed_with",
              "outcome=NOT_STARTED if never_ran else RECLAIMED, token=token",
              "a reclaim reports under the fence token, not the claim's", T_RECONCILER),
     Mutation("R7", RECONCILER,
@@ -201,7 +203,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "", "leases kept after a failed reclaim are planned as free slots", T_RECONCILER),
     # --- the wrapper's supervisor -------------------------------------------------------------
     Mutation("S1", SUPERVISOR,
-             "if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) is None:",
+             "if self.store.heartbeat(self.task_id, self.token, clock.now(), "
+             "state=FINISHING) is None:",
              "if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) "
              "is None and False:",
              "the wrapper ignores its last heartbeat's result before reporting", T_SUPERVISOR),
@@ -254,15 +257,19 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        elif False:", "blocked tasks are planned", T_PLANNER),
     Mutation("P5", PLANNER, "        elif task.not_before is not None and task.not_before > now:",
              "        elif False:", "retry backoff is ignored", T_PLANNER),
-    Mutation("P6", PLANNER, "-counts.get(t.id, 0), -t.priority,", "-t.priority, -counts.get(t.id, 0),",
+    Mutation("P6", PLANNER, "-counts.get(t.id, 0), -t.priority,",
+             "-t.priority, -counts.get(t.id, 0),",
              "priority outranks unblocking other tasks", T_PLANNER),
-    Mutation("P7", PLANNER, "    if slots.free[agent.name] <= 0:", "    if slots.free[agent.name] < 0:",
+    Mutation("P7", PLANNER, "    if slots.free[agent.name] <= 0:",
+             "    if slots.free[agent.name] < 0:",
              "an assigned task goes over its agent's limit", T_PLANNER),
-    Mutation("P8", PLANNER, "    if slots.free[best.name] <= 0:", "    if slots.free[best.name] < 0:",
+    Mutation("P8", PLANNER, "    if slots.free[best.name] <= 0:",
+             "    if slots.free[best.name] < 0:",
              "a queued task goes over the pool's limits", T_PLANNER),
     Mutation("P9", PLANNER, "(-slots.free[a.name], a.name)", "(slots.free[a.name], a.name)",
              "a queued task goes to the busiest pool member", T_PLANNER),
-    Mutation("P10", PLANNER, "        seen.setdefault(task.id, task)", "        seen[id(task)] = task",
+    Mutation("P10", PLANNER, "        seen.setdefault(task.id, task)",
+             "        seen[id(task)] = task",
              "a task listed twice is planned twice", T_PLANNER),
     Mutation("P11", PLANNER, "    if pauses.everything or agent.name in pauses.agents:\n"
              "        return Skip(",

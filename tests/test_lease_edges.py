@@ -52,9 +52,9 @@ def test_the_liveness_lock_as_a_context_manager(tmp_path: Path, spawn_python) ->
         f"lock = LeaseStore(Path({str(store.running_dir)!r})).liveness_lock('t1')\n"
         "assert lock.acquire(0)\nprint('locked', flush=True)\nsys.stdin.read()\n")
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(LeaseError, match="task_t1.lock is held by another process"):
-        with store.liveness_lock("t1"):
-            pass
+    with pytest.raises(LeaseError, match="task_t1.lock is held by another process"), \
+            store.liveness_lock("t1"):
+        pass
     holder.stdin.close()
     holder.wait(timeout=10)
 
