@@ -602,3 +602,64 @@ def test_a_task_with_a_hostile_id_or_recipe_gets_no_lease_and_no_claim(rig: Rig,
 def test_tasks_the_source_could_not_decode_are_counted_as_an_error(rig: Rig) -> None:
     summary = a_pass(rig, Listing(rig.tasks, [], skipped=2))
     assert summary.errors == ["2 task(s) from the source had invalid data"]
+
+
+def test_a_task_leased_meanwhile_is_not_claimed(rig: Rig) -> None:
+    """Between the listing and the lease, the task got a lease (another scheduler sharing
+    the state directory): the exclusive create fails, and the task is left to its owner."""
+    task = rig.add()
+    theirs = Lease(task_id=task.id, agent=AGENT, state=RUNNING, spawn_token="theirs",
+                   started_at=clock.now(), heartbeat=clock.now(), host="otherhost")
+
+    class LeasedMeanwhile(Listing):
+        def assigned_idle(self, agent: str):
+            listed = super().assigned_idle(agent)
+            rig.leases.create(theirs)
+            return listed
+
+    launcher = NoLaunch()
+    summary = a_pass(rig, LeasedMeanwhile(rig.tasks, [task]), launcher)
+
+    assert (summary.spawned, summary.errors, launcher.launched) == (0, [], [])
+    assert rig.leases.read(task.id).spawn_token == "theirs"
+    assert rig.tasks.get(task.id).status == IDLE  # never claimed
+
+
+def test_an_unwanted_run_whose_pid_is_not_the_wrapper_is_never_signalled(
+        rig: Rig, spawn_python) -> None:
+    """The source cancelled the task, but the pid in the lease no longer has the recorded
+    start time: nothing is signalled (a recycled pid belongs to someone else)."""
+    task = rig.add()
+    holder = hold_lock(spawn_python, rig, task.id)
+    task_id, _ = claimed_lease_for(rig, task.id, pid=holder.pid, pid_started_at=1.0,
+                                   heartbeat_sec=60)
+    rig.tasks.cancel(task_id, detail="not needed")
+
+    summary = a_pass(rig)
+
+    assert summary.stopped == 0 and summary.errors == []
+    assert holder.poll() is None
+    holder.stdin.close()
+    holder.wait(timeout=10)
+
+
+def test_a_signal_as_the_agent_starts_still_stops_it(rig: Rig, monkeypatch) -> None:
+    """SIGTERM lands after the gate opened but before the wait loop listens for it."""
+    task = rig.add()
+    token = rig.prepare(task)
+    ready = rig.path("ready")
+    settings = replace(rig.settings, agent_command=agent_command(
+        "ready", str(ready), "sleep", "60"))
+    real_open = Supervisor._open_wakeup
+
+    def signalled_first(self):
+        read_pid(ready)  # the agent runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_open(self)
+
+    monkeypatch.setattr(Supervisor, "_open_wakeup", signalled_first)
+    assert Supervisor(settings, task.id, token).run() == 0
+
+    assert gone(int(ready.read_text()))
+    assert rig.tasks.get(task.id).status == CANCELLED
+    assert f"wrapper got signal {int(signal.SIGTERM)}" in rig.summary(task.id)
