@@ -106,6 +106,11 @@ def claimed_lease_for(rig: Rig, task_id: str, **fields) -> tuple[str, Lease]:
     return task_id, lease
 
 
+def children() -> set[int]:
+    """Pids of this process's children (zombies included)."""
+    return {child.pid for child in psutil.Process().children()}
+
+
 def dead_pid(spawn_python) -> tuple[int, float]:
     """The pid and start time of a process that has exited (and been reaped)."""
     child = spawn_python("import time; time.sleep(60)")
@@ -247,10 +252,11 @@ def test_a_lease_reowned_before_the_agent_is_recorded_runs_nothing(rig: Rig,
         store.update(replace(store.read(task_id), spawn_token="f" * 16))
 
     recording_heartbeat(monkeypatch, reown)
+    before = children()
     assert Supervisor(settings, task.id, token).run() == 0
 
     assert not ready.exists()
-    assert psutil.Process().children() == []  # the gated child exited and was reaped
+    assert children() <= before  # the gated child exited and was reaped
     assert rig.tasks.get(task.id).status == WORKING
     assert history_after_claim(rig, task.id) == []
     assert rig.leases.read(task.id).spawn_token == "f" * 16
@@ -265,10 +271,11 @@ def test_a_signal_before_the_agent_starts_cancels_without_running_it(rig: Rig,
     settings = replace(rig.settings, agent_command=agent_command("ready", str(ready)))
     recording_heartbeat(monkeypatch, lambda store, task_id: os.kill(os.getpid(),
                                                                     signal.SIGTERM))
+    before = children()
     assert Supervisor(settings, task.id, token).run() == 0
 
     assert not ready.exists()
-    assert psutil.Process().children() == []
+    assert children() <= before
     assert rig.tasks.get(task.id).status == CANCELLED
     summary = rig.summary(task.id)
     assert summary.startswith("cancelled: not started")
@@ -474,6 +481,7 @@ def test_exec_mode_starts_real_wrappers_and_reaps_them(make_rig) -> None:
     ids = [rig.add(f"task {n}").id for n in range(2)]
     launcher = ExecLauncher(settings)
     reconciler = Reconciler(settings, REGISTRY, source=rig.tasks, launcher=launcher)
+    before = children()
     try:
         summary = reconciler.run_pass().summary
         assert (summary.spawned, summary.errors) == (2, [])
@@ -481,12 +489,12 @@ def test_exec_mode_starts_real_wrappers_and_reaps_them(make_rig) -> None:
                  "the exec'd wrappers to finish")
         for task_id in ids:
             assert "started-by-exec" in rig.tasks.details(task_id)["result_summary"]
-        wait_for(lambda: all(c.status() == psutil.STATUS_ZOMBIE
-                             for c in psutil.Process().children()), RUN_TIMEOUT,
-                 "the wrappers to exit")
+        wrappers = children() - before
+        assert len(wrappers) == 2
+        wait_for(lambda: all(gone(pid) for pid in wrappers), RUN_TIMEOUT, "the wrappers to exit")
         summary = reconciler.run_pass().summary
         assert summary.errors == []
-        assert psutil.Process().children() == []  # reaped: no zombie left behind
+        assert not children() & wrappers  # reaped: no zombie left behind
     finally:
         reconciler.close()
 
