@@ -79,10 +79,10 @@ class Down:
         return call
 
 
-def a_pass(rig: Rig, source=None, launcher=None, **settings_changes):
+def a_pass(rig: Rig, source=None, launcher=None, registry=REGISTRY, **settings_changes):
     """One in-process pass over the rig's state directory; its summary."""
     settings = replace(rig.settings, **settings_changes) if settings_changes else rig.settings
-    reconciler = Reconciler(settings, REGISTRY, source=source or rig.tasks,
+    reconciler = Reconciler(settings, registry, source=source or rig.tasks,
                             launcher=launcher or NoLaunch())
     return reconciler.run_pass().summary
 
@@ -332,16 +332,22 @@ def test_a_lease_that_heartbeats_after_it_was_judged_is_left_alone(rig: Rig,
 def test_a_process_that_outlives_the_kill_keeps_its_lease(rig: Rig, spawn_python,
                                                           how: str) -> None:
     """A stale lease whose task lock is still held after the kill (here: by a process
-    whose identity does not match the lease, which is never signalled) is not requeued."""
+    whose identity does not match the lease, which is never signalled) is not requeued,
+    and its slot stays taken."""
     task = rig.add()
+    waiting = rig.add("waits for the slot")
     holder = hold_lock(spawn_python, rig, task.id)
     hour_ago = clock.now() - timedelta(hours=1)
     pids = {"pid": holder.pid, "pid_started_at": 1.0} if how == "pid recorded" else {}
     task_id, lease = claimed_lease_for(rig, task.id, started_at=clock.now(),
                                        heartbeat=hour_ago, **pids)
+    launcher = NoLaunch()
 
-    summary = a_pass(rig)
+    summary = a_pass(rig, launcher=launcher,
+                     registry=Registry((Agent(AGENT, None, 1),), legacy=True))
 
+    assert launcher.launched == []  # the one slot is still the kept lease's
+    assert rig.tasks.get(waiting.id).status == IDLE
     assert summary.reclaimed == {}
     assert summary.errors == [f"task {task_id}: could not stop its process (heartbeat-stale); "
                               "lease kept"]
@@ -448,19 +454,23 @@ def test_source_down_while_listing_spawns_nothing(rig: Rig) -> None:
 @pytest.mark.parametrize("source_up", [True, False])
 def test_a_wrapper_that_cannot_start_is_reported_as_launch_failed(rig: Rig,
                                                                   source_up: bool) -> None:
+    """The exec launcher fails for real: its working directory (BASE_PATH) is gone."""
     task = rig.add()
     source = rig.tasks if source_up else Down(rig.tasks, report=0)
+    missing = rig.path("moved-away")
+    launcher = ExecLauncher(replace(rig.settings, base_path=missing))
 
-    summary = a_pass(rig, source, retry_backoff_sec=600)
+    summary = a_pass(rig, source, launcher, retry_backoff_sec=600)
 
     assert summary.spawned == 0
-    assert summary.errors == [f"task {task.id}: wrapper could not start: this test starts "
-                              "no wrapper"]
+    assert summary.errors == [f"task {task.id}: wrapper could not start: [Errno 2] No such "
+                              f"file or directory: {str(missing)!r}"]
     assert rig.leases.read(task.id) is None
     if source_up:
         after = rig.tasks.get(task.id)
         assert (after.status, after.attempts) == (IDLE, 1)
-        assert after.last_error.startswith("attempt 1 launch_failed")
+        assert after.last_error.startswith("attempt 1 launch_failed: the wrapper could not "
+                                           "start: [Errno 2] No such file or directory")
     else:
         [entry] = rig.settings.outbox_dir.glob("*.json")
         assert json.loads(entry.read_text())["outcome"] == "launch_failed"
@@ -671,3 +681,12 @@ def test_a_signal_as_the_agent_starts_still_stops_it(rig: Rig, monkeypatch) -> N
     assert gone(int(ready.read_text()))
     assert rig.tasks.get(task.id).status == CANCELLED
     assert f"wrapper got signal {int(signal.SIGTERM)}" in rig.summary(task.id)
+
+
+def test_a_pass_in_exec_mode_runs_the_backlog(make_scheduler) -> None:
+    """`tinyscheduler run --once` with SPAWN_MODE=exec: fresh wrapper processes."""
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 2}, SPAWN_MODE="exec")
+    ids = [s.add(f"task {n}", "--queue", "dev") for n in range(3)]
+    s.pass_until(s.all_done)
+    assert sorted(e.task for e in s.events() if e.kind == "end") == sorted(ids)
+    reconciler_wait_for(lambda: not s.leases(), what="every lease to be dropped")
