@@ -21,6 +21,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the first run of the selected tests on unmutated code")
     args = parser.parse_args(argv)
+    # stopped from outside: end the test run and remove the scratch copy on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     known = {m.id: m for m in MUTATIONS}
     unknown = [i for i in args.ids if i not in known]
     if unknown:

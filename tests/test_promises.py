@@ -463,14 +463,15 @@ def test_a_wrapper_that_cannot_start_is_reported_as_launch_failed(rig: Rig,
     summary = a_pass(rig, source, launcher, retry_backoff_sec=600)
 
     assert summary.spawned == 0
-    assert summary.errors == [f"task {task.id}: wrapper could not start: [Errno 2] No such "
-                              f"file or directory: {str(missing)!r}"]
+    [error] = summary.errors
+    assert error.startswith(f"task {task.id}: wrapper could not start: [Errno 2] No such "
+                            "file or directory: ") and str(missing) in error
     assert rig.leases.read(task.id) is None
     if source_up:
         after = rig.tasks.get(task.id)
         assert (after.status, after.attempts) == (IDLE, 1)
-        assert after.last_error.startswith("attempt 1 launch_failed: the wrapper could not "
-                                           "start: [Errno 2] No such file or directory")
+        assert after.last_error.startswith("attempt 1 launch_failed: [Errno 2] No such file "
+                                           "or directory")
     else:
         [entry] = rig.settings.outbox_dir.glob("*.json")
         assert json.loads(entry.read_text())["outcome"] == "launch_failed"
