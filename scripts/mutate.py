@@ -41,8 +41,8 @@ SUPERVISOR = "wrapper/supervisor.py"
 PLANNER = "scheduler/reconcile/planner.py"
 SETTINGS = "scheduler/config/settings.py"
 
-T_LEASES = ("tests/test_leases.py", "tests/test_promises.py", "tests/test_wrapper.py",
-            "tests/test_reconciler.py")
+T_LEASES = ("tests/test_leases.py", "tests/test_lease_edges.py", "tests/test_promises.py",
+            "tests/test_wrapper.py", "tests/test_reconciler.py")
 T_LIVENESS = ("tests/test_liveness.py", "tests/test_promises.py", "tests/test_reconciler.py",
               "tests/test_wrapper.py")
 T_RECONCILER = ("tests/test_promises.py", "tests/test_reconciler.py", "tests/test_wrapper.py",

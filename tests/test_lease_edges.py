@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -133,3 +134,26 @@ def test_a_lease_mutex_file_is_private(tmp_path: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the operation
     finally:
         os.close(fd)
+
+
+def test_adoption_gives_up_at_once_when_the_lease_is_no_longer_adoptable(
+        tmp_path: Path, spawn_python, monkeypatch) -> None:
+    """A wrapper started for a lease that another process holds the lock of and that
+    names another owner returns at once instead of waiting for the lock."""
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease(state=RUNNING, spawn_token="theirs"))
+    holder = spawn_python(
+        "import sys\nfrom pathlib import Path\n"
+        "from scheduler.state.leases import LeaseStore\n"
+        f"lock = LeaseStore(Path({str(store.running_dir)!r})).liveness_lock('t1')\n"
+        "assert lock.acquire(0)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+    assert holder.stdout.readline().strip() == "locked"
+    monkeypatch.setattr(leases_module, "ADOPT_LOCK_WAIT_SEC", 60.0)
+    began = time.monotonic()
+
+    assert store.adopt("t1", "tok-1", os.getpid(), 1.0, T0) is None
+
+    assert time.monotonic() - began < 30  # not the 60 s lock wait
+    assert store.read("t1").spawn_token == "theirs"
+    holder.stdin.close()
+    holder.wait(timeout=10)
