@@ -691,3 +691,62 @@ def test_a_pass_in_exec_mode_runs_the_backlog(make_scheduler) -> None:
     s.pass_until(s.all_done)
     assert sorted(e.task for e in s.events() if e.kind == "end") == sorted(ids)
     reconciler_wait_for(lambda: not s.leases(), what="every lease to be dropped")
+
+
+def test_a_run_whose_task_was_deleted_is_stopped(rig: Rig) -> None:
+    """The source no longer knows the task (deleted): its running wrapper is told to stop
+    and stops its agent."""
+    task = rig.add()
+    token = rig.prepare(task)
+    ready, got_term = rig.path("ready"), rig.path("term")
+    wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command(
+        "on-term", str(got_term), "ready", str(ready), "sleep", "60"))
+    agent = rig.track(read_pid(ready))
+    wait_for(lambda: rig.leases.read(task.id).agent_pid == agent, what="the agent recorded")
+
+    class Deleted(Listing):
+        def current(self, task_ids):
+            return {task_id: None for task_id in task_ids}
+
+    summary = a_pass(rig, Deleted(rig.tasks, []))
+
+    assert summary.stopped == 1 and summary.errors == []
+    assert wrapper.wait(RUN_TIMEOUT) == 0
+    assert got_term.exists() and gone(agent)
+    assert rig.leases.read(task.id) is None
+
+
+def test_a_wrapper_killed_while_reporting_leaves_its_lease_for_a_reclaim(
+        tmp_path: Path) -> None:
+    """The lease goes only after the result is safe: a wrapper SIGKILLed while it talks
+    to the source leaves its lease, and the next pass reclaims it; the task is not
+    stranded as working with nothing to reclaim."""
+    from fake_tinytask import FakeTinyTask
+    from test_wrapper import start_tinytask_attempt
+
+    with FakeTinyTask() as fake:
+        number = fake.add_task("Ship it", assigned_to=AGENT)
+        rig = Rig(tmp_path, TASK_SOURCE="tinytask", MCP_ENDPOINT=fake.url)
+        reconciler = None
+        try:
+            task, token, wrapper, go = start_tinytask_attempt(rig, fake, number)
+            before = len(fake.requests)
+            fake.delay_next(1, 2.0)
+            go.touch()
+            wait_for(lambda: len(fake.requests) > before, what="the wrapper to report")
+            wrapper.send_signal(signal.SIGKILL)
+            wrapper.wait(RUN_TIMEOUT)
+
+            assert rig.leases.read(task.id) is not None  # still there: the result is not
+            wait_for(lambda: not rig.leases.is_held(task.id), what="the lock to be free")
+
+            reconciler = Reconciler(replace(rig.settings, retry_backoff_sec=600), REGISTRY,
+                                    launcher=NoLaunch())
+            summary = reconciler.run_pass().summary
+            assert summary.reclaimed == {"pid-dead": 1}, summary.errors
+            assert rig.leases.read(task.id) is None
+            assert fake.task(number)["status"] in ("idle", "complete")  # never left working
+        finally:
+            if reconciler is not None:
+                reconciler.close()
+            rig.close()

@@ -112,6 +112,14 @@ def test_planner_invariants(world) -> None:
         assert len(planned) <= max(agent.limit - live, 0)
         if pauses.everything or name in pauses.agents:
             assert planned == []
+    # an eligible task that cannot run because of a pause says so (not "no slot")
+    kinds = {skip.task_id: skip.kind for skip in result.skips}
+    for task in tasks:
+        if task.id in spawned or not task.assignee or task.assignee not in agents:
+            continue
+        paused = pauses.everything or task.assignee in pauses.agents
+        if paused and kinds.get(task.id) not in ("leased", "parked", "backoff", "blocked"):
+            assert kinds.get(task.id) == "paused", (task.id, kinds.get(task.id))
     for spawn in result.spawns:
         task = spawn.task
         if task.assignee:
