@@ -77,34 +77,38 @@ def test_planner_invariants(world) -> None:
     registry, leases, listed, tasks, pauses, disable_blocking = world
     result = plan(leases, listed, registry, NOW, disable_blocking=disable_blocking,
                   pauses=pauses)
-    spawned = [s.task.id for s in result.spawns]
-    by_id = {t.id: t for t in tasks}
     leased = {lease.task_id for lease in leases}
 
-    # no task twice, and every listed task is either spawned or skipped, once (legacy
-    # mode lists no unassigned tasks: the planner leaves any it is given alone)
-    assert len(spawned) == len(set(spawned))
-    skipped = [s.task_id for s in result.skips]
     def eligible(t: Task) -> bool:
         return (t.id not in leased and not t.parked
                 and (t.not_before is None or t.not_before <= NOW)
                 and (disable_blocking or not t.is_blocked))
 
+    check_accounting(result, registry, leases, tasks, eligible)
+    check_limits_and_pauses(result, registry, leases, tasks, pauses)
+    if not disable_blocking:
+        check_order(result, [t for t in tasks if eligible(t)], tasks)
+
+
+def check_accounting(result, registry, leases, tasks, eligible) -> None:
+    """No task twice; every listed task spawned or skipped once (legacy mode lists no
+    unassigned tasks: the planner leaves any it is given alone); nothing leased, parked,
+    backing off or (unless switched off) blocked is planned; every dead lease reclaimed."""
+    spawned = [s.task.id for s in result.spawns]
+    assert len(spawned) == len(set(spawned))
+    skipped = [s.task_id for s in result.skips]
     considered = [t.id for t in tasks
                   if not (registry.legacy and not t.assignee and eligible(t))]
     assert sorted(spawned + skipped, key=int) == sorted(considered, key=int)
-    assert result.reclaims == tuple(r for r in result.reclaims if r.reason)
+    assert all(eligible(spawn.task) for spawn in result.spawns)
     assert {r.task_id for r in result.reclaims} == {v.task_id for v in leases if v.reclaim_reason}
+    assert all(r.reason for r in result.reclaims)
 
-    # nothing leased, parked, backing off or (unless switched off) blocked is planned
-    for spawn in result.spawns:
-        task = spawn.task
-        assert task.id not in leased
-        assert not task.parked
-        assert task.not_before is None or task.not_before <= NOW
-        assert disable_blocking or not task.is_blocked
 
-    # no agent over its limit; paused agents and queues get nothing
+def check_limits_and_pauses(result, registry, leases, tasks, pauses) -> None:
+    """No agent over its limit; paused agents and queues get nothing, and a task held
+    back by a pause says so; an assigned task runs only on its agent, a queued one only
+    on a member of its queue's pool."""
     agents = registry.by_name()
     for name, agent in agents.items():
         live = sum(1 for v in leases if v.agent == name and not v.reclaim_reason)
@@ -112,28 +116,26 @@ def test_planner_invariants(world) -> None:
         assert len(planned) <= max(agent.limit - live, 0)
         if pauses.everything or name in pauses.agents:
             assert planned == []
-    # an eligible task that cannot run because of a pause says so (not "no slot")
     kinds = {skip.task_id: skip.kind for skip in result.skips}
     for task in tasks:
-        if task.id in spawned or not task.assignee or task.assignee not in agents:
-            continue
         paused = pauses.everything or task.assignee in pauses.agents
-        if paused and kinds.get(task.id) not in ("leased", "parked", "backoff", "blocked"):
+        if task.assignee in agents and paused and kinds.get(task.id) not in (
+                "leased", "parked", "backoff", "blocked"):
             assert kinds.get(task.id) == "paused", (task.id, kinds.get(task.id))
     for spawn in result.spawns:
         task = spawn.task
         if task.assignee:
-            assert spawn.agent == task.assignee  # an assigned task runs only on its agent
+            assert spawn.agent == task.assignee
         else:
             assert not registry.legacy and task.queue == agents[spawn.agent].queue
             assert task.queue not in pauses.queues
 
-    # order respected: a task is never passed over for a less important one that competes
-    # for the same slots (same assignee, or same queue when unassigned)
-    if disable_blocking:
-        return
-    rank = importance(list(by_id.values()))
-    candidates = [t for t in by_id.values() if eligible(t)]
+
+def check_order(result, candidates, tasks) -> None:
+    """A task is never passed over for a less important one that competes for the same
+    slots (same assignee, or same queue when unassigned)."""
+    spawned = {s.task.id for s in result.spawns}
+    rank = importance(tasks)
     for a in candidates:
         if a.id in spawned:
             continue
