@@ -91,15 +91,14 @@ def test_planner_invariants(world) -> None:
 
 
 def check_accounting(result, registry, leases, tasks, eligible) -> None:
-    """No task twice; every listed task spawned or skipped once (legacy mode lists no
-    unassigned tasks: the planner leaves any it is given alone); nothing leased, parked,
-    backing off or (unless switched off) blocked is planned; every dead lease reclaimed."""
+    """No task twice; every listed task spawned or skipped once, with a reason; nothing
+    leased, parked, backing off or (unless switched off) blocked is planned; every dead
+    lease reclaimed."""
     spawned = [s.task.id for s in result.spawns]
     assert len(spawned) == len(set(spawned))
     skipped = [s.task_id for s in result.skips]
-    considered = [t.id for t in tasks
-                  if not (registry.legacy and not t.assignee and eligible(t))]
-    assert sorted(spawned + skipped, key=int) == sorted(considered, key=int)
+    assert sorted(spawned + skipped, key=int) == sorted((t.id for t in tasks), key=int)
+    assert all(skip.reason for skip in result.skips)
     assert all(eligible(spawn.task) for spawn in result.spawns)
     assert {r.task_id for r in result.reclaims} == {v.task_id for v in leases if v.reclaim_reason}
     assert all(r.reason for r in result.reclaims)
@@ -196,6 +195,7 @@ MINIMUMS = {
     "DEFAULT_AGENT_LIMIT": 0, "LOOP_INTERVAL_SEC": 1, "HEARTBEAT_SEC": 1,
     "STALE_MULTIPLIER": 2, "MAX_RUNTIME_SEC": 1, "IDLE_TIMEOUT_SEC": 0, "KILL_GRACE_SEC": 0,
     "SPAWN_TIMEOUT_SEC": 1, "MAX_ATTEMPTS": 1, "RETRY_BACKOFF_SEC": 0,
+    "RATE_LIMIT_BACKOFF_SEC": 1, "RATE_LIMIT_BACKOFF_MAX_SEC": 1, "MAX_TOTAL_RUNTIME_SEC": 0,
 }
 
 
