@@ -195,9 +195,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "                continue",
              "spawning goes on against a source that is down", T_RECONCILER),
     Mutation("R13", RECONCILER,
-             "                detail={\"reason\": str(exc)}))\n"
+             "                detail={\"reason\": str(error)}))\n"
              "            self.store.delete(task.id, token)",
-             "                detail={\"reason\": str(exc)}))",
+             "                detail={\"reason\": str(error)}))",
              "a launch failure leaves its lease behind", T_RECONCILER),
     Mutation("R14", RECONCILER,
              "            verdicts = {lease.task_id: None for lease in leases}\n",
