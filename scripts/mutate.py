@@ -319,10 +319,10 @@ def run_tests(mutation: Mutation, scratch: Path, workers: int) -> tuple[bool, st
     return True, (failed[0] if failed else f"pytest exit {proc.returncode}"), seconds
 
 
-def copy_project(scratch: Path) -> None:
-    """A fresh, unmutated copy of the code and the tests in ``scratch``."""
+def copy_project(scratch: Path, origin: Path = ROOT) -> None:
+    """A fresh, unmutated copy of the code and the tests (from ``origin``) in ``scratch``."""
     for name in COPIED:
-        source, target = ROOT / name, scratch / name
+        source, target = origin / name, scratch / name
         if target.is_dir():
             shutil.rmtree(target)
         if source.is_dir():
@@ -371,15 +371,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     survivors: list[Mutation] = []
     with tempfile.TemporaryDirectory(prefix="tinyscheduler-mutate-") as tmp:
-        scratch = Path(tmp)
+        # one snapshot of the tree at the start: edits made while the run goes on do not
+        # leak into later mutants
+        pristine_tree, scratch = Path(tmp) / "pristine", Path(tmp) / "work"
+        copy_project(pristine_tree)
+        scratch.mkdir()
         for m in chosen:  # every snippet must match before anything runs
-            pristine = ROOT / m.path
-            if pristine.read_text().count(m.old) != 1:
+            if (pristine_tree / m.path).read_text().count(m.old) != 1:
                 print(f"mutation {m.id}: snippet not found exactly once in {m.path}; "
                       "update scripts/mutate.py", file=sys.stderr)
                 return 2
         if args.baseline:  # the unmutated copy must pass, or every mutant looks killed
-            copy_project(scratch)
+            copy_project(scratch, pristine_tree)
             check_imports(scratch)
             tests = tuple(sorted({t for m in chosen for t in m.tests}))
             failed, why, seconds = run_tests(Mutation("base", "", "", "", "", tests), scratch,
@@ -389,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(f"baseline: {len(tests)} test files pass unmutated ({seconds:.0f} s)")
         for m in chosen:
-            copy_project(scratch)
+            copy_project(scratch, pristine_tree)
             check_imports(scratch)
             mutate_copy(m, scratch)
             killed, why, seconds = run_tests(m, scratch, args.workers)
