@@ -750,3 +750,22 @@ def test_a_wrapper_killed_while_reporting_leaves_its_lease_for_a_reclaim(
             if reconciler is not None:
                 reconciler.close()
             rig.close()
+
+
+def test_a_lease_that_cannot_be_written_skips_that_task_only(rig: Rig, monkeypatch) -> None:
+    first, second = rig.add("first").id, rig.add("second").id
+    real_create = LeaseStore.create
+
+    def create(self, lease):
+        if lease.task_id == first:
+            raise OSError(28, "No space left on device")
+        return real_create(self, lease)
+
+    monkeypatch.setattr(LeaseStore, "create", create)
+    launcher = NoLaunch()
+    summary = a_pass(rig, launcher=launcher)
+
+    assert summary.errors[0] == (f"task {first}: lease failed: [Errno 28] No space left on "
+                                 "device")
+    assert launcher.launched == [second]  # the next task was still leased and claimed
+    assert rig.tasks.get(first).status == IDLE  # never claimed without a lease
