@@ -102,3 +102,20 @@ def test_without_setproctitle_the_short_process_name_is_still_set(spawn_python) 
         "print(open('/proc/self/comm').read().strip(), flush=True)\n")
     assert child.stdout.readline().strip() == "tinyscheduler-w"
     assert child.wait(timeout=10) == 0
+
+
+@pytest.mark.processes
+def test_a_wrapper_with_a_bad_override_runs_on_the_global_settings(tmp_path: Path) -> None:
+    from test_wrapper import AGENT, Rig
+
+    rig = Rig(tmp_path)
+    try:
+        (tmp_path / "agent-control.json").write_text(json.dumps(
+            [{"agentName": AGENT, "agentType": "dev", "rateLimitExitCodes": "often"}]))
+        task = rig.attempt(rig.add(), "print", "done")
+        assert task.status == "complete"
+        log = rig.log_path(task.id).read_text()
+        assert "agent options ignored: agent control file " in log
+        assert "rateLimitExitCodes is 'often'" in log
+    finally:
+        rig.close()
