@@ -138,3 +138,22 @@ def test_the_console_script_runs_the_same_wrapper() -> None:
                            capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert child.returncode == 2
     assert "expected a path ending in task_<id>.json" in child.stderr
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("damage", ["missing", "garbage"])
+def test_an_unreadable_task_file_still_runs_the_attempt(rig: Rig, damage: str) -> None:
+    """The task file is the agent's copy of the task; without it the title is empty and
+    the attempt still runs (the lease, not the file, is the authority)."""
+    task = rig.add("Has a title")
+    token = rig.prepare(task)
+    task_file = rig.settings.task_log_dir / task.id / "task.json"
+    if damage == "missing":
+        task_file.unlink()
+    else:
+        task_file.write_text("{not json")
+    out = rig.path("argv.json")
+    assert rig.run(task.id, token, AGENT_COMMAND=agent_command(
+        "argv", str(out), "--", "[{title}]")) == 0
+    assert json.loads(out.read_text())[-1] == "[]"
+    assert rig.tasks.get(task.id).status == COMPLETE
