@@ -56,7 +56,10 @@ def test_a_crash_at_each_point_of_the_protocol_loses_nothing(make_scheduler, poi
         assert lease.state == "starting"
         # as if the spawn was abandoned an hour ago: older than SPAWN_TIMEOUT_SEC
         hour_ago = clock.now() - timedelta(hours=1)
-        LeaseStore(s.running).update(replace(lease, started_at=hour_ago, heartbeat=hour_ago))
+        LeaseStore(s.running).update(replace(
+            lease, started_at=hour_ago, heartbeat=hour_ago,
+            started_mono=None if lease.started_mono is None else lease.started_mono - 3600,
+            heartbeat_mono=None if lease.heartbeat_mono is None else lease.heartbeat_mono - 3600))
     crash_pass(s, point)
     if point == "after-reclaim-report":
         # The requeue was reported but the lease is still there: it is reclaimed again

@@ -42,8 +42,9 @@ def test_the_wrapper_refuses_a_bad_configuration_and_runs_nothing(rig: Rig) -> N
                         AGENT_COMMAND=agent_command("ready", str(ready))),
         cwd=rig.root, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert child.returncode == 2
-    assert child.stderr == (f"error: {PREFIX}HEARTBEAT_SEC='often' (from environment) is "
-                            "invalid: accepted: a whole number >= 1\n")
+    assert child.stderr.startswith(f"error: {PREFIX}HEARTBEAT_SEC='often' (from environment) "
+                                   "is invalid: accepted: a whole number")
+    assert child.stderr.count("\n") == 1  # one line
     assert not ready.exists()
     assert rig.leases.read(task.id).state == "starting"  # not adopted
     assert rig.tasks.get(task.id).status == WORKING

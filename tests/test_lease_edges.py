@@ -74,12 +74,6 @@ def test_a_symlinked_lock_file_is_neither_followed_nor_removed(tmp_path: Path) -
     assert link.is_symlink() and target.read_text() == "precious"
 
 
-def test_probing_something_that_is_no_lock_file_raises(tmp_path: Path) -> None:
-    (tmp_path / "task_t1.lock").mkdir()
-    with pytest.raises(IsADirectoryError):
-        probe_lock(tmp_path / "task_t1.lock")
-
-
 def test_a_store_mutex_held_too_long_fails_the_operation_cleanly(tmp_path: Path, spawn_python,
                                                                  monkeypatch) -> None:
     store = LeaseStore(tmp_path / "running")

