@@ -39,7 +39,7 @@ LIVENESS = "scheduler/state/liveness.py"
 RECONCILER = "scheduler/reconcile/reconciler.py"
 SUPERVISOR = "wrapper/supervisor.py"
 PLANNER = "scheduler/reconcile/planner.py"
-SETTINGS = "scheduler/config/settings.py"
+BOUNDS = "scheduler/bounds.py"
 
 T_LEASES = ("tests/test_leases.py", "tests/test_lease_edges.py", "tests/test_promises.py",
             "tests/test_wrapper.py", "tests/test_reconciler.py")
@@ -138,14 +138,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     # --- the reconciler: outbox and reclaim ------------------------------------------------
     Mutation("R1", RECONCILER,
              "            try:\n                applied = self.source.report(result, self.policy)\n"
-             "            except SourceError as exc:\n"
-             "                summary.errors.append(f\"outbox delivery failed: {exc}\")\n"
-             "                break\n            path.unlink(missing_ok=True)\n",
+             "            except SourceUnavailable as exc:\n",
              "            path.unlink(missing_ok=True)\n"
              "            try:\n                applied = self.source.report(result, self.policy)\n"
-             "            except SourceError as exc:\n"
-             "                summary.errors.append(f\"outbox delivery failed: {exc}\")\n"
-             "                break\n",
+             "            except SourceUnavailable as exc:\n",
              "an outbox entry is deleted before its result is reported", T_RECONCILER),
     Mutation("R2", RECONCILER,
              "                summary.errors.append(f\"outbox delivery failed: {exc}\")\n"
@@ -153,8 +149,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              "                summary.errors.append(f\"outbox delivery failed: {exc}\")\n"
              "                continue",
              "delivery hammers a source that is down", T_RECONCILER),
-    Mutation("R3", RECONCILER, "                moved = outbox.quarantine(path, str(exc))",
-             "                path.unlink()\n                moved = path",
+    Mutation("R3", RECONCILER, "            moved = outbox.quarantine(path, why)",
+             "            path.unlink()\n            moved = path",
              "an unreadable outbox entry is deleted instead of quarantined", T_RECONCILER),
     Mutation("R4", RECONCILER,
              "            if self.probe.lock_held(lease.task_id):\n"
@@ -203,24 +199,27 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            verdicts = {lease.task_id: None for lease in leases}\n",
              "", "leases kept after a failed reclaim are planned as free slots", T_RECONCILER),
     # --- the wrapper's supervisor -------------------------------------------------------------
-    Mutation("S1", SUPERVISOR,
-             "if self.store.heartbeat(self.task_id, self.token, clock.now(), "
-             "state=FINISHING) is None:",
-             "if self.store.heartbeat(self.task_id, self.token, clock.now(), state=FINISHING) "
-             "is None and False:",
+    Mutation("S1", SUPERVISOR, "        if self._beat(state=FINISHING) == BEAT_FENCED:\n"
+             "            self._line(\"lease vanished",
+             "        if self._beat(state=FINISHING) == BEAT_FENCED and False:\n"
+             "            self._line(\"lease vanished",
              "the wrapper ignores its last heartbeat's result before reporting", T_SUPERVISOR),
     Mutation("S2", SUPERVISOR,
-             "        self._deliver(result)\n        self.store.delete(self.task_id, self.token)\n",
-             "        self.store.delete(self.task_id, self.token)\n        self._deliver(result)\n",
+             "        self._hold_or_release_agent(lease.agent, result, said)\n"
+             "        self._record(result)\n",
+             "        self._hold_or_release_agent(lease.agent, result, said)\n"
+             "        self.store.delete(self.task_id, self.token)\n        self._record(result)\n",
              "the lease is dropped before the result is safe", T_SUPERVISOR),
     Mutation("S3", SUPERVISOR, "                    attempt.fenced = True",
              "                    attempt.fenced = False",
              "a wrapper fenced while its agent runs still reports", T_SUPERVISOR),
-    Mutation("S4", SUPERVISOR, "        if recorded is None:\n            agent.abort()",
+    Mutation("S4", SUPERVISOR,
+             "        if verdict == BEAT_FENCED or self._renew_run() == FENCED:\n"
+             "            agent.abort()",
              "        if False:\n            agent.abort()",
              "an agent starts although its lease was re-owned", T_SUPERVISOR),
-    Mutation("S5", SUPERVISOR, "            path = outbox.write(self.settings.outbox_dir, result)",
-             "            path = None", "an undeliverable result is dropped", T_SUPERVISOR),
+    Mutation("S5", SUPERVISOR, "            return outbox.write(self.settings.outbox_dir, result)",
+             "            return None", "an undeliverable result is dropped", T_SUPERVISOR),
     Mutation("S6", SUPERVISOR, '        env.pop("TINYSCHEDULER_MCP_TOKEN", None)',
              "        pass", "the agent inherits the scheduler's secret", T_SUPERVISOR),
     Mutation("S7", SUPERVISOR,
@@ -276,13 +275,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "        return Skip(",
              "    if False:\n        return Skip(", "a paused agent gets assigned work", T_PLANNER),
     # --- settings ----------------------------------------------------------------------------
-    Mutation("C1", SETTINGS, 'Option("SPAWN_TIMEOUT_SEC", "30", _int_parser(1),',
-             'Option("SPAWN_TIMEOUT_SEC", "30", _int_parser(0),',
-             "SPAWN_TIMEOUT_SEC accepts 0", T_SETTINGS),
-    Mutation("C2", SETTINGS, 'Option("STALE_MULTIPLIER", "4", _int_parser(2),',
-             'Option("STALE_MULTIPLIER", "4", _int_parser(1),',
-             "STALE_MULTIPLIER accepts 1", T_SETTINGS),
-    Mutation("C3", SETTINGS, "        if value < minimum:\n", "        if value < minimum - 1:\n",
+    Mutation("C1", BOUNDS, "SPAWN_TIMEOUT_BOUNDS = Bounds(1, 3_600)",
+             "SPAWN_TIMEOUT_BOUNDS = Bounds(0, 3_600)", "SPAWN_TIMEOUT_SEC accepts 0", T_SETTINGS),
+    Mutation("C2", BOUNDS, "STALE_MULTIPLIER_BOUNDS = Bounds(2, 100)",
+             "STALE_MULTIPLIER_BOUNDS = Bounds(1, 100)", "STALE_MULTIPLIER accepts 1", T_SETTINGS),
+    Mutation("C3", BOUNDS, "                and self.low <= value <= self.high)",
+             "                and self.low - 1 <= value <= self.high)",
              "every whole-number minimum is one lower", T_SETTINGS),
 )
 

@@ -40,7 +40,7 @@ from test_wrapper import rig as rig  # noqa: F401 - the fixture
 
 from scheduler import clock
 from scheduler.config.registry import Agent, Registry
-from scheduler.errors import SourceError
+from scheduler.errors import SourceUnavailable
 from scheduler.reconcile.launcher import ExecLauncher
 from scheduler.reconcile.reconciler import Reconciler
 from scheduler.sources.base import CANCELLED, COMPLETE, IDLE, WORKING, Result
@@ -73,7 +73,7 @@ class Down:
         def call(*args, **kwargs):
             count = self.calls[name] = self.calls.get(name, 0) + 1
             if count > self.failing[name]:
-                raise SourceError(f"task source down ({name})")
+                raise SourceUnavailable(f"task source down ({name})")
             return real(*args, **kwargs)
 
         return call
@@ -158,7 +158,8 @@ def test_a_failed_delivery_keeps_the_entry_and_stops_delivery_for_the_pass(rig: 
     summary = a_pass(rig, source)
 
     assert (summary.outbox_delivered, summary.outbox_pending) == (1, 2)
-    assert summary.errors and all("task source down" in e for e in summary.errors)
+    assert summary.errors == ["outbox delivery failed: task source down (report)"]
+    assert source.calls["report"] == 2  # an unreachable source ends delivery for this pass
     assert [path.exists() for path in entries] == [False, True, True]
     assert [rig.tasks.get(i).status for i in ids] == [COMPLETE, WORKING, WORKING]
 
