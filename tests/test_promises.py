@@ -435,7 +435,8 @@ def test_source_down_during_a_claim_starts_nothing(rig: Rig) -> None:
 
     summary = a_pass(rig, source, launcher)
 
-    assert summary.errors and all("task source down (claim)" in e for e in summary.errors)
+    assert len(summary.errors) == 1 and "task source down (claim)" in summary.errors[0]
+    assert source.calls["claim"] == 1  # an unreachable source: no more claims this pass
     assert summary.spawned == 0 and launcher.launched == []
     assert all(lease.state == "starting" for lease in rig.leases.list())
     assert [rig.tasks.get(i).status for i in ids] == [IDLE, IDLE]
@@ -772,3 +773,15 @@ def test_a_lease_that_cannot_be_written_skips_that_task_only(rig: Rig, monkeypat
                                  "device")
     assert launcher.launched == [second]  # the next task was still leased and claimed
     assert rig.tasks.get(first).status == IDLE  # never claimed without a lease
+
+
+def test_an_unexpected_error_in_a_claim_leaves_no_lease(rig: Rig) -> None:
+    task = rig.add()
+
+    class Broken(Listing):
+        def claim(self, task_id, agent, token):
+            raise RuntimeError("a bug in the source")
+
+    with pytest.raises(RuntimeError, match="a bug in the source"):
+        a_pass(rig, Broken(rig.tasks, [task]))
+    assert rig.leases.read(task.id) is None
