@@ -206,9 +206,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              "the wrapper ignores its last heartbeat's result before reporting", T_SUPERVISOR),
     Mutation("S2", SUPERVISOR,
              "        self._hold_or_release_agent(lease.agent, result, said)\n"
-             "        self._record(result)\n",
+             "        self._record_outcome(",
              "        self._hold_or_release_agent(lease.agent, result, said)\n"
-             "        self.store.delete(self.task_id, self.token)\n        self._record(result)\n",
+             "        self.store.delete(self.task_id, self.token)\n        self._record_outcome(",
              "the lease is dropped before the result is safe", T_SUPERVISOR),
     Mutation("S3", SUPERVISOR, "                    attempt.fenced = True",
              "                    attempt.fenced = False",
