@@ -4,13 +4,12 @@ time; conflicts and failed checks leave the target untouched."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
-from test_reconciler import Scheduler, wait_for
+from test_reconciler import Scheduler, alive, wait_for
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
 from test_workspace import FAKE_AGENT, PY, git, make_repo, tree_snapshot
 
@@ -212,7 +211,7 @@ def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_pat
     env[faults.CRASH_AT_VARIABLE] = point  # the forked wrapper SIGKILLs itself at the point
     assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid is not None
-             and not _alive(s.leases()[task].pid), timeout=30, what="the wrapper to die")
+             and not alive(s.leases()[task].pid), timeout=30, what="the wrapper to die")
     now = git(repo, "rev-parse", "main")
     if point in ("merge-after-cas", "merge-before-cleanup"):  # the new commit: the merge
         assert git(repo, "rev-list", "--parents", "-n", "1", now).split()[1:] == \
@@ -226,18 +225,6 @@ def test_kill_9_at_every_merge_point_merges_exactly_once(make_scheduler, tmp_pat
     assert details(s, task)["merge_commit"] == git(repo, "rev-parse", "main")
     assert s.tasks()[task].status == "complete"  # not stuck merging
     assert not list((s.state / "workspaces" / ".merge").glob("merge-*"))  # no leftovers
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_task_revert_adds_a_revert_commit_and_a_conflicting_one_changes_nothing(

@@ -82,6 +82,19 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str =
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith("TINYSCHEDULER_") and k != "NOTIFY_SOCKET"}

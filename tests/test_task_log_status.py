@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_reconciler import Scheduler, wait_for
+from test_reconciler import Scheduler, alive, wait_for
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.processes
@@ -199,7 +199,7 @@ def test_reclaimed_attempts_get_an_outcome_line_too(make_scheduler):
                               and s.leases()[task_id].agent_pid else None), what="a lease")
     for pid in (lease.agent_pid, lease.pid):
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not _alive(lease.agent_pid) and not _alive(lease.pid),
+    wait_for(lambda: not alive(lease.agent_pid) and not alive(lease.pid),
              what="the wrapper and agent to die")
     s.pass_until(lambda: s.tasks()[task_id].status == "idle", what="the reclaim")
     [entry] = outcomes(s)
@@ -207,16 +207,4 @@ def test_reclaimed_attempts_get_an_outcome_line_too(make_scheduler):
                                                                   "requeued")
     assert any(f"task {task_id} reclaimed" in line and "outcome=reclaimed" in line
                for line in log_lines(s))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
     time.sleep(0)

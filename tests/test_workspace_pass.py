@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from test_reconciler import Scheduler, wait_for
+from test_reconciler import Scheduler, alive, wait_for
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
 from test_workspace import FAKE_AGENT, PY, git, make_repo, tree_snapshot
 
@@ -49,7 +49,7 @@ def test_a_wrapper_killed_while_making_a_worktree_leaves_a_repairable_one(
     env[faults.CRASH_AT_VARIABLE] = point  # the forked wrapper SIGKILLs itself at the point
     assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid is not None
-             and not _alive(s.leases()[task].pid), what="the wrapper to die")
+             and not alive(s.leases()[task].pid), what="the wrapper to die")
 
     s.pass_until(s.all_done, timeout=60)
     wait_for(lambda: not s.leases(), what="the wrapper to finish (it tidies, then unleases)")
@@ -74,24 +74,12 @@ def test_a_wrapper_killed_while_making_a_directory_leaves_none(make_scheduler,
     env[faults.CRASH_AT_VARIABLE] = "workspace-mid-add"
     assert s.cli("run", "--once", env=env).returncode == 0
     wait_for(lambda: s.leases() and s.leases()[task].pid
-             and not _alive(s.leases()[task].pid), what="the wrapper to die")
+             and not alive(s.leases()[task].pid), what="the wrapper to die")
     s.pass_until(s.all_done, timeout=60)
     wait_for(lambda: not s.leases(), what="the wrapper to finish")
     names = sorted(p.name for p in workspaces(s).iterdir())
     assert names == [f"task-{task}"]  # no half-built temporary directory is left
     assert (workspaces(s) / f"task-{task}" / "done.txt").read_text() == "x"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_low_disk_skips_tasks_without_failing_them(make_scheduler, tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     STATUSES,
     TRANSITIONS,
     check_files,
+    check_new_task,
     check_spec,
     check_transition,
     decide_report,
@@ -589,15 +590,9 @@ class LocalStore:
         recipe: str | None = None, files: Iterable[str] = (), actor: str = "cli",
     ) -> Task:
         """Add one idle task; raises :class:`InputError` naming the bad field."""
-        errors = field_errors(title=title, description=description, queue=queue,
-                               assignee=assignee, priority=priority, recipe=recipe)
-        patterns, problem = check_files(files)
-        errors += [problem] if problem else []
-        blocker_numbers, bad = parse_blocker_ids(blocked_by)
-        errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
-                   "task" for value in bad]
-        if errors:
-            raise InputError("; ".join(errors))
+        patterns, blocker_numbers = check_new_task(
+            title=title, description=description, queue=queue, assignee=assignee,
+            priority=priority, recipe=recipe, files=files, blocked_by=blocked_by)
         with self._write() as conn:
             self._check_exist(conn, blocker_numbers, "blocked_by")
             number = self._insert(conn, title=title.strip(), description=description,

@@ -447,6 +447,23 @@ def usage_delta(result: Result) -> tuple[float, float, int, int]:
     return max(float(result.duration_sec or 0.0), 0.0), cost, tokens_in, tokens_out
 
 
+def check_new_task(*, title: object, description: object, queue: object, assignee: object,
+                   priority: object, recipe: object, files: Iterable[object],
+                   blocked_by: Iterable[object]) -> tuple[tuple[str, ...], set[int]]:
+    """The fields of ``task add`` checked: the declared file patterns and the blocker ids;
+    raises :class:`InputError` naming every bad field (nothing is added)."""
+    errors = field_errors(title=title, description=description, queue=queue,
+                          assignee=assignee, priority=priority, recipe=recipe)
+    patterns, problem = check_files(files)
+    errors += [problem] if problem else []
+    blocker_numbers, bad = parse_blocker_ids(blocked_by)
+    errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
+               "task" for value in bad]
+    if errors:
+        raise InputError("; ".join(errors))
+    return patterns, blocker_numbers
+
+
 #: One checked import item: the spec, the ids of existing tasks it waits for, and the
 #: ``#N`` references to other items of the same file.
 ParsedItem = tuple[dict, list[int], list[int]]

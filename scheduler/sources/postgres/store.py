@@ -42,7 +42,7 @@ from scheduler.sources.postgres.schema import (
 from scheduler.sources.rules import (
     MAX_DETAIL_BYTES,
     STATUSES,
-    check_files,
+    check_new_task,
     check_transition,
     decide_report,
     field_errors,
@@ -291,15 +291,9 @@ class PostgresStore:
                  assignee: str | None = None, priority: int = 0,
                  blocked_by: Iterable[str] = (), recipe: str | None = None,
                  files: Iterable[str] = (), actor: str = "cli") -> Task:
-        errors = field_errors(title=title, description=description, queue=queue,
-                              assignee=assignee, priority=priority, recipe=recipe)
-        patterns, problem = check_files(files)
-        errors += [problem] if problem else []
-        blocker_numbers, bad = parse_blocker_ids(blocked_by)
-        errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an existing "
-                   "task" for value in bad]
-        if errors:
-            raise InputError("; ".join(errors))
+        patterns, blocker_numbers = check_new_task(
+            title=title, description=description, queue=queue, assignee=assignee,
+            priority=priority, recipe=recipe, files=files, blocked_by=blocked_by)
         with self._tx() as cur:
             self._check_exist(cur, blocker_numbers, "blocked_by")
             number = self._insert(cur, title=title.strip(), description=description,
