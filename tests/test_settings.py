@@ -529,3 +529,10 @@ def test_settings_are_immutable(tmp_path):
     settings = load(tmp_path)
     with pytest.raises(AttributeError):
         settings.heartbeat_sec = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["STATE_DIR", "DATABASE_URL_FILE", "SANDBOX_WRITABLE"])
+def test_a_path_with_a_control_character_is_refused_in_one_line(tmp_path, name):
+    message = error_of(tmp_path, env={name: "state\nrm -rf"})
+    assert_names(message, name, "environment", "a file system path without control characters")
+    assert "\n" not in message

@@ -125,8 +125,8 @@ def _parse_token(text: str) -> str:
 
 def _parse_path(text: str) -> Path:
     value = text.strip()
-    if not value:
-        raise ValueError("accepted: a file system path")
+    if not value or any(ord(char) < 32 or char == "\x7f" for char in value):
+        raise ValueError("accepted: a file system path without control characters")
     return Path(value).expanduser()
 
 
@@ -233,7 +233,7 @@ def _parse_link_template(text: str) -> str:
 
 def _parse_path_list(text: str) -> tuple[Path, ...]:
     """``a:b:c`` (like PATH) into paths; empty parts are ignored."""
-    return tuple(Path(part.strip()).expanduser() for part in text.split(":") if part.strip())
+    return tuple(_parse_path(part) for part in text.split(":") if part.strip())
 
 
 def split_bind(text: str) -> tuple[str, int]:
