@@ -51,6 +51,7 @@ from scheduler.sources.base import (
     Task,
 )
 from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of this module
+    EDIT_FIELDS,
     FAILED,
     IMPORT_FIELDS,
     MAX_DESCRIPTION_BYTES,
@@ -60,6 +61,8 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     RECIPE_RULE,
     STATUSES,
     TRANSITIONS,
+    check_edit,
+    check_edit_request,
     check_files,
     check_new_task,
     check_spec,
@@ -73,6 +76,7 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     parse_blocker_ids,
     parse_import,
     ref_cycles,
+    task_filter,
     truncate_bytes,
 )
 
@@ -80,7 +84,6 @@ BUSY_TIMEOUT_MS = 5000
 #: Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
 CHUNK = 500
 
-EDIT_FIELDS = ("title", "description", "queue", "assignee", "priority", "recipe")
 
 
 # --- schema -----------------------------------------------------------------------------
@@ -709,14 +712,7 @@ class LocalStore:
 
     def list_tasks(self, *, status: str | None = None, queue: str | None = None,
                    assignee: str | None = None) -> list[Task]:
-        if status is not None and status not in STATUSES:
-            raise InputError(f"status is {status!r}; accepted: {', '.join(STATUSES)}")
-        clauses, params = [], []
-        for column, value in (("status", status), ("queue", queue), ("assignee", assignee)):
-            if value is not None:
-                clauses.append(f"t.{column} = ?")
-                params.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = task_filter("?", status=status, queue=queue, assignee=assignee)
         return [_row_to_task(row)
                 for row in self._query(f"{SELECT_TASKS}{where} ORDER BY t.id", params)]
 
@@ -799,34 +795,14 @@ class LocalStore:
         clears queue, assignee and recipe) and the blockers of a task that is not working
         or complete, with the checks of :meth:`add_task`; one history row says what
         changed."""
-        unknown = set(changes) - set(EDIT_FIELDS)
-        if unknown:
-            raise InputError(f"cannot edit {', '.join(sorted(unknown))}; accepted: "
-                             f"{', '.join(EDIT_FIELDS)}")
+        check_edit_request(changes)
         with self._write() as conn:
             row = self._status_row(conn, task_id)
-            if row["status"] in (WORKING, COMPLETE):
-                raise InvalidTransition(
-                    f"task {row['id']} is {row['status']}; only idle, failed or cancelled "
-                    "tasks can be edited" + (" (cancel it first)" if row["status"] == WORKING
-                                             else ""))
             current = dict(conn.execute(
                 "SELECT title, description, queue, assignee, priority, recipe FROM tasks "
                 "WHERE id = ?", (row["id"],)).fetchone())
-            wanted = {**current, **changes}
-            errors = field_errors(title=wanted["title"], description=wanted["description"],
-                                   queue=wanted["queue"], assignee=wanted["assignee"],
-                                   priority=wanted["priority"], recipe=wanted["recipe"])
-            add_numbers, bad = parse_blocker_ids(block)
-            drop_numbers, bad_drop = parse_blocker_ids(unblock)
-            errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an "
-                       "existing task" for value in [*bad, *bad_drop]]
-            if errors:
-                raise InputError("; ".join(errors))
-            if isinstance(wanted["title"], str):
-                wanted["title"] = wanted["title"].strip()
-            said = [f"{name} {_shown(current[name])} -> {_shown(wanted[name])}"
-                    for name in EDIT_FIELDS if wanted[name] != current[name]]
+            wanted, add_numbers, drop_numbers, said = check_edit(dict(row), current, changes,
+                                                                 block, unblock)
             self._check_exist(conn, add_numbers, "blocked_by")
             for blocker in sorted(add_numbers):
                 if blocker == row["id"] or self._reaches(conn, blocker, row["id"]):

@@ -464,6 +464,64 @@ def check_new_task(*, title: object, description: object, queue: object, assigne
     return patterns, blocker_numbers
 
 
+#: What ``task edit`` may change.
+EDIT_FIELDS = ("title", "description", "queue", "assignee", "priority", "recipe")
+
+
+def check_edit_request(changes: dict[str, Any]) -> None:
+    """Refuse fields ``task edit`` cannot change, naming the ones it can."""
+    unknown = set(changes) - set(EDIT_FIELDS)
+    if unknown:
+        raise InputError(f"cannot edit {', '.join(sorted(unknown))}; accepted: "
+                         f"{', '.join(EDIT_FIELDS)}")
+
+
+def check_edit(row: dict[str, Any], current: dict[str, Any], changes: dict[str, Any],
+               block: Iterable[object], unblock: Iterable[object]
+               ) -> tuple[dict[str, Any], set[int], set[int], list[str]]:
+    """The rules of ``task edit`` for a task in ``row`` with the field values ``current``:
+    the wanted values, the blocker ids to add and to drop, and what changed (for the
+    history); raises InvalidTransition (a working or complete task) or InputError."""
+    if row["status"] in (WORKING, COMPLETE):
+        raise InvalidTransition(
+            f"task {row['id']} is {row['status']}; only idle, failed or cancelled "
+            "tasks can be edited" + (" (cancel it first)" if row["status"] == WORKING
+                                     else ""))
+    wanted = {**current, **changes}
+    errors = field_errors(title=wanted["title"], description=wanted["description"],
+                          queue=wanted["queue"], assignee=wanted["assignee"],
+                          priority=wanted["priority"], recipe=wanted["recipe"])
+    add_numbers, bad = parse_blocker_ids(block)
+    drop_numbers, bad_drop = parse_blocker_ids(unblock)
+    errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an "
+               "existing task" for value in [*bad, *bad_drop]]
+    if errors:
+        raise InputError("; ".join(errors))
+    if isinstance(wanted["title"], str):
+        wanted["title"] = wanted["title"].strip()
+    said = [f"{name} {_shown(current[name])} -> {_shown(wanted[name])}"
+            for name in EDIT_FIELDS if wanted[name] != current[name]]
+    return wanted, add_numbers, drop_numbers, said
+
+
+def _shown(value: object) -> str:
+    return "-" if value is None or value == "" else repr(value)
+
+
+def task_filter(placeholder: str, *, status: str | None, queue: str | None,
+                assignee: str | None) -> tuple[str, list[str]]:
+    """The ``WHERE`` clause (or "") and parameters of ``task list``'s filters, with the
+    store's parameter ``placeholder``; InputError for an unknown status."""
+    if status is not None and status not in STATUSES:
+        raise InputError(f"status is {status!r}; accepted: {', '.join(STATUSES)}")
+    clauses, params = [], []
+    for column, value in (("status", status), ("queue", queue), ("assignee", assignee)):
+        if value is not None:
+            clauses.append(f"t.{column} = {placeholder}")
+            params.append(value)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
 #: One checked import item: the spec, the ids of existing tasks it waits for, and the
 #: ``#N`` references to other items of the same file.
 ParsedItem = tuple[dict, list[int], list[int]]

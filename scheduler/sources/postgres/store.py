@@ -40,17 +40,19 @@ from scheduler.sources.postgres.schema import (
     ensure_schema,
 )
 from scheduler.sources.rules import (
+    EDIT_FIELDS,
     MAX_DETAIL_BYTES,
-    STATUSES,
+    check_edit,
+    check_edit_request,
     check_new_task,
     check_transition,
     decide_report,
-    field_errors,
     import_fields,
     int_id,
     missing_blockers,
     parse_blocker_ids,
     parse_import,
+    task_filter,
     truncate_bytes,
 )
 
@@ -88,11 +90,6 @@ def _row_to_task(row: tuple) -> Task:
     )
 
 
-EDIT_FIELDS = ("title", "description", "queue", "assignee", "priority", "recipe")
-
-
-def _shown(value: object) -> str:
-    return "-" if value is None or value == "" else repr(value)
 
 
 def _aware(value: datetime) -> datetime:
@@ -397,14 +394,7 @@ class PostgresStore:
 
     def list_tasks(self, *, status: str | None = None, queue: str | None = None,
                    assignee: str | None = None) -> list[Task]:
-        if status is not None and status not in STATUSES:
-            raise InputError(f"status is {status!r}; accepted: {', '.join(STATUSES)}")
-        clauses, params = [], []
-        for column, value in (("status", status), ("queue", queue), ("assignee", assignee)):
-            if value is not None:
-                clauses.append(f"t.{column} = %s")
-                params.append(value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = task_filter("%s", status=status, queue=queue, assignee=assignee)
         return [_row_to_task(r)
                 for r in self._query(f"{SELECT_TASKS}{where} ORDER BY t.id", params)]
 
@@ -495,35 +485,15 @@ class PostgresStore:
              unblock: Iterable[str] = (), actor: str = "cli") -> Task:
         """Change the fields and blockers of a task that is not working or complete (the
         rules of the embedded store); one history row says what changed."""
-        unknown = set(changes) - set(EDIT_FIELDS)
-        if unknown:
-            raise InputError(f"cannot edit {', '.join(sorted(unknown))}; accepted: "
-                             f"{', '.join(EDIT_FIELDS)}")
+        check_edit_request(changes)
         with self._tx() as cur:
             cur.execute(f"LOCK TABLE {B} IN SHARE ROW EXCLUSIVE MODE")
             row = self._status_row(cur, task_id)
-            if row["status"] in (WORKING, COMPLETE):
-                raise InvalidTransition(
-                    f"task {row['id']} is {row['status']}; only idle, failed or cancelled "
-                    "tasks can be edited" + (" (cancel it first)" if row["status"] == WORKING
-                                             else ""))
             cur.execute(f"SELECT {', '.join(EDIT_FIELDS)} FROM {T} WHERE id = %s",
                         (row["id"],))
             current = dict(zip(EDIT_FIELDS, cur.fetchone(), strict=True))
-            wanted = {**current, **changes}
-            errors = field_errors(title=wanted["title"], description=wanted["description"],
-                                  queue=wanted["queue"], assignee=wanted["assignee"],
-                                  priority=wanted["priority"], recipe=wanted["recipe"])
-            add_numbers, bad = parse_blocker_ids(block)
-            drop_numbers, bad_drop = parse_blocker_ids(unblock)
-            errors += [f"blocked_by {value!r} is not a task id; accepted: the id of an "
-                       "existing task" for value in [*bad, *bad_drop]]
-            if errors:
-                raise InputError("; ".join(errors))
-            if isinstance(wanted["title"], str):
-                wanted["title"] = wanted["title"].strip()
-            said = [f"{name} {_shown(current[name])} -> {_shown(wanted[name])}"
-                    for name in EDIT_FIELDS if wanted[name] != current[name]]
+            wanted, add_numbers, drop_numbers, said = check_edit(dict(row), current, changes,
+                                                                 block, unblock)
             self._check_exist(cur, add_numbers, "blocked_by")
             for blocker in sorted(add_numbers):
                 if blocker == row["id"] or self._reaches(cur, blocker, row["id"]):
