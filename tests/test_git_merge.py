@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from test_reconciler import alive, wait_for
 
 from scheduler import faults
 from scheduler.merge.git_merge import (
@@ -334,29 +335,13 @@ def test_a_check_dies_with_the_process_that_runs_it(repo, tmp_path):
     merger = subprocess.Popen([sys.executable, "-c", HUNG, str(repo.path), str(pid_file)],
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        wait_until(lambda: pid_file.exists() and pid_file.read_text())
+        wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30, "the check to start")
         check_pid = int(pid_file.read_text())
         merger.kill()
         merger.wait(timeout=30)
-        wait_until(lambda: not _running(check_pid))
+        wait_for(lambda: not alive(check_pid), 30, "the check to be stopped")
     finally:
         merger.kill()
         merger.wait(timeout=30)
     assert repo.rev() == before
 
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -79,12 +79,13 @@ def test_global_limit_holds_across_hosts(make_host):
     assert sum(p["spawned"] for p in last) == 2
     for host in hosts:
         host.release()
-    for _ in range(4):
+    deadline = time.monotonic() + DEADLINE
+    while not hosts[0].all_done():
+        assert time.monotonic() < deadline, "the backlog did not finish"
         for host in hosts:
             host.run_once(expect=None)
-        if hosts[0].all_done():
-            break
-        time.sleep(0.5)
+        wait_for(lambda: hosts[0].all_done() or not hosts[0].runs(), DEADLINE,
+                 "the started runs to end")
     wait_for(lambda: hosts[0].all_done() and not hosts[0].runs(), 30,
              "every task to finish")
 
