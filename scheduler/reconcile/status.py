@@ -45,8 +45,9 @@ def collect(settings, source=None, leases=None, probe_locks: bool = True,
     try:
         registry = load_registry(settings.agent_control_file, settings.agent_limits,
                                  settings.default_agent_limit)
+        spending = _spending(settings, now)
         agents = [{"agent": a.name, "queue": a.queue, "used": used.get(a.name, 0),
-                   "limit": a.limit, **_spending(settings, a.name, now)}
+                   "limit": a.limit, **spending.get(a.name, {})}
                   for a in registry.agents]
     except ConfigError as exc:
         agents = []
@@ -118,25 +119,31 @@ def _last_pass(settings, now, problems: list[str]) -> dict | None:
     return last
 
 
-def _spending(settings, agent: str, now) -> dict:
-    """The agent's hold (rate limit, daily budget) and what it spent today, when any."""
+def _spending(settings, now) -> dict[str, dict]:
+    """Per agent with a record: its hold (rate limit, daily budget) and what it spent
+    today. The records and the agent options are read once for all agents."""
     from scheduler.agents import options as agent_options
     from scheduler.agents.holds import holds
     from scheduler.state import throttles
 
     records = throttles.load_all(settings.throttle_dir)
-    record = records.get(agent)
-    if record is None:
+    if not records:
         return {}
     try:
-        budget = agent_options.for_agent(settings, agent).daily_cost_max_usd
+        options = agent_options.load(settings)
     except ConfigError:
-        budget = settings.agent_daily_cost_max_usd
-    held = holds({agent: record}, now, {agent: budget}).get(agent)
-    row: dict = {"cost_today_usd": round(record.cost_on(now.date().isoformat()), 4)}
-    if held is not None:
-        row["held"] = held.reason
-    return row
+        options = {}
+    default = settings.agent_daily_cost_max_usd
+    budgets = {agent: options[agent].daily_cost_max_usd if agent in options else default
+               for agent in records}
+    held = holds(records, now, budgets)
+    day = now.date().isoformat()
+    rows: dict[str, dict] = {}
+    for agent, record in records.items():
+        rows[agent] = {"cost_today_usd": round(record.cost_on(day), 4)}
+        if agent in held:
+            rows[agent]["held"] = held[agent].reason
+    return rows
 
 
 def _source_health(settings, store: LeaseStore, leased: set[str], source=None,
