@@ -86,7 +86,7 @@ def test_empty_database_is_migrated_to_the_current_version(sqlite_store, db_path
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(local.MIGRATIONS)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         assert {"tasks", "blockers", "history", "idx_blockers_blocker",
-                "idx_tasks_status_queue_assignee"} <= tables
+                "idx_tasks_ready_queue", "idx_tasks_ready_assignee", "idx_history_at"} <= tables
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
@@ -422,7 +422,7 @@ def test_ready_query_plans_use_indexes(sqlite_store, db_path):
             conn.close()
 
     queue_plan = plan(local.READY_QUEUE_SQL, ("dev",))
-    assert any("idx_tasks_status_queue_assignee" in line for line in queue_plan), queue_plan
+    assert any("idx_tasks_ready_queue" in line for line in queue_plan), queue_plan
     # blockers are looked up by key (task_id) for blocked_by and is_blocked, never scanned
     blocker_lines = [line for line in queue_plan if line.startswith(("SEARCH b ", "SCAN b "))]
     assert len(blocker_lines) == 2, queue_plan
@@ -430,8 +430,24 @@ def test_ready_query_plans_use_indexes(sqlite_store, db_path):
     assert not any(line.startswith("SCAN") for line in queue_plan), queue_plan
 
     assigned_plan = plan(local.READY_ASSIGNED_SQL, ("alice",))
-    assert any("idx_tasks_assignee_status" in line for line in assigned_plan), assigned_plan
+    assert any("idx_tasks_ready_assignee" in line for line in assigned_plan), assigned_plan
     assert not any(line.startswith("SCAN") for line in assigned_plan), assigned_plan
+
+    # a ready window walks its index in the planner's order and stops after LIMIT rows:
+    # no scan of the tasks, no sort of the whole listing
+    now = "2026-01-01T00:00:00.000Z"
+    for sql, params, index in ((local.WINDOW_QUEUE_SQL, ("dev", now, 5), "idx_tasks_ready_queue"),
+                               (local.WINDOW_ASSIGNED_SQL, ("alice", now, 5),
+                                "idx_tasks_ready_assignee")):
+        window_plan = plan(sql, params)
+        assert any(index in line for line in window_plan), window_plan
+        assert not any("TEMP B-TREE" in line or line.startswith("SCAN t")
+                       for line in window_plan), window_plan
+
+    # blocker edges are read from the blocker table, never by scanning the idle tasks
+    edges_plan = plan(local.IDLE_EDGES_SQL, ())
+    assert edges_plan[0].startswith("SCAN b"), edges_plan
+    assert not any(line.startswith("SCAN t") for line in edges_plan), edges_plan
 
     blocking_plan = plan(local.BLOCKING_SQL, (1,))
     assert any("idx_blockers_blocker" in line for line in blocking_plan), blocking_plan

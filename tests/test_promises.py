@@ -445,8 +445,8 @@ def test_source_down_during_a_claim_starts_nothing(rig: Rig) -> None:
 def test_source_down_while_listing_spawns_nothing(rig: Rig) -> None:
     task = rig.add()
     launcher = NoLaunch()
-    summary = a_pass(rig, Down(rig.tasks, assigned_idle=0), launcher)
-    assert summary.errors == ["task source down (assigned_idle)"]
+    summary = a_pass(rig, Down(rig.tasks, ready_window=0), launcher)
+    assert summary.errors == ["task source down (ready_window)"]
     assert summary.spawned == 0 and launcher.launched == []
     assert rig.tasks.get(task.id).status == IDLE
 
@@ -606,6 +606,9 @@ class Listing:
     def assigned_idle(self, agent: str):
         return list(self.tasks)
 
+    def ready_window(self, *, agent=None, queue=None, limit: int):
+        return list(self.tasks)[:limit] if agent else []
+
 
 @pytest.mark.parametrize("field", ["id", "recipe"])
 def test_a_task_with_a_hostile_id_or_recipe_gets_no_lease_and_no_claim(rig: Rig,
@@ -635,9 +638,10 @@ def test_a_task_leased_meanwhile_is_not_claimed(rig: Rig) -> None:
                    started_at=clock.now(), heartbeat=clock.now(), host="otherhost")
 
     class LeasedMeanwhile(Listing):
-        def assigned_idle(self, agent: str):
-            listed = super().assigned_idle(agent)
-            rig.leases.create(theirs)
+        def ready_window(self, *, agent=None, queue=None, limit: int):
+            listed = super().ready_window(agent=agent, queue=queue, limit=limit)
+            if listed:
+                rig.leases.create(theirs)
             return listed
 
     launcher = NoLaunch()

@@ -114,6 +114,7 @@ def plan(
     holds: Mapping[str, Hold] | None = None,
     occupied: Mapping[str, Sequence[str]] | None = None,
     low_disk: str | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide reclaims and spawns. ``tasks`` are the idle tasks the source returned (assigned
     to registry agents, and unassigned in registry queues), blocked ones included.
@@ -121,27 +122,23 @@ def plan(
     their queue's other agents take its work. ``occupied`` maps the tasks running or
     waiting to merge to their declared (or changed) files: a task whose declared files
     overlap any of them, or those of a task planned earlier in this pass, waits.
-    ``low_disk`` says why there is not enough free disk for a workspace (None: enough)."""
+    ``low_disk`` says why there is not enough free disk for a workspace (None: enough).
+    ``counts`` are how many tasks each task blocks when the source counted them over its
+    whole backlog (``tasks`` is then only the top of it); None: counted from ``tasks``."""
     holds = holds or {}
     claimed = {task_id: tuple(files) for task_id, files in (occupied or {}).items() if files}
     tasks = _unique(tasks)
     reclaims = tuple(Reclaim(v.task_id, v.agent, v.reclaim_reason)
                      for v in leases if v.reclaim_reason)
     leased = {view.task_id for view in leases}
-    used: dict[str, int] = {}
-    for view in leases:
-        if not view.reclaim_reason:
-            used[view.agent] = used.get(view.agent, 0) + 1
-
+    used = _used(leases)
     agents = registry.by_name()
-    slots = _Slots()
-    for agent in registry.agents:
-        paused = pauses.everything or agent.name in pauses.agents or agent.name in holds
-        slots.free[agent.name] = 0 if paused else max(agent.limit - used.get(agent.name, 0), 0)
+    slots = _Slots(free=free_slots(leases, registry, pauses=pauses, holds=holds))
 
     skips: list[Skip] = []
     eligible = _eligible(tasks, leased, now, disable_blocking, skips)
-    ordered = eligible if disable_blocking else _by_importance(eligible, tasks)
+    ordered = eligible if disable_blocking else _by_importance(
+        eligible, blocking_counts(tasks) if counts is None else counts)
     if low_disk is not None:
         skips += [Skip(task.id, f"low disk: {low_disk}", "low-disk") for task in ordered]
         ordered = []
@@ -172,6 +169,27 @@ def plan(
     return Plan(reclaims, tuple(spawns), tuple(skips), loads, registry.legacy)
 
 
+def _used(leases: Sequence[LeaseView]) -> dict[str, int]:
+    used: dict[str, int] = {}
+    for view in leases:
+        if not view.reclaim_reason:
+            used[view.agent] = used.get(view.agent, 0) + 1
+    return used
+
+
+def free_slots(leases: Sequence[LeaseView], registry: Registry, *,
+               pauses: Pauses = NO_PAUSES,
+               holds: Mapping[str, Hold] | None = None) -> dict[str, int]:
+    """Free slots per agent: its limit minus its live leases; none while it is paused or
+    held back."""
+    used = _used(leases)
+    holds = holds or {}
+    return {agent.name: 0 if (pauses.everything or agent.name in pauses.agents
+                              or agent.name in holds)
+            else max(agent.limit - used.get(agent.name, 0), 0)
+            for agent in registry.agents}
+
+
 def _unique(tasks: Iterable[Task]) -> list[Task]:
     seen: dict[str, Task] = {}
     for task in tasks:
@@ -200,7 +218,17 @@ def _eligible(tasks: list[Task], leased: set[str], now: datetime, disable_blocki
 
 
 def blocking_counts(tasks: Sequence[Task]) -> dict[str, int]:
-    """How many of ``tasks`` each task blocks, directly or transitively (cycle-safe).
+    """How many of ``tasks`` each task blocks, directly or transitively (cycle-safe)."""
+    ids = list(dict.fromkeys(task.id for task in tasks))
+    known = set(ids)
+    edges = [(task.id, blocker) for task in tasks for blocker in task.blocked_by
+             if blocker in known]
+    return counts_from_edges(ids, edges)
+
+
+def counts_from_edges(ids: Sequence[str], edges: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """How many tasks each of ``ids`` blocks, directly or transitively, along ``edges``
+    (waiting task, its blocker), both ends among ``ids``; cycle-safe.
 
     One pass over the blocker graph in topological order: strongly connected components
     first (members of a cycle block each other), then each component's dependents from
@@ -209,15 +237,12 @@ def blocking_counts(tasks: Sequence[Task]) -> dict[str, int]:
     otherwise each component carries the set of what it reaches as a bit set, so a task
     reached along two paths is counted once.
     """
-    ids = list(dict.fromkeys(task.id for task in tasks))
     index = {task_id: i for i, task_id in enumerate(ids)}
     dependents: list[list[int]] = [[] for _ in ids]
-    for task in tasks:
-        j = index[task.id]
-        for blocker in task.blocked_by:
-            i = index.get(blocker)
-            if i is not None and i != j:
-                dependents[i].append(j)
+    for waiting, blocker in edges:
+        i, j = index[blocker], index[waiting]
+        if i != j:
+            dependents[i].append(j)
     components = _strong_components(dependents)  # every component after its dependents
     component_of = [0] * len(ids)
     for c, members in enumerate(components):
@@ -316,8 +341,7 @@ def _id_key(task_id: str) -> tuple[int, int, str]:
     return (0, int(task_id), "") if task_id.isdigit() else (1, 0, task_id)
 
 
-def _by_importance(eligible: list[Task], all_tasks: list[Task]) -> list[Task]:
-    counts = blocking_counts(all_tasks)
+def _by_importance(eligible: list[Task], counts: Mapping[str, int]) -> list[Task]:
     return sorted(eligible, key=lambda t: (-counts.get(t.id, 0), -t.priority,
                                            t.created_at or _NEVER, _id_key(t.id)))
 

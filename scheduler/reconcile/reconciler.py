@@ -32,7 +32,8 @@ from scheduler.errors import (
 from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
 from scheduler.reconcile.cancel import signal_wrapper
-from scheduler.reconcile.planner import LeaseView, Plan, plan
+from scheduler.reconcile.listing import Lister, Listing, can_window
+from scheduler.reconcile.planner import LeaseView, Plan, free_slots, plan
 from scheduler.sources.base import (
     NOT_STARTED,
     RECLAIMED,
@@ -56,9 +57,8 @@ from scheduler.state.records import read_last_pass
 
 log = get_logger("pass")
 
-#: At most this many tasks that no agent can run are listed per pass (the plan), and at
-#: most this many of them are named in the pass summary (status, metrics.jsonl).
-MAX_UNRUNNABLE_LISTED = 100
+#: At most this many tasks that no agent can run are named in the pass summary (status,
+#: metrics.jsonl).
 MAX_UNRUNNABLE_SUMMARY = 20
 
 #: Lease metadata key: the spawn token the source was claimed with, kept by a re-own.
@@ -137,6 +137,7 @@ class Reconciler:
         self.owner = owner_tag(settings.hostname, settings.running_dir)
         self.source_deadline_sec = PASS_SOURCE_DEADLINE_SEC
         self._source_deadline: float | None = None
+        self.lister = Lister(registry)
 
     @property
     def source(self):
@@ -208,20 +209,26 @@ class Reconciler:
             self.store.remove_stale_lock_files({lease.task_id for lease in leases})
             self._stop_unwanted(leases, summary)
             self._requeue_stranded(leases, summary)
-        no_store_yet = self.settings.task_source == "local" and not self.settings.tasks_db.exists()
-        tasks = [] if dry_run and no_store_yet else self._list_tasks(summary)
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
                  for lease in leases]
         low_disk = self._disk_shortage()
         summary.low_disk = low_disk or ""
-        the_plan = plan(views, tasks if tasks is not None else [], self.registry, now,
+        holds = self._holds(now, summary)
+
+        def make_plan(listing: Listing) -> Plan:
+            return plan(views, listing.tasks, self.registry, now,
                         disable_blocking=self.settings.disable_blocking, pauses=pauses,
-                        holds=self._holds(now, summary), low_disk=low_disk,
-                        occupied=self._occupied(leases, tasks or [], summary))
+                        holds=holds, low_disk=low_disk, counts=listing.counts,
+                        occupied=self._occupied(leases, listing.tasks, summary))
+
+        listing, the_plan = self._list_and_plan(summary, dry_run, make_plan, views, pauses,
+                                                holds, low_disk)
         if dry_run:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
-        elif tasks is not None:
+        elif listing is not None:
             self._spawn_all(the_plan, now, summary)
+        summary.blocked_skipped = (listing.blocked if listing and listing.blocked is not None
+                                   else the_plan.skipped("blocked"))
         return the_plan
 
     # --- step 1: the outbox ----------------------------------------------------------------
@@ -487,29 +494,31 @@ class Reconciler:
 
     # --- step 3: the source -----------------------------------------------------------------
 
-    def _list_tasks(self, summary: PassSummary) -> list[Task] | None:
-        tasks: list[Task] = []
-        listings = [(self.source.assigned_idle, agent.name) for agent in self.registry.agents]
-        if not self.registry.legacy:
-            listings += [(self.source.queue_idle_unassigned, q) for q in self.registry.queues()]
-        skipped = 0
+    def _list_and_plan(self, summary: PassSummary, dry_run: bool, make_plan, views,
+                       pauses: Pauses, holds, low_disk) -> tuple[Listing | None, Plan]:
+        """List the idle work (the top of each listing when the source can, see
+        listing.py) and plan it. A failing source leaves the plan without tasks (its
+        reclaims stand) and spawns nothing."""
+        if dry_run and self.settings.task_source == "local" \
+                and not self.settings.tasks_db.exists():
+            return None, make_plan(Listing([]))  # a dry run creates no store
         try:
-            for listing, name in listings:
-                tasks += listing(name)
-                skipped += getattr(self.source, "skipped", 0)  # invalid tasks, per listing
-            unrunnable = getattr(self.source, "idle_unrunnable", None)
-            if unrunnable is not None:  # so that the plan names what no agent can run
-                tasks += unrunnable([a.name for a in self.registry.agents],
-                                    None if self.registry.legacy else list(self.registry.queues()),
-                                    limit=MAX_UNRUNNABLE_LISTED)
+            if can_window(self.source, dry_run, self.settings.disable_blocking):
+                free = ({} if low_disk else
+                        free_slots(views, self.registry, pauses=pauses, holds=holds))
+                listing, the_plan = self.lister.windowed(self.source, free, pauses, make_plan)
+            else:
+                listing = self.lister.full(self.source)
+                the_plan = make_plan(listing)
         except SourceError as exc:
             summary.errors.append(str(exc))
             log.error("task source failed; no spawns this pass",
                       extra={"fields": {"error": str(exc)}})
-            return None
-        if skipped:
-            summary.errors.append(f"{skipped} task(s) from the source had invalid data")
-        return tasks
+            return None, make_plan(Listing([]))
+        if listing.skipped_invalid:
+            summary.errors.append(f"{listing.skipped_invalid} task(s) from the source had "
+                                  "invalid data")
+        return listing, the_plan
 
     # --- step 5: spawning ---------------------------------------------------------------------
 
@@ -653,7 +662,6 @@ class Reconciler:
     def _summarise(self, the_plan: Plan, summary: PassSummary, started: float) -> None:
         if summary.dry_run:
             summary.spawned = len(the_plan.spawns)
-        summary.blocked_skipped = the_plan.skipped("blocked")
         summary.skipped = dict(Counter(skip.kind for skip in the_plan.skips))
         summary.unrunnable = [{"task": skip.task_id, "reason": skip.reason}
                               for skip in the_plan.skips

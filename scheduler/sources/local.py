@@ -169,10 +169,24 @@ def _migration_5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE tasks ADD COLUMN changed_files TEXT NOT NULL DEFAULT ''")
 
 
+def _migration_6(conn: sqlite3.Connection) -> None:
+    """Ready windows: idle tasks of a queue or an agent in the planner's order (priority,
+    age, id), read from an index and stopped after the first few; the old two indexes
+    are prefixes of these. History by time: each pass looks for the launch failures
+    since the previous one."""
+    conn.execute("DROP INDEX idx_tasks_status_queue_assignee")
+    conn.execute("DROP INDEX idx_tasks_assignee_status")
+    conn.execute("CREATE INDEX idx_tasks_ready_queue ON tasks"
+                 "(status, queue, assignee, priority DESC, created_at, id)")
+    conn.execute("CREATE INDEX idx_tasks_ready_assignee ON tasks"
+                 "(assignee, status, priority DESC, created_at, id)")
+    conn.execute("CREATE INDEX idx_history_at ON history(at)")
+
+
 #: Forward migrations; ``PRAGMA user_version`` is the number applied. Append, never edit.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2,
                                                           _migration_3, _migration_4,
-                                                          _migration_5]
+                                                          _migration_5, _migration_6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -194,6 +208,21 @@ READY_QUEUE_SQL = (
 READY_ASSIGNED_SQL = (
     f"{SELECT_TASKS} WHERE t.assignee = ? AND t.status = 'idle' ORDER BY t.id"
 )
+#: A ready window: the idle tasks of one listing that are neither blocked nor in retry
+#: backoff, in the planner's order after blocker counts (priority, age, id), the first few.
+_WINDOW_WHERE = """t.status = 'idle' AND (t.not_before IS NULL OR t.not_before <= ?)
+    AND NOT EXISTS (SELECT 1 FROM blockers b JOIN tasks bt ON bt.id = b.blocker_id
+                    WHERE b.task_id = t.id AND bt.status != 'complete')
+    ORDER BY t.priority DESC, t.created_at, t.id LIMIT ?"""
+WINDOW_QUEUE_SQL = f"{SELECT_TASKS} WHERE t.queue = ? AND t.assignee IS NULL AND {_WINDOW_WHERE}"
+WINDOW_ASSIGNED_SQL = f"{SELECT_TASKS} WHERE t.assignee = ? AND {_WINDOW_WHERE}"
+#: Every blocker edge of an idle task, with its blocker's status. Read from the blocker
+#: table (usually far smaller than the backlog: most tasks wait for nothing).
+IDLE_EDGES_SQL = """
+    SELECT b.task_id, b.blocker_id, bt.status FROM blockers b
+    CROSS JOIN tasks t ON t.id = b.task_id JOIN tasks bt ON bt.id = b.blocker_id
+    WHERE t.status = 'idle'
+"""
 #: Tasks per queue, status, blocked and in retry backoff (idle ones only); see backlog_counts.
 BACKLOG_SQL = """
     SELECT t.queue, t.status,
@@ -444,6 +473,32 @@ class LocalStore:
         except sqlite3.Error as exc:
             raise SourceError(f"local store {self.path}: {exc}") from None
         return [_row_to_task(row) for row in rows]
+
+    def ready_window(self, *, agent: str | None = None, queue: str | None = None,
+                     limit: int) -> list[Task]:
+        """The first ``limit`` ready tasks (idle, not blocked, not in retry backoff)
+        assigned to ``agent``, or unassigned in ``queue``, by priority, age and id."""
+        sql, name = (WINDOW_ASSIGNED_SQL, agent) if agent is not None else (
+            WINDOW_QUEUE_SQL, queue)
+        try:
+            cursor = self._connection().cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(sql, (name, self._iso_now(), limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+        return [_row_to_task(row) for row in rows]
+
+    def idle_blocker_edges(self) -> list[tuple[str, str, str]]:
+        """(idle task, its blocker, the blocker's status) for every blocker of an idle
+        task: enough to count what each task unblocks and which tasks are blocked without
+        reading the backlog."""
+        try:
+            cursor = self._connection().cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(IDLE_EDGES_SQL).fetchall()
+        except sqlite3.Error as exc:
+            raise SourceError(f"local store {self.path}: {exc}") from None
+        return [(str(task), str(blocker), status) for task, blocker, status in rows]
 
     def idle_unrunnable(self, agents: Sequence[str], queues: Sequence[str] | None,
                         limit: int = 100) -> list[Task]:
