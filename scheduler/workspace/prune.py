@@ -102,7 +102,9 @@ def _prune_one(settings, rec: record.Record, force: bool) -> list[Action]:
         gone = removed
     branches_left = []
     if rec.mode == "worktree" and repo is not None and repo.is_dir() and rec.branch:
-        branches_left = _prune_branches(rec, repo, force, actions)
+        # A kept worktree keeps its branch: it is checked out there (git refuses to delete
+        # it) and the uncommitted work belongs on it.
+        branches_left = _prune_branches(rec, repo, force, actions, keep_own=not gone)
     if gone and not branches_left:
         record.path_for(settings.task_log_dir, rec.task_id).unlink(missing_ok=True)
     else:
@@ -138,15 +140,18 @@ def _remove_dir(ctx: Context, rec: record.Record, path: Path, repo: Path | None,
     return True, f"{path}: removed" + (f" ({failed})" if failed else "")
 
 
-def _prune_branches(rec: record.Record, repo: Path, force: bool,
-                    actions: list[Action]) -> list[str]:
-    """Delete the task's branch and kept branches; the ones left (unmerged work)."""
+def _prune_branches(rec: record.Record, repo: Path, force: bool, actions: list[Action],
+                    keep_own: bool = False) -> list[str]:
+    """Delete the task's branch (unless ``keep_own``) and kept branches; the ones left."""
     assert rec.branch is not None
     target = rec.target_branch or ""
     listed = git.out(repo, "for-each-ref", "--format=%(refname:short)",
                      f"refs/heads/{rec.branch}", f"refs/heads/{KEPT_PREFIX}{rec.task_id}-*")
     left = []
     for branch in listed.splitlines():
+        if keep_own and branch == rec.branch:
+            left.append(branch)
+            continue
         unmerged = not target or git.rev(repo, f"refs/heads/{target}") is None \
             or has_unmerged_work(repo, branch, target)
         if unmerged and not force:
