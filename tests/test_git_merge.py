@@ -279,6 +279,90 @@ def test_a_missing_branch_is_a_clear_error(repo):
         _merge(repo, "task-9")
 
 
+def test_a_rebase_that_conflicts_names_the_files_and_leaves_the_target(repo):
+    repo.branch("task-1", {"app.py": "def login():\n    return 1\n"})
+    repo.branch("task-2", {"app.py": "def login():\n    return 2\n"})
+    assert _merge(repo, "task-1", mode="rebase").outcome == MERGED
+    target = repo.rev()
+    outcome = _merge(repo, "task-2", mode="rebase")
+    assert outcome.outcome == CONFLICT and outcome.conflicts == ("app.py",)
+    assert repo.rev() == target and repo.rev("task-2") != target
+    assert not list((repo.path.parent / "scratch").glob("merge-*"))  # the rebase aborted
+    assert repo.git("worktree", "list").count("\n") == 0
+
+
+def test_a_branch_whose_commits_cancel_out_has_no_changes(repo):
+    repo.git("checkout", "-q", "-b", "task-1")
+    repo.write("tmp.txt", "scratch\n")
+    repo.commit("add a scratch file")
+    (repo.path / "tmp.txt").unlink()
+    repo.commit("remove it again")
+    repo.git("checkout", "-q", "main")
+    before = repo.rev()
+    outcome = _merge(repo, "task-1")
+    assert outcome.outcome == NO_CHANGES and repo.rev() == before
+
+
+def test_a_check_that_cannot_start_fails_the_merge_naming_it(repo, tmp_path):
+    before = repo.rev()
+    repo.branch("task-1", {"a.txt": "a\n"})
+    missing = tmp_path / "no-such-check"
+    outcome = _merge(repo, "task-1", check=Check([str(missing)], timeout_sec=30))
+    assert outcome.outcome == CHECK_FAILED and repo.rev() == before
+    assert outcome.check_tail == f"the check could not start: {missing}: No such file or " \
+                                 "directory"
+
+
+def test_revert_refuses_what_it_cannot_undo(repo):
+    repo.branch("task-1", {"a.txt": "a\n"})
+    merged = _merge(repo, "task-1").commit
+    elsewhere = repo.branch("task-2", {"b.txt": "b\n"})
+    before = repo.rev()
+
+    def undo(commit: str, **kwargs) -> object:
+        return revert(Git(repo.path), "main", commit, message="revert", author=AUTHOR,
+                      scratch=repo.path.parent / "scratch", **kwargs)
+
+    with pytest.raises(GitError, match=f"commit {elsewhere} is not on main"):
+        undo(elsewhere)
+    with pytest.raises(GitError, match="commit 0{40} does not exist"):
+        undo("0" * 40)
+    with pytest.raises(GitError, match=f"commit {elsewhere} is not an ancestor of "
+                                       f"{repo.rev('task-1')}"):
+        undo(repo.rev("task-1"), since=elsewhere)
+    repo.git("branch", "-m", "main", "trunk")
+    with pytest.raises(GitError, match="target main does not exist"):
+        undo(merged)
+    repo.git("branch", "-m", "trunk", "main")
+    assert repo.rev() == before
+
+
+def test_clean_scratch_removes_what_a_dead_merge_left_and_never_a_live_ones(repo, tmp_path):
+    from scheduler.merge.git_merge import clean_scratch
+    from scheduler.merge.landing import _in_use
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    gone = subprocess.Popen([sys.executable, "-S", "-c", "pass"])
+    gone.wait()
+    dead = scratch / f"merge-{gone.pid}-0a0b0c0d"
+    live = scratch / f"merge-{os.getpid()}-01020304"
+    odd = scratch / "merge-notapid"
+    for path in (dead, live, odd):
+        path.mkdir()
+        (path / "file.txt").write_text("x\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = scratch / f"merge-{gone.pid}-linked"
+    link.symlink_to(outside)
+    other = scratch / "notes.txt"
+    other.write_text("not a merge\n")
+
+    clean_scratch(Git(repo.path), scratch, _in_use)
+    assert sorted(p.name for p in scratch.iterdir()) == [live.name, "notes.txt"]
+    assert outside.is_dir()  # the link went, not what it points at
+
+
 KILL = r'''
 import sys
 from pathlib import Path
@@ -345,3 +429,29 @@ def test_a_check_dies_with_the_process_that_runs_it(repo, tmp_path):
         merger.wait(timeout=30)
     assert repo.rev() == before
 
+
+
+def test_landing_onto_a_missing_target_is_an_error_that_keeps_the_workspace(repo, tmp_path):
+    from scheduler.config.settings import load_settings
+    from scheduler.merge import landing
+    from scheduler.workspace.base import Context, Workspace
+
+    settings = load_settings(environ={"TINYSCHEDULER_WORKSPACE_MODE": "worktree",
+                                      "TINYSCHEDULER_REPO_DIR": str(repo.path),
+                                      "TINYSCHEDULER_TARGET_BRANCH": "release",
+                                      "TINYSCHEDULER_AGENT_COMMAND": "true"}, cwd=tmp_path)
+    path = settings.workspaces_dir / "task-4"
+    repo.git("worktree", "add", "-q", "-b", "tinyscheduler/task-4", str(path), "main")
+    (path / "login.py").write_text("ok\n")
+    repo.git("-C", str(path), "add", "-A")
+    repo.git("-C", str(path), "commit", "-qm", "login")
+    ctx = Context(settings, "4", 1, title="add login")
+    workspace = Workspace("4", "worktree", path, "tinyscheduler/task-4", repo.rev("main"))
+    held: list = []
+    landed = landing.land(ctx, workspace, held.append)
+    assert landed.outcome == landing.ERROR and held == []
+    assert landed.error == "branch release does not exist"
+    verdict = landing.verdict(landed, settings, "4", 0.1)
+    assert verdict.text == "merge into release failed: branch release does not exist"
+    landing.tidy(ctx, workspace, landed)  # the merge never ended: nothing is removed
+    assert (path / "login.py").exists() and repo.rev("tinyscheduler/task-4")
