@@ -255,11 +255,54 @@ def test_actions_need_the_csrf_token_and_call_the_cli_code(make_scheduler):
     assert stop(proc) == 0
 
 
+def test_forms_must_be_small_and_urlencoded_and_logout_ends_the_session(make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 1})
+    proc, url = start_dashboard(s, DASHBOARD_TOKEN=TOKEN, DASHBOARD_ACTIONS="true")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    form = get(url + "/login")
+    assert form.status_code == 200 and 'name="token"' in form.text
+
+    def login(**kwargs) -> httpx.Response:
+        return httpx.post(url + "/login", timeout=10, **kwargs)
+
+    refused = [login(json={"token": TOKEN}),  # not a urlencoded form
+               login(content=b"token=" + TOKEN.encode() + b"&pad=" + b"x" * 5000,
+                     headers={"content-type": "application/x-www-form-urlencoded"}),
+               login(content=b"token=\xff\xfe", headers={
+                   "content-type": "application/x-www-form-urlencoded"})]
+    for response in refused:
+        assert response.status_code == 401 and auth_cookie(response) is None
+        assert "That token is not right." in response.text
+    logout = httpx.post(url + "/logout", cookies={"tinyscheduler_session": "x"},
+                        headers=auth, timeout=10)
+    assert logout.status_code == 303 and logout.headers["location"] == "/login"
+    assert 'tinyscheduler_session=""' in logout.headers["set-cookie"]
+    assert "max-age=0" in logout.headers["set-cookie"].lower()
+
+    csrf = csrf_of(get(url + "/", headers=auth).text)
+    both = httpx.post(url + "/actions/pause", data={"agent": "vaela", "queue": "dev",
+                                                     "csrf": csrf}, headers=auth, timeout=10)
+    note = get(url + both.headers["location"], headers=auth).text
+    assert "pause failed: give an agent or a queue, not both" in note
+    assert not (s.state / "paused.json").exists()
+
+    first = both.headers["location"]
+    for _ in range(50):  # the notes kept are bounded: the oldest goes
+        httpx.post(url + "/actions/resume", data={"agent": "vaela", "csrf": csrf},
+                   headers=auth, timeout=10)
+    assert "not both" not in get(url + first, headers=auth).text
+    assert stop(proc) == 0
+
+
 def test_the_dashboard_takes_no_lock_forks_nothing_and_changes_nothing(make_scheduler):
     s = make_scheduler({"vaela": "dev"}, {"vaela": 1})
     proc, url = start_dashboard(s)
     assert get(url + "/").status_code == 200
     assert not (s.state / "tasks.db").exists(), "the dashboard never creates the store"
+    no_login = get(url + "/login")  # no token: nothing to log in to
+    assert no_login.status_code == 303 and no_login.headers["location"] == "/"
+    missing = get(url + "/tasks/404")
+    assert missing.status_code == 404 and "no task 404" in missing.text
     task_id = s.add("hold", "--queue", "dev")
     (s.running).mkdir(parents=True, exist_ok=True)
     corrupt = s.running / "task_77.json"

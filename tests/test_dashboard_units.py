@@ -136,3 +136,54 @@ def test_the_chart_window_zooms_in_on_young_records(tmp_path):
     history.refresh()
     assert chart_series(history, empty, NOW)["minutes"] == 180  # never more
     assert chart.geometry(chart_series(history, empty, NOW))["window"] == "3 h"
+
+
+@pytest.mark.parametrize("seconds, shown", [(None, "-"), (0, "0 s"), (89.4, "89 s"),
+                                            (90, "2 min"), (5399, "90 min"),
+                                            (5400, "1.5 h"), ("7200", "2.0 h")])
+def test_ages_are_shown_in_seconds_minutes_or_hours(seconds, shown):
+    from scheduler.dashboard.app import _ago
+
+    assert _ago(seconds) == shown
+
+
+@pytest.mark.parametrize("text, shown", [("2026-12-02T12:00:30Z", "12:00:30"),
+                                         ("yesterday", "-"), (None, "-")])
+def test_a_time_that_does_not_parse_is_a_dash(text, shown):
+    from scheduler.dashboard.app import _clock_time
+
+    assert _clock_time(text) == shown
+
+
+def test_per_minute_series_forget_what_is_older_than_the_window(tmp_path):
+    from datetime import timedelta
+
+    from scheduler import clock
+    from scheduler.dashboard.history import WINDOW_MINUTES
+
+    path = tmp_path / "outcomes.jsonl"
+    minutes = 2 * WINDOW_MINUTES + 1
+    with open(path, "w") as handle:
+        for n in range(minutes):
+            at = clock.to_iso(NOW - timedelta(minutes=minutes - 1 - n))
+            handle.write(line(time=at, agent="a", outcome="succeeded"))
+        handle.write(line(time="not a time", agent="a", outcome="failed"))
+    history = OutcomeHistory(path)
+    history.refresh()
+    newest = int(NOW.timestamp() // 60)
+    assert min(history.per_minute) == newest - WINDOW_MINUTES + 1
+    assert max(history.per_minute) == newest and len(history.per_minute) == WINDOW_MINUTES
+    assert history.counts[("a", "failed")] == 1  # counted, though it has no minute
+
+
+def test_a_replaced_metrics_file_starts_the_pass_figures_over(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line(time="2026-12-02T11:59:05Z", duration_sec=0.2,
+                         reclaimed={"pid-dead": 2}))
+    passes = PassHistory(path)
+    passes.refresh()
+    assert passes.passes == 1 and passes.reclaims == {"pid-dead": 2}
+    path.unlink()
+    path.write_text(line(time="2026-12-02T12:00:05Z", duration_sec=0.1, reclaimed={}))
+    passes.refresh()
+    assert passes.passes == 1 and passes.reclaims == {} and passes.duration_sum == 0.1
