@@ -367,3 +367,53 @@ def test_fast_paths_import_no_heavy_module(tmp_path, argv):
                  if line.startswith(("HEAVY=", "CODE=")))
     assert lines.get("CODE") == "0", proc.stdout + proc.stderr
     assert lines["HEAVY"] == "", f"{argv} imported {lines['HEAVY']}"
+
+
+# --- what validate-config cannot do, and says -------------------------------------------
+
+
+def test_a_directory_under_a_regular_file_cannot_be_created_and_is_named(cwd, capsys,
+                                                                         monkeypatch):
+    (cwd / "plain-file").write_text("not a directory\n")
+    logs = cwd / "plain-file" / "logs"
+    monkeypatch.setenv(f"{PREFIX}LOG_DIR", str(logs))
+    code, out, _ = run_cli(capsys, "validate-config")
+    assert code == 2
+    assert f"ERROR    log directory {logs} is missing and cannot be created (no writable " \
+           "parent)" in out
+    code, out, _ = run_cli(capsys, "validate-config", "--fix")
+    assert code == 2
+    assert f"ERROR    cannot create log directory {logs}: [Errno 20] Not a directory" in out
+    assert (cwd / "plain-file").read_text() == "not a directory\n"
+
+
+def test_fix_never_writes_through_a_dangling_link_at_the_control_file(cwd, capsys):
+    elsewhere = cwd / "elsewhere.json"
+    (cwd / "agent-control.json").symlink_to(elsewhere)
+    code, out, _ = run_cli(capsys, "validate-config", "--fix")
+    assert code == 2
+    assert f"ERROR    cannot create agent control file {cwd / 'agent-control.json'}: " \
+           "[Errno 17] File exists" in out
+    assert not elsewhere.exists()
+
+
+def test_a_preset_is_never_written_through_a_linked_env_file(cwd, capsys):
+    target = cwd / "real.env"
+    target.write_text("")
+    link = cwd / "tinyscheduler.env"
+    link.symlink_to(target)
+    code, out, _ = run_cli(capsys, "--env-file", str(link), "validate-config", "--fix",
+                           "--preset", "claude")
+    assert code == 2
+    assert f"ERROR    cannot write preset claude to {link}: [Errno 40] Too many levels of " \
+           "symbolic links" in out
+    assert target.read_text() == ""
+
+
+def test_an_agent_command_starting_with_a_placeholder_cannot_be_checked(cwd, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv(f"{PREFIX}AGENT_COMMAND", "{recipe} --task {task_id}")
+    code, out, _ = run_cli(capsys, "validate-config")
+    assert code == 0, out
+    assert "WARNING  agent command starts with a placeholder ({recipe}); cannot check " \
+           "that it exists" in out
