@@ -1,0 +1,143 @@
+"""A workspace's life around attempts (``modes.begin`` / ``end``), called in this process
+with real git repositories: what a fresh retry and a crash leave is moved aside or kept
+on a branch, never deleted; and validate-config's workspace checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_workspace import git, make_repo
+
+from scheduler.config.settings import PREFIX, load_settings
+from scheduler.workspace import checks, modes, record
+from scheduler.workspace.base import Context
+
+
+def settings(base: Path, **values: object):
+    return load_settings(environ={f"{PREFIX}{k}": str(v) for k, v in
+                                  {"AGENT_COMMAND": "true", "MIN_FREE_DISK_MB": 0,
+                                   **values}.items()}, cwd=base)
+
+
+def context(s, attempt: int, notes: list[str] | None = None) -> Context:
+    return Context(s, "5", attempt, title="the task", note=(notes if notes is not None
+                                                            else []).append)
+
+
+# --- directory mode -----------------------------------------------------------------------
+
+
+def test_a_fresh_retry_moves_the_old_directory_aside(tmp_path: Path) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="directory", WORKSPACE_FRESH_ON_RETRY="true")
+    first = modes.begin(context(s, 1))
+    assert first is not None and first.created
+    (first.path / "draft.txt").write_text("attempt 1\n")
+    leftover = s.workspaces_dir / f".{first.path.name}.tmp-999-abcd"
+    leftover.mkdir()  # a crashed attempt's half-built directory
+
+    notes: list[str] = []
+    second = modes.begin(context(s, 2, notes))
+    assert second is not None and second.path == first.path
+    assert list(second.path.iterdir()) == [] and not leftover.exists()
+    (kept,) = (s.workspaces_dir / ".kept").iterdir()
+    assert kept.name.startswith("task-5-attempt-1-")
+    assert (kept / "draft.txt").read_text() == "attempt 1\n"
+    assert f"workspace {first.path}: the previous one moved to {kept}" in notes
+
+
+def test_a_directory_without_a_record_is_moved_aside_as_orphaned(tmp_path: Path) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="directory")
+    stray = s.workspaces_dir / "task-5"
+    stray.mkdir(parents=True)
+    (stray / "unknown.txt").write_text("?\n")
+    workspace = modes.begin(context(s, 1))
+    assert workspace is not None and list(workspace.path.iterdir()) == []
+    (kept,) = (s.workspaces_dir / ".kept").iterdir()
+    assert kept.name.startswith("task-5-orphaned-") and (kept / "unknown.txt").exists()
+
+
+def test_a_failing_after_run_hook_is_noted_and_the_outcome_stands(tmp_path: Path) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="directory",
+                 HOOK_AFTER_RUN="sh -c 'echo upload failed; exit 2'")
+    notes: list[str] = []
+    workspace = modes.begin(context(s, 1, notes))
+    assert workspace is not None
+    modes.end(context(s, 1, notes), workspace, "failed")
+    assert "hook after_run exited 2; last lines: upload failed (the outcome stands)" in notes
+    rec = record.read(s.task_log_dir, "5")
+    assert rec is not None and rec.outcome == "failed"
+
+
+# --- worktree mode ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+def test_a_plain_directory_where_the_worktree_goes_is_moved_aside(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo)
+    stray = s.workspaces_dir / "task-5"
+    stray.mkdir(parents=True)
+    (stray / "notes.txt").write_text("someone's work\n")
+    notes: list[str] = []
+    workspace = modes.begin(context(s, 1, notes))
+    assert workspace is not None and (workspace.path / ".git").is_file()
+    (aside,) = (s.workspaces_dir / ".orphaned").iterdir()
+    assert (aside / "notes.txt").read_text() == "someone's work\n"
+    assert f"workspace {stray}: not a usable worktree; moved aside to {aside}" in notes
+
+
+def test_a_fresh_retry_commits_leftovers_onto_a_kept_branch(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo,
+                 WORKSPACE_FRESH_ON_RETRY="true", AUTO_COMMIT="false")
+    first = modes.begin(context(s, 1))
+    assert first is not None
+    (first.path / "half.txt").write_text("unfinished\n")  # left uncommitted
+    notes: list[str] = []
+    second = modes.begin(context(s, 2, notes))
+    assert second is not None and not (second.path / "half.txt").exists()
+    kept = "tinyscheduler/kept/task-5-attempt-1"
+    assert git(repo, "show", f"{kept}:half.txt") == "unfinished"
+    assert git(repo, "log", "-1", "--format=%s", kept) == "task 5: work left by attempt 1"
+    assert any(n.endswith(f"fresh retry; the last attempt's work is kept on {kept}")
+               for n in notes)
+
+
+def test_a_fresh_retry_without_work_starts_over_from_the_target(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo,
+                 WORKSPACE_FRESH_ON_RETRY="true")
+    assert modes.begin(context(s, 1)) is not None
+    notes: list[str] = []
+    second = modes.begin(context(s, 2, notes))
+    assert second is not None and second.created
+    assert git(repo, "branch", "--list", "tinyscheduler/kept/*") == ""
+    assert any(n.endswith("fresh retry from main") for n in notes)
+
+
+# --- validate-config's checks ---------------------------------------------------------------
+
+
+def test_checks_name_a_directory_that_is_no_repository_and_a_missing_branch(tmp_path,
+                                                                            repo) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    found = checks.check(settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=plain,
+                                  TARGET_BRANCH="main"))
+    assert found[0][0] == "error" and found[0][1].startswith(
+        f"TINYSCHEDULER_REPO_DIR={plain} is not a git repository: ")
+    found = checks.check(settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo,
+                                  TARGET_BRANCH="release"))
+    assert found[0] == ("error", f"TINYSCHEDULER_TARGET_BRANCH=release is not a branch of "
+                                 f"{repo}; set it to an existing branch")
+
+
+def test_checks_warn_of_low_disk_for_directory_mode(tmp_path) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="directory", MIN_FREE_DISK_MB=10**9)
+    found = checks.check(s)
+    assert found[0] == ("ok", f"workspace mode directory in {s.workspaces_dir}")
+    assert found[1][0] == "warning" and "below MIN_FREE_DISK_MB=1000000000" in found[1][1]
+    assert os.path.lexists(s.workspaces_dir) is False  # checking creates nothing
