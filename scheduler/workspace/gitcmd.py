@@ -84,22 +84,17 @@ def held(path: Path, *, tick: Tick | None = None, tick_every: float = 15.0,
          timeout: float = LOCK_TIMEOUT_SEC, what: str = "the lock") -> Iterator[None]:
     """Hold the kernel flock ``path``, waiting at most ``timeout`` seconds and calling
     ``tick`` every ``tick_every`` seconds while waiting (False from it: give up)."""
-    from filelock import Timeout
-
     ensure_private_dir(path.parent)
     lock = kernel_flock(path, on_acquired=lambda _fd: None)
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            lock.acquire(timeout=max(0.0, min(tick_every, deadline - time.monotonic())),
-                         poll_interval=0.01)
-            break
-        except Timeout:
-            if time.monotonic() >= deadline:
-                raise GitError(f"another process held {what} {path} for more than "
-                               f"{timeout:g} s") from None
-            if tick is not None and not tick():
-                raise GitError(f"the lease was lost while waiting for {what}") from None
+    # KernelFlock.acquire answers False when the wait is over (it raises nothing): only a
+    # True answer enters.
+    while not lock.acquire(timeout=max(0.0, min(tick_every, deadline - time.monotonic())),
+                           poll_interval=0.01):
+        if time.monotonic() >= deadline:
+            raise GitError(f"another process held {what} {path} for more than {timeout:g} s")
+        if tick is not None and not tick():
+            raise GitError(f"the lease was lost while waiting for {what}")
     try:
         yield
     finally:
