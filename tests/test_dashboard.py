@@ -294,6 +294,32 @@ def test_forms_must_be_small_and_urlencoded_and_logout_ends_the_session(make_sch
     assert stop(proc) == 0
 
 
+def test_over_tinytask_a_task_shows_from_the_server_and_task_actions_are_refused(
+        make_scheduler):
+    from fake_tinytask import FakeTinyTask
+
+    with FakeTinyTask() as server:
+        task_id = str(server.add_task("fix the login", queue="dev", priority=3))
+        s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, TASK_SOURCE="tinytask",
+                           MCP_ENDPOINT=server.url)
+        proc, url = start_dashboard(s, DASHBOARD_TOKEN=TOKEN, DASHBOARD_ACTIONS="true")
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        task = get(url + f"/api/v1/tasks/{task_id}", headers=auth).json()
+        assert (task["id"], task["title"], task["queue"], task["priority"]) == \
+            (task_id, "fix the login", "dev", 3)
+        assert task["status"] == "idle" and task["parked"] is False and task["lease"] is None
+        assert get(url + "/api/v1/tasks/999", headers=auth).status_code == 404
+
+        csrf = csrf_of(get(url + "/", headers=auth).text)
+        done = httpx.post(url + "/actions/cancel", data={"task": task_id, "csrf": csrf},
+                          headers=auth, timeout=10)
+        note = get(url + done.headers["location"], headers=auth).text
+        assert "cancel failed: cancel and retry manage the embedded local store; manage " \
+               "TinyTask tasks on the TinyTask server" in html.unescape(note)
+        assert server.task(int(task_id))["status"] == "idle"
+        assert stop(proc) == 0
+
+
 def test_the_dashboard_takes_no_lock_forks_nothing_and_changes_nothing(make_scheduler):
     s = make_scheduler({"vaela": "dev"}, {"vaela": 1})
     proc, url = start_dashboard(s)
