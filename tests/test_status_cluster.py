@@ -1,6 +1,6 @@
 """``status`` and ``validate-config`` against PostgreSQL (the CLI in this process, a real
 server): the CLUSTER section with hosts and runs, an unreachable database, and the
-schema version check."""
+schema version check; and ``status`` with a broken agent control file."""
 
 from __future__ import annotations
 
@@ -94,3 +94,21 @@ def test_status_with_an_unreachable_database_says_so_in_each_part(tmp_path, cli)
     unhealthy = lines[-1]
     assert unhealthy.startswith("UNHEALTHY: ") and "cluster unavailable: " in unhealthy
     assert "task source unhealthy: " in unhealthy
+
+
+def test_status_names_a_broken_agent_control_file_and_still_reports(tmp_path, monkeypatch,
+                                                                    capsys):
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"{PREFIX}AGENT_COMMAND", "true")
+    control = tmp_path / "agent-control.json"
+    control.write_text('[{"agentName": "vaela", "agentType": ')
+    code = main(["status"])
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[:2] == ["AGENTS", "  (none configured)"]
+    assert "SOURCE   local: FAILING - no task store yet at" in out
+    assert lines[-1].startswith(f"UNHEALTHY: agent control file {control}")
