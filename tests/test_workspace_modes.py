@@ -141,3 +141,32 @@ def test_checks_warn_of_low_disk_for_directory_mode(tmp_path) -> None:
     assert found[0] == ("ok", f"workspace mode directory in {s.workspaces_dir}")
     assert found[1][0] == "warning" and "below MIN_FREE_DISK_MB=1000000000" in found[1][1]
     assert os.path.lexists(s.workspaces_dir) is False  # checking creates nothing
+
+
+def test_a_half_made_worktree_is_removed_and_made_again(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo)
+    path = s.workspaces_dir / "task-5"
+    path.mkdir(parents=True)
+    (path / "partial").write_text("")  # a crash before git registered the worktree
+    record.write(s.task_log_dir, record.Record("5", "worktree", str(path), record.CREATING,
+                                               attempt=1))
+    notes: list[str] = []
+    workspace = modes.begin(context(s, 2, notes))
+    assert workspace is not None and (path / ".git").is_file()
+    assert not (path / "partial").exists() and not (s.workspaces_dir / ".orphaned").exists()
+    assert f"workspace {path}: repaired a half-made worktree" in notes
+
+
+def test_a_completed_worktree_is_removed_even_when_before_remove_fails(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo,
+                 HOOK_BEFORE_REMOVE="sh -c 'echo no archive; exit 5'")
+    notes: list[str] = []
+    workspace = modes.begin(context(s, 1, notes))
+    assert workspace is not None
+    (workspace.path / "done.txt").write_text("done\n")
+    modes.end(context(s, 1, notes), workspace, "succeeded")  # auto-commit
+    modes.tidy(context(s, 1, notes), workspace, "succeeded")
+    assert not workspace.path.exists()
+    assert git(repo, "show", "tinyscheduler/task-5:done.txt") == "done"
+    assert "hook before_remove exited 5; last lines: no archive (the workspace is removed " \
+           "anyway)" in notes
