@@ -313,6 +313,30 @@ def test_a_check_that_cannot_start_fails_the_merge_naming_it(repo, tmp_path):
                                  "directory"
 
 
+MOVE_MAIN = r'''
+import subprocess, sys
+def git(*args):
+    return subprocess.run(["git", "-C", sys.argv[1], *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+new = git("commit-tree", "main^{tree}", "-p", "main", "-m", "someone else's commit")
+git("update-ref", "refs/heads/main", new)
+'''
+
+
+def test_a_target_that_never_stops_moving_is_given_up_on(repo, monkeypatch):
+    import scheduler.merge.git_merge as git_merge
+
+    monkeypatch.setattr(git_merge, "MAX_RACES", 3)
+    repo.branch("task-1", {"a.txt": "a\n"})
+    before = repo.rev()
+    mover = Check([sys.executable, "-c", MOVE_MAIN, str(repo.path)], timeout_sec=30)
+    with pytest.raises(GitError, match="target main kept moving: gave up after 3 attempts"):
+        _merge(repo, "task-1", check=mover)
+    assert repo.git("rev-list", "--count", f"{before}..main") == "3"  # only the movers'
+    assert repo.git("log", "--format=%s", "main").splitlines()[:3] == \
+        ["someone else's commit"] * 3
+
+
 def test_revert_refuses_what_it_cannot_undo(repo):
     repo.branch("task-1", {"a.txt": "a\n"})
     merged = _merge(repo, "task-1").commit

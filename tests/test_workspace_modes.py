@@ -12,7 +12,7 @@ from test_workspace import git, make_repo
 
 from scheduler.config.settings import PREFIX, load_settings
 from scheduler.workspace import checks, modes, record
-from scheduler.workspace.base import Context
+from scheduler.workspace.base import Context, WorkspaceError
 
 
 def settings(base: Path, **values: object):
@@ -170,3 +170,43 @@ def test_a_completed_worktree_is_removed_even_when_before_remove_fails(tmp_path,
     assert git(repo, "show", "tinyscheduler/task-5:done.txt") == "done"
     assert "hook before_remove exited 5; last lines: no archive (the workspace is removed " \
            "anyway)" in notes
+
+
+def test_a_task_branch_checked_out_elsewhere_fails_the_launch_naming_it(tmp_path,
+                                                                        repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo)
+    mine = tmp_path / "my-checkout"
+    git(repo, "worktree", "add", "-q", "-b", "tinyscheduler/task-5", str(mine), "main")
+    with pytest.raises(WorkspaceError) as caught:
+        modes.begin(context(s, 1))
+    message = str(caught.value)
+    assert message.startswith("workspace: git worktree add --no-checkout in ")
+    assert "tinyscheduler/task-5" in message and str(mine) in message
+    assert (mine / "README").exists()  # the person's checkout is untouched
+
+
+def test_a_workspaces_directory_under_a_file_fails_the_launch_naming_it(tmp_path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    s = settings(tmp_path, WORKSPACE_MODE="directory",
+                 WORKSPACES_DIR=tmp_path / "not-a-dir" / "workspaces")
+    with pytest.raises(WorkspaceError, match=r"^workspace: \[Errno 20\] Not a directory: "):
+        modes.begin(context(s, 1))
+
+
+def test_a_failed_auto_commit_is_noted_and_the_outcome_recorded(tmp_path, repo) -> None:
+    s = settings(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=repo)
+    workspace = modes.begin(context(s, 1))
+    assert workspace is not None
+    (workspace.path / "done.txt").write_text("done\n")
+    gitdir = Path(git(workspace.path, "rev-parse", "--absolute-git-dir"))
+    (gitdir / "index.lock").write_text("")  # a git the agent left running, or killed
+    notes: list[str] = []
+    modes.end(context(s, 1, notes), workspace, "succeeded")
+    (failed,) = [n for n in notes if n.startswith("auto-commit failed: ")]
+    assert failed.startswith("auto-commit failed: git add --all in ")
+    # git's own error line, not the advice it prints after it
+    assert failed.endswith(f"exited 128: fatal: Unable to create '{gitdir}/index.lock': "
+                           "File exists.")
+    rec = record.read(s.task_log_dir, "5")
+    assert rec is not None and rec.outcome == "succeeded"
+    assert (workspace.path / "done.txt").exists()  # nothing lost: it stays uncommitted

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scheduler.errors import TinySchedulerError
 from scheduler.fsutil import ensure_private_dir, kernel_flock
-from scheduler.workspace.process import Finished, Tick, run_bounded
+from scheduler.workspace.process import TAIL_BYTES, Finished, Tick, run_bounded
 
 #: Longest one git call may take (a checkout of a very large repository included).
 GIT_TIMEOUT_SEC = 300
@@ -45,9 +45,18 @@ def run(repo: Path, *args: str, check: bool = True, env: Mapping[str, str] | Non
     done = run_bounded(argv, cwd=repo if repo.is_dir() else "/", env=env or git_env(),
                        timeout=timeout, tick=tick, tick_every=tick_every)
     if check and not done.ok:
+        why = _why(done)
         raise GitError(f"git {' '.join(args[:3])} in {repo}: {done.describe(timeout)}"
-                       + (f": {done.tail(3)}" if done.tail(3) else ""))
+                       + (f": {why}" if why else ""))
     return done
+
+
+def _why(done: Finished) -> str:
+    """git's own ``fatal:`` / ``error:`` lines (its advice after them would push them out
+    of the last lines), else the output's last lines."""
+    lines = done.output[-TAIL_BYTES:].decode(errors="replace").splitlines()
+    errors = [line.strip() for line in lines if line.startswith(("fatal:", "error:"))]
+    return "\n".join(errors[-3:]) if errors else done.tail(3)
 
 
 def out(repo: Path, *args: str, **kwargs) -> str:
