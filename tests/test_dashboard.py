@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import socket
 import subprocess
 import sys
 
@@ -18,6 +19,9 @@ from dashboard_helpers import start_dashboard, stop
 from prometheus_client.parser import text_string_to_metric_families
 from test_reconciler import Scheduler, wait_for
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
+
+from scheduler import clock
+from scheduler.state.leases import RUNNING, Lease, LeaseStore
 
 pytestmark = pytest.mark.processes
 
@@ -44,6 +48,14 @@ def test_a_non_loopback_bind_needs_a_token(make_scheduler):
     bad = s.cli("dashboard", "--bind", "nowhere")
     assert bad.returncode == 2 and "TINYSCHEDULER_DASHBOARD_BIND='nowhere' (from flag)" \
         in bad.stderr and "accepted: HOST:PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = s.cli("dashboard", "--bind", f"127.0.0.1:{port}")
+    assert busy.returncode == 2
+    assert busy.stderr.strip().endswith(f"dashboard cannot listen on 127.0.0.1:{port}: "
+                                        "Address already in use")
 
 
 def test_with_a_token_every_request_needs_it(make_scheduler):
@@ -309,6 +321,13 @@ def test_over_tinytask_a_task_shows_from_the_server_and_task_actions_are_refused
             (task_id, "fix the login", "dev", 3)
         assert task["status"] == "idle" and task["parked"] is False and task["lease"] is None
         assert get(url + "/api/v1/tasks/999", headers=auth).status_code == 404
+        now = clock.now()  # a run of a task the server no longer has: shown from its lease
+        LeaseStore(s.running).create(Lease("42", "vaela", RUNNING, "tok", now, now, "here",
+                                           metadata={"title": "deleted on the server"}))
+        gone = get(url + "/api/v1/tasks/42", headers=auth).json()
+        assert (gone["id"], gone["title"], gone["running_attempt"]) == \
+            ("42", "deleted on the server", 1)
+        assert gone["lease"]["agent"] == "vaela" and gone["lease"]["state"] == RUNNING
 
         csrf = csrf_of(get(url + "/", headers=auth).text)
         done = httpx.post(url + "/actions/cancel", data={"task": task_id, "csrf": csrf},
