@@ -86,3 +86,17 @@ def test_output_past_the_cap_reaches_the_sink_but_is_not_all_kept(tmp_path, monk
 def test_the_tail_is_the_last_lines(tmp_path, lines, expected):
     done = run_bounded(python("print('a\\nb\\nc\\nd\\n')"), cwd=tmp_path, env=ENV, timeout=5)
     assert done.tail(lines) == expected and done.describe(5) == "exited 0"
+
+
+def test_a_failing_sink_never_leaves_the_command_running(tmp_path):
+    pid_file = tmp_path / "pid"
+    code = (f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+            "print('first line', flush=True); time.sleep(60)")
+
+    def sink(_chunk: bytes) -> None:
+        raise OSError(28, "No space left on device")  # the attempt log's disk is full
+
+    with pytest.raises(OSError, match="No space left on device"):
+        run_bounded(python(code), cwd=tmp_path, env=ENV, timeout=30, sink=sink)
+    command = int(pid_file.read_text())
+    assert not alive(command)  # killed and reaped before the error went up
