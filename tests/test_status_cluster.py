@@ -1,6 +1,6 @@
 """``status`` and ``validate-config`` against PostgreSQL (the CLI in this process, a real
 server): the CLUSTER section with hosts and runs, an unreachable database, and the
-schema version check; and ``status`` with a broken agent control file."""
+schema version check; and ``status`` with a broken agent control file or task store."""
 
 from __future__ import annotations
 
@@ -112,3 +112,24 @@ def test_status_names_a_broken_agent_control_file_and_still_reports(tmp_path, mo
     assert lines[:2] == ["AGENTS", "  (none configured)"]
     assert "SOURCE   local: FAILING - no task store yet at" in out
     assert lines[-1].startswith(f"UNHEALTHY: agent control file {control}")
+
+
+def test_status_with_a_task_store_that_is_not_a_database_says_so(tmp_path, monkeypatch,
+                                                                  capsys):
+    for name in list(os.environ):
+        if name.startswith(PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(f"{PREFIX}AGENT_COMMAND", "true")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    store = state / "tasks.db"
+    store.write_bytes(b"not sqlite at all\n" * 300)
+    store.chmod(0o600)
+    code = main(["status"])
+    out = capsys.readouterr().out
+    assert code == 1
+    why = f"local store {store}: cannot open: file is not a database"
+    assert f"SOURCE   local: FAILING - {why}" in out
+    assert out.splitlines()[-1].endswith(f"task source unhealthy: {why}")
+    assert store.read_bytes() == b"not sqlite at all\n" * 300  # left as it was
