@@ -36,6 +36,9 @@ applies the request and then closes the connection without an answer (a lost ans
 a per-read timeout); ``endless_pages = True`` makes every listing answer full pages of
 new ParsedTask objects whatever the offset (pagination that never ends); ``ignore_limit =
 True`` answers every listing whole, whatever ``limit`` asks for.
+``answer_next(method, path, status, data)`` answers the next request of ``method`` whose
+path (query excluded) is ``path`` with ``status`` and ``data`` (JSON-encoded; bytes as they
+are) without applying it: a server that answers in the wrong shape.
 ``FakeTinyTask(require_token="s3cr3t")`` answers 401 unless ``Authorization: Bearer
 s3cr3t`` is sent; ``FakeTinyTask(health=False)`` has no ``/health`` (404), as in the
 contract. ``set_task(task_id, **fields)`` overwrites raw fields (bad data included).
@@ -94,6 +97,7 @@ class FakeTinyTask:
         self._garbage = 0
         self._lose: tuple[int, str | None] = (0, None)
         self._trickle = (0, 0.0)
+        self._scripted: list[tuple[str, str, int, object]] = []
         self.endless_pages = False
         self.ignore_limit = False
         self._closing = threading.Event()
@@ -195,6 +199,20 @@ class FakeTinyTask:
         """Send the next ``n`` answers one byte every ``interval`` seconds."""
         with self._lock:
             self._trickle = (n, interval)
+
+    def answer_next(self, method: str, path: str, status: int, data: object) -> None:
+        """Answer the next ``method`` request to ``path`` (e.g. ``/api/v1/queues``) with
+        ``status`` and ``data``, without applying it (queued: one answer per call)."""
+        with self._lock:
+            self._scripted.append((method, path, status, data))
+
+    def _take_scripted(self, method: str, path: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            for n, (m, p, status, data) in enumerate(self._scripted):
+                if (m, p) == (method, path):
+                    del self._scripted[n]
+                    return status, data if isinstance(data, bytes) else _json(data)
+        return None
 
     # --- the model (called with the lock held) ----------------------------------------
 
@@ -417,6 +435,9 @@ class FakeTinyTask:
                 headers.get("Authorization") != f"Bearer {self.require_token}":
             return 401, _json({"error": "Unauthorized"})
         split = urlsplit(target)
+        scripted = self._take_scripted(method, split.path)
+        if scripted is not None:
+            return scripted
         parts = [unquote(part) for part in split.path.split("/") if part]
         query = {key: values[-1] for key, values in parse_qs(split.query).items()}
         try:
