@@ -151,3 +151,69 @@ def test_adoption_gives_up_at_once_when_the_lease_is_no_longer_adoptable(
     assert store.read("t1").spawn_token == "theirs"
     holder.stdin.close()
     holder.wait(timeout=10)
+
+
+def test_a_long_bad_value_is_shortened_and_a_bad_monotonic_reading_refused() -> None:
+    data = json.loads(encode(lease()))
+    with pytest.raises(leases_module.LeaseDecodeError) as caught:
+        Lease.from_json({**data, "host": ["x" * 200]})
+    assert caught.value.field == "host" and "..." in str(caught.value)
+    assert len(str(caught.value)) < 160
+    for bad in (-1, 1e13, True, "12.5", float("nan")):
+        with pytest.raises(leases_module.LeaseDecodeError, match="monotonic clock") as caught:
+            Lease.from_json({**data, "started_mono": bad})
+        assert caught.value.field == "started_mono"
+
+
+def test_an_adoption_that_cannot_write_lets_go_of_the_lock_and_leaves_the_lease(
+        tmp_path: Path, monkeypatch) -> None:
+    """A full disk at the moment of adoption: the error reaches the wrapper, the liveness
+    lock is released (the next pass may judge the lease) and the lease stays `starting`,
+    so a later adoption with the same token still works."""
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease())
+    real_write = leases_module.atomic_write
+
+    def disk_full(*_args, **_kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(leases_module, "atomic_write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.adopt("t1", "tok-1", os.getpid(), 1.0, T0)
+    assert not store.is_held("t1")
+    assert store.read("t1").state == STARTING
+    monkeypatch.setattr(leases_module, "atomic_write", real_write)
+    adopted = store.adopt("t1", "tok-1", os.getpid(), 1.0, T0)
+    assert adopted is not None and adopted[0].state == RUNNING
+    adopted[1].release()
+
+
+@pytest.mark.parametrize("meanwhile", ["replaced", "removed"])
+def test_a_corrupt_lease_changed_before_its_quarantine_is_left_alone(
+        tmp_path: Path, monkeypatch, meanwhile: str) -> None:
+    """A reader finds a lease file corrupt, but before it moves the file aside a writer
+    replaces it with a good lease (or it is removed): the good lease is never quarantined,
+    and nothing is moved for a file that is gone. (The new lease file may get the freed
+    inode number of the old one: the reader keeps the old file open until its verdict, so
+    the identity check cannot be fooled.)"""
+    store = LeaseStore(tmp_path / "running")
+    path = store.running_dir / "task_t1.json"
+    store.running_dir.mkdir(mode=0o700)
+    path.write_text("{not json")
+    real_reject = LeaseStore._reject
+
+    def change_then_reject(self, quarantine, name, reason, info):
+        os.unlink(path)
+        if meanwhile == "replaced":
+            store.create(lease())
+        return real_reject(self, quarantine, name, reason, info)
+
+    monkeypatch.setattr(LeaseStore, "_reject", change_then_reject)
+    assert store.read("t1") is None
+    monkeypatch.setattr(LeaseStore, "_reject", real_reject)
+    corrupt = store.running_dir / "corrupt"
+    assert not corrupt.exists() or list(corrupt.iterdir()) == []
+    if meanwhile == "replaced":
+        assert store.read("t1") == lease()
+    else:
+        assert not path.exists()

@@ -385,24 +385,28 @@ class LeaseStore:
                              "a symbolic link, not a lease file (not followed)", None)
                 return None
             raise
+        # The descriptor stays open until the verdict: while it is open the file's inode
+        # cannot be reused, so the quarantine's identity check can never mistake a new
+        # lease (created after this one was removed) for the bad file read here.
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 self._reject(quarantine, path, "not a regular file", info)
                 return None
             raw = _read_all(fd, info.st_size)
+            try:
+                lease = Lease.from_json(json.loads(raw))
+            except (ValueError, RecursionError, LeaseDecodeError) as exc:  # JSON, UTF-8, schema
+                reason = (exc.reason if isinstance(exc, LeaseDecodeError)
+                          else f"invalid JSON: {exc}")
+                self._reject(quarantine, path, reason, info)
+                return None
+            if os.path.basename(path) != f"task_{lease.task_id}.json":
+                self._reject(quarantine, path, f"field 'task_id' is {lease.task_id!r}, which "
+                             "does not match the file name", info)
+                return None
         finally:
             os.close(fd)
-        try:
-            lease = Lease.from_json(json.loads(raw))
-        except (ValueError, RecursionError, LeaseDecodeError) as exc:  # JSON, UTF-8, schema
-            reason = exc.reason if isinstance(exc, LeaseDecodeError) else f"invalid JSON: {exc}"
-            self._reject(quarantine, path, reason, info)
-            return None
-        if os.path.basename(path) != f"task_{lease.task_id}.json":
-            self._reject(quarantine, path, f"field 'task_id' is {lease.task_id!r}, which "
-                         "does not match the file name", info)
-            return None
         return lease
 
     def read(self, task_id: str, *, quarantine: bool = True) -> Lease | None:
