@@ -405,6 +405,70 @@ def test_tinytask_claims_are_coordinated_across_hosts(pg_url):
             b.close()
 
 
+def test_a_coordinated_tinytask_source_keeps_run_rows_and_tasks_in_step(pg_url):
+    """TinyTask with the coordinator, without global limits: listings go to TinyTask; a
+    claim takes the run row and the task together (a task running on another host, or one
+    TinyTask refuses, leaves both as they were); the run row is the wrapper's fence; a
+    report ends it; health names the coordinator."""
+    with FakeTinyTask() as fake:
+        shared = str(fake.add_task("shared", queue="dev"))
+        done = str(fake.add_task("done already", queue="dev", status="complete"))
+
+        def host(name: str) -> CoordinatedSource:
+            inner = TinyTaskSource(fake.url, retry_initial=0.0, retry_max=0.0,
+                                   sleep=lambda _: None, timeout=5.0)
+            coordinator = Coordinator(pgdb.Database(pg_url), host=name, host_timeout_sec=5)
+            schema.ensure_schema(coordinator.db)
+            return CoordinatedSource(inner, coordinator)
+
+        a, b = host("a"), host("b")
+        try:
+            assert [t.id for t in a.queue_idle_unassigned("dev")] == [shared]
+            assert a.skipped == 0 and a.assigned_idle("vaela") == []
+            a.claim(shared, "vaela", "tok-a")
+            assert [t.id for t in a.working()] == [shared]
+            assert a.current([shared])[shared].lease_token == "tok-a"
+            run = a.coordinator.run_of(shared)
+            assert (run["host"], run["agent"], run["token"]) == ("a", "vaela", "tok-a")
+
+            with pytest.raises(InvalidTransition, match="already runs on host a"):
+                b.claim(shared, "damien", "tok-b")
+            assert fake.task(int(shared))["assigned_to"] == "vaela"
+            with pytest.raises(InvalidTransition, match="not idle"):
+                b.claim(done, "damien", "tok-c")
+            assert b.coordinator.run_of(done) is None  # rolled back with the refusal
+
+            assert a.coordinator.renew(shared, "tok-a")
+            assert not b.coordinator.renew(shared, "tok-b")  # not its run: fenced
+            a.note(shared, "merging into main")
+            assert fake.comments_of(int(shared)) == ["merging into main"]
+            health = a.health()
+            assert health.ok and health.detail.endswith(f"; coordinator {a.coordinator.db.server}")
+
+            a.before_fork()  # drops its connection; the next call makes a new one
+            assert a.report(result(shared, "tok-a"), POLICY).action == "complete"
+            assert a.coordinator.run_of(shared) is None
+            assert not a.coordinator.renew(shared, "tok-a")  # ended: a late wrapper is fenced
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_coordinated_source_whose_database_is_down_is_unhealthy(tmp_path):
+    with FakeTinyTask() as fake:
+        down = f"postgresql://postgres@/nodb?host={tmp_path}&port=5999"  # no server there
+        inner = TinyTaskSource(fake.url, retry_initial=0.0, retry_max=0.0,
+                               sleep=lambda _: None, timeout=5.0)
+        source = CoordinatedSource(inner, Coordinator(pgdb.Database(down), host="a"))
+        try:
+            health = source.health()
+        finally:
+            source.close()
+        assert not health.ok
+        assert health.detail.startswith(f"TinyTask {fake.url}: ok")
+        assert "; coordinator: postgres " in health.detail
+
+
 def test_open_source_and_coordinator_follow_the_settings(tmp_path, pg_url):
     settings = load_settings(environ={"TINYSCHEDULER_TASK_SOURCE": "tinytask",
                                       "TINYSCHEDULER_MCP_ENDPOINT": "http://127.0.0.1:9",
