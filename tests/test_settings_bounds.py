@@ -147,3 +147,48 @@ def test_a_deeply_nested_agent_control_file_is_a_config_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ConfigError, match="nested too deeply"):
         parse_control_file(path)
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"MAX_TASK_COST_USD": "ten"}, "MAX_TASK_COST_USD"),
+    ({"AGENT_DAILY_COST_MAX_USD": "nan"}, "an amount in US dollars from 0 to 1000000"),
+    ({"RATE_LIMIT_EXIT_CODES": "75,,x"}, "'x' is not an exit code"),
+    ({"RATE_LIMIT_EXIT_CODES": "256"}, "'256' is not an exit code"),
+    ({"RATE_LIMIT_PATTERNS": "[rate"}, "invalid JSON"),
+    ({"RATE_LIMIT_PATTERNS": '["ok", "(unclosed"]'}, "'(unclosed' is not a regular expression"),
+    ({"DATABASE_URL": "postgresql://u@/db", "DATABASE_URL_FILE": "/etc/url"},
+     "DATABASE_URL and TINYSCHEDULER_DATABASE_URL_FILE are both set"),
+    ({"WORKSPACE_MODE": "directory", "WORKSPACE_TEMPLATE": "no-such-template"},
+     "is not a directory; accepted: an existing directory"),
+])
+def test_odd_values_of_the_newer_settings_are_refused_naming_what_is_accepted(
+        tmp_path, env, says):
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **env)
+    message = str(caught.value)
+    assert says in message
+    assert "\n" not in message
+
+
+def test_empty_items_of_a_list_of_exit_codes_are_skipped(tmp_path):
+    assert load(tmp_path, RATE_LIMIT_EXIT_CODES=" 75, ,124,").rate_limit_exit_codes == (75, 124)
+
+
+def test_an_env_file_that_cannot_be_decoded_is_a_config_error(tmp_path):
+    env_file = tmp_path / "bad.env"
+    env_file.write_bytes(b"TINYSCHEDULER_HOSTNAME=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=f"env file {env_file} cannot be read"):
+        load_settings(env_file=env_file, environ={}, cwd=tmp_path)
+
+
+def test_a_repo_dir_with_a_detached_head_needs_a_target_branch(tmp_path):
+    repo = tmp_path / "repo"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "first"], check=True)
+    subprocess.run([*git, "checkout", "-q", "--detach"], check=True)
+    with pytest.raises(ConfigError, match="has no branch checked out \\(HEAD is detached\\)"):
+        load(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=str(repo),
+             WORKSPACES_DIR=str(tmp_path / "ws"))
+    assert load(tmp_path, WORKSPACE_MODE="worktree", REPO_DIR=str(repo),
+                WORKSPACES_DIR=str(tmp_path / "ws"), TARGET_BRANCH="main").target_branch == "main"
