@@ -378,3 +378,30 @@ def test_the_agent_control_file_takes_the_per_agent_rules(tmp_path):
     assert (mine.rate_limit_exit_codes, mine.daily_cost_max_usd) == ((75,), 20.0)
     assert mine.rate_limit_patterns.search("status: RESOURCE_EXHAUSTED")
     assert not mine.rate_limit_patterns.search("429 Too Many Requests")
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps(["not", "an", "object"]),
+    json.dumps({"rate_limited_until": 12}),
+    json.dumps({"cost_usd": -5}),
+    json.dumps({"cost_usd": True}),
+    json.dumps({"reason": "x" * 5000}),  # larger than a record can be
+])
+def test_a_throttle_file_of_the_wrong_shape_holds_nothing(tmp_path, content):
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    (directory / "vaela.json").write_text(content)
+    assert throttles.load_all(directory) == {}
+    # the next rate limit starts a fresh record rather than failing on the damaged one
+    record = throttles.record_rate_limit(directory, "vaela", NOW, lambda s: 60, "429")
+    assert record.streak == 1 and throttles.load_all(directory)["vaela"].streak == 1
+
+
+def test_a_hold_with_an_unreadable_time_holds_nothing(tmp_path):
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    (directory / "vaela.json").write_text(json.dumps({"rate_limited_until": "soon",
+                                                      "streak": 3}))
+    record = throttles.load_all(directory)["vaela"]
+    assert record.streak == 3 and record.held_until() is None
+    assert holds.holds({"vaela": record}, NOW, {}) == {}

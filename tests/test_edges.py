@@ -124,6 +124,20 @@ def test_an_outbox_entry_that_is_no_result_is_refused_with_the_reason(tmp_path: 
     assert path.read_text() == content  # loading never changes the entry
 
 
+@pytest.mark.parametrize(("content", "why"), [
+    (b"{\"task_id\": \"\xff\"}", "not a JSON document \\(UnicodeDecodeError\\)"),
+    (b"[" * 100_000 + b"]" * 100_000, "not a JSON document \\(RecursionError\\)"),
+    (b" " * (outbox.MAX_ENTRY_BYTES + 1), f"larger than {outbox.MAX_ENTRY_BYTES} bytes"),
+])
+def test_an_outbox_entry_too_big_or_not_text_is_refused_with_the_reason(
+        tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "1-t.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=why):
+        outbox.load(path)
+    assert path.read_bytes() == content
+
+
 def test_pending_outbox_entries_oldest_first_without_temp_files(tmp_path: Path) -> None:
     assert outbox.pending(tmp_path / "missing") == []
     for name, stamp in (("2-b.json", 2_000), ("1-a.json", 1_000), (".tmp-3.json", 500),
