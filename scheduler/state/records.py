@@ -76,9 +76,9 @@ def read_last_pass(settings) -> dict | None:
         return None
     except OSError as exc:
         raise ValueError(f"{path} is unreadable: {exc}") from None
+    if len(raw) > MAX_LAST_PASS_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_LAST_PASS_BYTES} bytes")
     try:
-        if len(raw) > MAX_LAST_PASS_BYTES:
-            raise ValueError(f"larger than {MAX_LAST_PASS_BYTES} bytes")
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"{path} is not valid JSON ({type(exc).__name__})") from None
