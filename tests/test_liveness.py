@@ -382,3 +382,25 @@ def test_monotonic_readings_of_another_boot_or_host_are_not_used() -> None:
     later = start + timedelta(seconds=31)
     assert judge_mono(lease, wall_now=later, mono_now=1060.0, boot_id="boot-2") == \
         "heartbeat-stale"
+
+
+def test_a_finishing_lease_without_a_recorded_process_gets_no_protection() -> None:
+    """Only a finishing lease whose lock is held by the very process it records (pid and
+    start time) is spared the time rules; one that records no process is judged by them."""
+    probe = FakeProbe(held={"t1"}, start_times={4242: 1000.0})
+    with freeze_time("2025-01-31 12:00:00") as frozen:
+        recorded = lease_at(clock.now(), FINISHING)
+        unrecorded = replace(recorded, pid=None)
+        no_start = replace(recorded, pid_started_at=None)
+        frozen.tick(timedelta(seconds=31))
+        assert judge(recorded, probe) is ALIVE
+        assert judge(unrecorded, probe) == HEARTBEAT_STALE
+        assert judge(no_start, probe) == HEARTBEAT_STALE
+
+
+def test_the_holders_of_a_missing_lock_file_cannot_be_named(tmp_path: Path) -> None:
+    from scheduler.state.liveness import describe_lock_holders, lock_holders
+
+    missing = tmp_path / "task_1.lock"
+    assert lock_holders(missing) == []
+    assert describe_lock_holders(missing) == "held by a process that could not be identified"
