@@ -404,3 +404,33 @@ def test_the_holders_of_a_missing_lock_file_cannot_be_named(tmp_path: Path) -> N
     missing = tmp_path / "task_1.lock"
     assert lock_holders(missing) == []
     assert describe_lock_holders(missing) == "held by a process that could not be identified"
+
+
+DETACHED = (
+    "import os, subprocess, sys\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], stdout=subprocess.PIPE,\n"
+    "                         start_new_session=True)\n"
+    "child.stdout.readline()\n"
+    "print(child.pid, flush=True)\n"
+    "os._exit(0)  # the sleeper is re-parented: not a child of the test process\n"
+)
+
+
+@pytest.mark.processes
+def test_terminate_a_group_that_is_not_our_child(spawn_python) -> None:
+    """Wrappers are double-forked and re-parented, so the watchdog never signals its own
+    child: once the process is gone (reaped by its new parent), so is its group."""
+    middle = spawn_python(DETACHED, stdin=None)
+    pid = int(middle.stdout.readline())
+    assert middle.wait(timeout=10) == 0
+    try:
+        started = psutil.Process(pid).create_time()
+        assert psutil.Process(pid).ppid() != os.getpid()
+        assert terminate_group(pid, started, 10.0, poll=0.01) is True
+        assert not psutil.pid_exists(pid) or \
+            psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

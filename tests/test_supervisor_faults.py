@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from test_wrapper import (
     agent_command,
     gone,
     history_after_claim,
+    read_pid,
     start_tinytask_attempt,
     wait_for,
 )
@@ -36,10 +38,10 @@ import wrapper.supervisor as supervisor_mod
 from scheduler.config.registry import Agent, Registry
 from scheduler.errors import SourceUnavailable
 from scheduler.reconcile.reconciler import Reconciler
-from scheduler.sources.base import COMPLETE, IDLE, WORKING, Result, RetryPolicy
+from scheduler.sources.base import CANCELLED, COMPLETE, IDLE, WORKING, Result, RetryPolicy
 from scheduler.sources.local import LocalStore
 from scheduler.state import outbox, records, throttles
-from scheduler.state.leases import FINISHING, LeaseStore, new_token
+from scheduler.state.leases import FINISHING, MERGING, LeaseStore, new_token
 from wrapper.supervisor import Supervisor
 
 pytestmark = pytest.mark.processes
@@ -453,3 +455,65 @@ def test_an_agent_missing_from_agent_control_runs_under_the_global_limits(make_r
     task = rig.attempt(rig.add(), "print", "done")
     assert task.status == COMPLETE
     assert "limits " not in log_text(rig, task.id)  # no per-agent limit applied
+
+
+@pytest.mark.parametrize("how", ["re-owned", "SIGTERM"])
+def test_a_wrapper_stopped_while_preparing_its_workspace_never_starts_the_agent(
+        make_rig, how: str) -> None:
+    """While a slow before_run hook runs, the lease is re-owned (a pass judged the attempt
+    dead) or the wrapper gets SIGTERM: the hook is stopped and the agent never starts.
+    Re-owned: nothing is reported (the new owner decides). SIGTERM: the attempt is
+    cancelled, saying it was stopped while preparing."""
+    rig = make_rig(WORKSPACE_MODE="directory", MIN_FREE_DISK_MB=0, KILL_GRACE_SEC=1)
+    hook_ready = rig.path("hook-ready")
+    task = rig.add()
+    token = rig.prepare(task)
+    marker = rig.path("agent-ran")
+    wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command("write", str(marker), "x"),
+                        HOOK_BEFORE_RUN=agent_command("ready", str(hook_ready), "sleep", "60"))
+    hook = rig.track(read_pid(hook_ready))
+    other = new_token("0badc0de")
+    if how == "re-owned":
+        rig.leases.update(replace(rig.leases.read(task.id), spawn_token=other))
+    else:
+        wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(RUN_TIMEOUT) == 0
+    assert gone(hook)
+    assert not marker.exists()
+    text = log_text(rig, task.id)
+    if how == "re-owned":
+        assert rig.tasks.get(task.id).status == WORKING
+        assert history_after_claim(rig, task.id) == []
+        assert rig.leases.read(task.id).spawn_token == other
+        assert "agent stopped, nothing reported" in text
+    else:
+        assert rig.tasks.get(task.id).status == CANCELLED
+        assert f"wrapper got signal {int(signal.SIGTERM)} while preparing the workspace" in \
+            rig.summary(task.id)
+        assert rig.leases.read(task.id) is None
+
+
+def test_a_lease_lost_just_before_the_merge_leaves_the_target_alone_and_reports_nothing(
+        make_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent succeeded in its worktree; as the wrapper marks its lease `merging`, it
+    finds the lease re-owned (a pass judged it dead). It must not move the target branch
+    nor report: the new owner decides."""
+    from test_workspace import git, make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    rig = make_rig(WORKSPACE_MODE="worktree", REPO_DIR=str(repo), MIN_FREE_DISK_MB=0)
+    head = git(repo, "rev-parse", "main")
+    other = new_token("0badc0de")
+
+    def re_owned(store, task_id, *args, **changes) -> None:
+        assert store.reown(store.read(task_id), other) is not None
+
+    task_id, _token, wrapper = prepare(rig, "write", "feature.txt", "new work")
+    OneShot(monkeypatch, LeaseStore, "heartbeat", re_owned,
+            when=lambda *args, **changes: changes.get("state") == MERGING)
+    assert wrapper.run() == 0
+    assert git(repo, "rev-parse", "main") == head  # the target never moved
+    assert rig.tasks.get(task_id).status == WORKING
+    assert history_after_claim(rig, task_id) == []
+    assert rig.leases.read(task_id).spawn_token == other
+    assert "was lost during the merge: nothing reported" in log_text(rig, task_id)
