@@ -517,3 +517,47 @@ def test_a_lease_lost_just_before_the_merge_leaves_the_target_alone_and_reports_
     assert history_after_claim(rig, task_id) == []
     assert rig.leases.read(task_id).spawn_token == other
     assert "was lost during the merge: nothing reported" in log_text(rig, task_id)
+
+
+@pytest.mark.parametrize("step", ["end", "tidy"])
+def test_a_bug_in_workspace_cleanup_never_costs_the_result(
+        make_rig, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    from scheduler.workspace import modes
+
+    rig = make_rig(WORKSPACE_MODE="directory", MIN_FREE_DISK_MB=0)
+
+    def bug(*_args, **_kwargs) -> None:
+        raise RuntimeError(f"a bug in {step}")
+
+    OneShot(monkeypatch, modes, step, bug)
+    task_id, _token, code = run_attempt(rig, "print", "done")
+    assert code == 0
+    assert rig.tasks.get(task_id).status == COMPLETE
+    said = "after the attempt" if step == "end" else "cleanup failed"
+    assert f"workspace: {said}: RuntimeError('a bug in {step}')" in log_text(rig, task_id)
+    assert rig.leases.read(task_id) is None
+
+
+def test_a_bug_in_the_merge_is_an_error_result_and_the_target_stays(
+        make_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_workspace import git, make_repo
+
+    from scheduler.merge import landing
+
+    repo = make_repo(tmp_path / "repo")
+    rig = make_rig(WORKSPACE_MODE="worktree", REPO_DIR=str(repo), MIN_FREE_DISK_MB=0,
+                   RETRY_BACKOFF_SEC=0)
+    head = git(repo, "rev-parse", "main")
+
+    def bug(*_args, **_kwargs) -> None:
+        raise RuntimeError("a bug in the merge")
+
+    OneShot(monkeypatch, landing, "land", bug)
+    task_id, _token, code = run_attempt(rig, "write", "feature.txt", "new work")
+    assert code == 0
+    assert git(repo, "rev-parse", "main") == head
+    task = rig.tasks.get(task_id)
+    assert task.status == IDLE and not task.parked  # requeued: the merge is tried again
+    assert task.last_error.startswith("attempt 1 failed, exit code 0: merge into main failed")
+    assert "wrapper error: RuntimeError('a bug in the merge')" in rig.summary(task_id)
+    assert rig.leases.read(task_id) is None
