@@ -75,3 +75,24 @@ def test_missing_holder_and_release_when_not_held(tmp_path: Path) -> None:
     assert lock.try_acquire() and lock.try_acquire()  # taking it again is a no-op
     lock.release()
     assert not lock.is_locked and (tmp_path / "x.lock").exists()
+
+
+def test_a_holder_note_that_cannot_be_written_gives_the_lock_back(tmp_path: Path) -> None:
+    """Something planted at the holder note's path (a directory): taking the lock fails
+    with the error, and the lock is released, never left held by a failed pass."""
+    path = tmp_path / "tinyscheduler.lock"
+    holder = path.with_name(path.name + ".holder")
+    holder.mkdir(parents=True)
+    (holder / "keep").write_text("x")
+    first = SchedulerLock(path, "host-a")
+    with pytest.raises(OSError):
+        first.try_acquire()
+    second = SchedulerLock(path, "host-b")
+    holder.joinpath("keep").unlink()
+    holder.rmdir()
+    assert second.try_acquire()  # free: the failed attempt let go
+    holder.unlink()  # the note vanished while held: releasing is still clean
+    second.release()
+    third = SchedulerLock(path, "host-c")
+    assert third.try_acquire()
+    third.release()

@@ -62,3 +62,23 @@ def test_a_last_pass_file_that_cannot_be_used_is_one_clear_error(tmp_path: Path)
     limit = records.MAX_LAST_PASS_BYTES
     with pytest.raises(ValueError, match=f"{path} is larger than {limit} bytes"):
         records.read_last_pass(settings)
+
+
+def test_a_pause_file_too_large_to_be_one_is_a_config_error(tmp_path: Path) -> None:
+    from scheduler.errors import ConfigError
+    from scheduler.state import pauses
+
+    path = tmp_path / "pauses.json"
+    path.write_bytes(b" " * (pauses.MAX_BYTES + 1))
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=f"pause file {path} is unreadable \\(larger than"):
+        pauses.load(path)
+    assert not pauses.load(tmp_path / "missing.json").any
+    assert pauses.Pauses(queues=frozenset({"dev"})).any
+
+
+def test_updating_the_task_file_of_a_task_without_one_writes_nothing(tmp_path: Path) -> None:
+    from scheduler.state import taskfile
+
+    taskfile.update(tmp_path, "7", workspace="/somewhere")
+    assert not taskfile.path_for(tmp_path, "7").exists()
