@@ -82,3 +82,20 @@ def test_updating_the_task_file_of_a_task_without_one_writes_nothing(tmp_path: P
 
     taskfile.update(tmp_path, "7", workspace="/somewhere")
     assert not taskfile.path_for(tmp_path, "7").exists()
+
+
+def test_the_wake_socket_wakes_on_a_nudge_and_times_out_without(tmp_path: Path) -> None:
+    from scheduler.state import wake
+
+    path = tmp_path / "wake.sock"
+    waker = wake.WakeSocket(path)
+    try:
+        assert waker.wait(0) is False
+        assert all(wake.nudge(path) for _ in range(3))
+        assert waker.wait(5) is True  # every pending nudge drained at once
+        assert waker.wait(0) is False
+        assert (path.stat().st_mode & 0o777) == 0o600
+    finally:
+        path.unlink()  # removed under it: closing is still clean
+        waker.close()
+    assert wake.nudge(path) is False  # nobody listening: best effort, never an error
