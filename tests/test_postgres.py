@@ -168,6 +168,25 @@ def cli_env(tmp_path, monkeypatch):
     return run
 
 
+def test_an_unparsable_url_is_described_without_its_contents():
+    url = "postgresql://bob:hunter2@[::1/tasks"  # an unclosed IPv6 bracket
+    assert pgdb.describe(url) == "postgresql://(unparsable URL)"
+    assert pgdb._password(url) is None
+    shown = repr(pgdb.Database("postgresql://bob:hunter2@db.example:5433/tasks"))
+    assert shown == "Database('postgresql://bob@db.example:5433/tasks')"
+
+
+def test_a_failed_statement_names_the_server_and_the_session_stays_usable(pg_url):
+    db = pgdb.Database(pg_url)
+    try:
+        with pytest.raises(SourceError, match=f"postgres {db.server}: .*no_such_table"), \
+                db.transaction() as cur:
+            cur.execute("SELECT * FROM no_such_table")
+        assert db.query("SELECT 1") == [(1,)]
+    finally:
+        db.close()
+
+
 @pytest.mark.parametrize("command", [("task", "list"), ("run", "--once"),
                                      ("validate-config",)])
 def test_bad_password_and_unknown_database_exit_2_without_the_password(
