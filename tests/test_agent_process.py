@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from test_hardening import mount as mount  # noqa: F401 - the fixture
 from test_wrapper import wait_for
@@ -51,6 +52,8 @@ def test_an_agent_killed_before_its_gate_opens_is_seen_as_killed(tmp_path: Path)
     marker = tmp_path / "ran"
     agent, _ = start(tmp_path, f"open({str(marker)!r}, 'w').write('yes')")
     os.kill(agent.pid, signal.SIGKILL)
+    wait_for(lambda: psutil.Process(agent.pid).status() == psutil.STATUS_ZOMBIE,
+             what="the gated child to die")
     assert agent.release() is None
     assert agent.wait() == -signal.SIGKILL
     assert not marker.exists()
