@@ -4,6 +4,8 @@ and the launch failures ``status`` reports."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from test_local_store import POLICY
 from test_local_store import db_path as db_path  # noqa: F401 - the fixture
@@ -40,7 +42,7 @@ def test_a_blocker_that_is_not_a_task_id_is_refused(store):
 
 def test_attempt_counts_and_launch_failures(store):
     ran, failed, idle = store.add_task("ran"), store.add_task("failed"), store.add_task("idle")
-    since = clock.to_iso(clock.now())
+    since = clock.to_iso(clock.now() - timedelta(seconds=1))  # (since, until]: ms precision
     store.claim(ran.id, "vaela", "tok-1")
     store.report(Result(ran.id, "vaela", 1, "failed", "tok-1", "failed: exit 1"), POLICY)
     store.claim(failed.id, "vaela", "tok-2")
@@ -49,6 +51,6 @@ def test_attempt_counts_and_launch_failures(store):
                         "No such file or directory"), POLICY)
     counts = store.run_counts([ran.id, failed.id, idle.id])
     assert (counts.get(ran.id), counts.get(failed.id), counts.get(idle.id, 0)) == (1, 1, 0)
-    until = clock.to_iso(clock.now())
+    until = clock.to_iso(clock.now() + timedelta(seconds=1))
     assert store.launch_failures(since, until) == [
         (failed.id, "cannot start 'goose': No such file or directory")]
