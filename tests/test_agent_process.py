@@ -119,3 +119,26 @@ def test_closing_the_attempt_log_copies_what_the_agent_left_in_the_pipe(
     os.close(writer)
     assert (tmp_path / "a.log").read_bytes() == b"last words\n"
     assert log.tail(10) == b""  # closed: nothing to read through
+
+
+def test_the_capped_log_compacts_the_same_without_copy_file_range(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel or file system without ``copy_file_range``: the tail is moved through
+    memory instead, with the same result."""
+    import wrapper.attemptlog as attemptlog
+
+    def compact(path: Path) -> bytes:
+        log = AttemptLog(path, 4096)
+        for n in range(2000):
+            log.write(f"line {n:04d}\n".encode())
+        log.close()
+        return path.read_bytes()
+
+    expected = compact(tmp_path / "kernel.log")
+
+    def unsupported(*_args, **_kwargs) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(attemptlog.os, "copy_file_range", unsupported)
+    assert compact(tmp_path / "memory.log") == expected
+    assert expected.endswith(b"line 1999\n") and len(expected) <= 4096

@@ -217,3 +217,21 @@ def test_a_corrupt_lease_changed_before_its_quarantine_is_left_alone(
         assert store.read("t1") == lease()
     else:
         assert not path.exists()
+
+
+def test_a_socket_planted_as_a_lease_file_is_skipped_and_logged(tmp_path: Path,
+                                                              caplog) -> None:
+    """A unix socket named like a lease cannot even be opened (ENXIO): listing skips it
+    with a warning and goes on with the other leases; it is left for the operator."""
+    import logging
+    import socket
+
+    store = LeaseStore(tmp_path / "running")
+    store.create(lease("t2"))
+    planted = store.running_dir / "task_t1.json"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(planted))
+        with caplog.at_level(logging.WARNING, logger="tinyscheduler.leases"):
+            assert [found.task_id for found in store.list()] == ["t2"]
+        assert f"lease {planted} could not be read" in caplog.text
+        assert planted.exists()

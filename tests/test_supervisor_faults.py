@@ -561,3 +561,43 @@ def test_a_bug_in_the_merge_is_an_error_result_and_the_target_stays(
     assert task.last_error.startswith("attempt 1 failed, exit code 0: merge into main failed")
     assert "wrapper error: RuntimeError('a bug in the merge')" in rig.summary(task_id)
     assert rig.leases.read(task_id) is None
+
+
+def test_a_lease_re_owned_during_the_after_run_hook_stops_it_and_reports_nothing(
+        make_rig) -> None:
+    rig = make_rig(WORKSPACE_MODE="directory", MIN_FREE_DISK_MB=0, KILL_GRACE_SEC=1)
+    hook_ready = rig.path("hook-ready")
+    task = rig.add()
+    token = rig.prepare(task)
+    wrapper = rig.spawn(task.id, token, AGENT_COMMAND=agent_command("print", "done"),
+                        HOOK_AFTER_RUN=agent_command("ready", str(hook_ready), "sleep", "60"))
+    hook = rig.track(read_pid(hook_ready))
+    other = new_token("0badc0de")
+    rig.leases.update(replace(rig.leases.read(task.id), spawn_token=other))
+    assert wrapper.wait(RUN_TIMEOUT) == 0
+    assert gone(hook)
+    assert rig.tasks.get(task.id).status == WORKING  # the agent's success is not reported
+    assert history_after_claim(rig, task.id) == []
+    assert rig.leases.read(task.id).spawn_token == other
+    assert "re-owned before reporting: nothing reported" in log_text(rig, task.id)
+
+
+def test_a_note_the_source_cannot_take_never_stops_the_merge(
+        make_rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_workspace import git, make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    rig = make_rig(WORKSPACE_MODE="worktree", REPO_DIR=str(repo), MIN_FREE_DISK_MB=0)
+    head = git(repo, "rev-parse", "main")
+
+    def unreachable(*_args, **_kwargs) -> None:
+        raise SourceUnavailable("the task source is down (test)")
+
+    OneShot(monkeypatch, LocalStore, "note", unreachable)
+    task_id, _token, code = run_attempt(rig, "write", "feature.txt", "new work")
+    assert code == 0
+    assert git(repo, "rev-parse", "main") != head  # merged all the same
+    assert git(repo, "show", "main:feature.txt") == "new work"
+    assert rig.tasks.get(task_id).status == COMPLETE
+    assert "could not write the note to the task source (the task source is down (test))" \
+        in log_text(rig, task_id)
