@@ -235,3 +235,48 @@ def test_a_socket_planted_as_a_lease_file_is_skipped_and_logged(tmp_path: Path,
             assert [found.task_id for found in store.list()] == ["t2"]
         assert f"lease {planted} could not be read" in caplog.text
         assert planted.exists()
+
+
+@pytest.mark.parametrize("meanwhile", ["replaced", "removed"])
+def test_a_stale_lock_file_changed_while_being_removed_is_left_alone(
+        tmp_path: Path, monkeypatch, meanwhile: str) -> None:
+    """Removing an orphaned ``task_<id>.lock`` races with a wrapper that recreates it:
+    once the old file is locked, its path is replaced by a fresh lock file (or removed).
+    The fresh file is never unlinked: the identity check sees another inode."""
+    store = LeaseStore(tmp_path / "running")
+    store.running_dir.mkdir(mode=0o700)
+    path = store.lock_path("t1")
+    path.write_text("")
+    real_flock = fcntl.flock
+    fresh = tmp_path / "fresh.lock"
+
+    def flock_then_change(fd, operation):
+        real_flock(fd, operation)
+        if meanwhile == "replaced":
+            fresh.write_text("")
+            os.replace(fresh, path)
+        else:
+            os.unlink(path)
+
+    monkeypatch.setattr(leases_module.fcntl, "flock", flock_then_change)
+    assert store.remove_stale_lock_files(set()) == 0
+    monkeypatch.setattr(leases_module.fcntl, "flock", real_flock)
+    assert path.exists() == (meanwhile == "replaced")
+
+
+def test_a_corrupt_lease_removed_just_before_it_is_moved_aside_is_no_error(
+        tmp_path: Path, monkeypatch) -> None:
+    store = LeaseStore(tmp_path / "running")
+    store.running_dir.mkdir(mode=0o700)
+    path = store.running_dir / "task_t1.json"
+    path.write_text("{not json")
+    real_ensure = leases_module.ensure_private_dir
+
+    def remove_then_ensure(directory, *args, **kwargs):
+        if directory.name == "corrupt" and path.exists():
+            path.unlink()  # removed by someone else between the check and the move
+        return real_ensure(directory, *args, **kwargs)
+
+    monkeypatch.setattr(leases_module, "ensure_private_dir", remove_then_ensure)
+    assert store.list() == []
+    assert list((store.running_dir / "corrupt").iterdir()) == []  # no reason without a file
