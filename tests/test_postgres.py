@@ -468,6 +468,17 @@ def test_a_coordinated_tinytask_source_keeps_run_rows_and_tasks_in_step(pg_url):
             assert a.report(result(shared, "tok-a"), POLICY).action == "complete"
             assert a.coordinator.run_of(shared) is None
             assert not a.coordinator.renew(shared, "tok-a")  # ended: a late wrapper is fenced
+
+            # host a goes silent with a run; b reclaims it; a's late result changes nothing
+            late = str(fake.add_task("late", queue="dev"))
+            a.claim(late, "vaela", "tok-late")
+            sql(pg_url, "UPDATE tinyscheduler.runs SET heartbeat_at = now() - interval '1h'")
+            sql(pg_url, "INSERT INTO tinyscheduler.hosts (name, pid, heartbeat_at) "
+                        "VALUES ('a', 1, now() - interval '1h')")
+            assert [r.task_id for r in b.reclaim_dead_hosts(POLICY)] == [late]
+            assert fake.task(int(late))["status"] == "idle"
+            assert a.report(result(late, "tok-late"), POLICY).action == "ignored"
+            assert fake.task(int(late))["status"] == "idle"
         finally:
             a.close()
             b.close()

@@ -601,3 +601,17 @@ def test_a_note_the_source_cannot_take_never_stops_the_merge(
     assert rig.tasks.get(task_id).status == COMPLETE
     assert "could not write the note to the task source (the task source is down (test))" \
         in log_text(rig, task_id)
+
+
+def test_an_agent_that_reports_only_its_cost_gets_it_counted_and_its_output_summarised(
+        rig: Rig) -> None:
+    task = rig.add()
+    result_path = rig.settings.task_log_dir / task.id / "attempt-1.result.json"
+    task = rig.attempt(task, "write", str(result_path), json.dumps({"cost_usd": 0.25}),
+                       "print", "all tests pass")
+    assert task.status == COMPLETE
+    details = rig.tasks.details(task.id)
+    assert details["cost_usd"] == 0.25
+    summary = details["result_summary"]
+    assert "$0.25" in summary and "agent: " not in summary
+    assert "all tests pass" in summary  # no summary of its own: its output's tail is used

@@ -174,8 +174,9 @@ def test_a_rate_limited_attempt_requeues_without_counting_an_attempt(fake, sourc
     assert "requeued, agent rate-limited" in fake.comments_of(task_id)[0]
 
 
-def test_costs_add_up_in_a_tag_and_a_malformed_one_is_ignored(fake, source):
-    task_id = claimed(fake, source, tags=["tinyscheduler:cost=lots", "tinyscheduler:cost=1.5"])
+def test_costs_add_up_in_a_tag_and_malformed_ones_are_ignored(fake, source):
+    task_id = claimed(fake, source, tags=["tinyscheduler:cost=lots", "tinyscheduler:cost=-2",
+                                          "tinyscheduler:cost=1.5"])
     spent = Result(task_id=str(task_id), agent="bob", attempt=1, outcome="failed",
                    token="tok-1", summary="exit 1", duration_sec=2.0,
                    detail={"usage": {"cost_usd": 0.25}})
