@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -434,3 +435,41 @@ def test_terminate_a_group_that_is_not_our_child(spawn_python) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+LOCK_HOLDER = (
+    "import fcntl, sys\n"
+    "handle = open(sys.argv[1], 'w')\n"
+    "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+    "print('locked', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("view", ["descriptors", "kernel lock table"])
+def test_the_holder_of_a_lock_is_named_from_its_descriptors_or_the_kernel(
+        tmp_path: Path, spawn_python, monkeypatch, view: str) -> None:
+    """For the error about an unkillable run: who holds the liveness lock. Found from the
+    processes' open descriptors, or, when those cannot be listed (another user's
+    processes, without privileges), from the kernel's table of locks."""
+    from scheduler.state.liveness import describe_lock_holders, lock_holders
+
+    path = tmp_path / "task_1.lock"
+    holder = spawn_python(LOCK_HOLDER, str(path))
+    assert holder.stdout.readline().strip() == "locked"
+    if view == "kernel lock table":
+        real_listdir = os.listdir
+
+        def no_descriptors(where="."):
+            if str(where).endswith("/fd"):
+                raise PermissionError(13, "Permission denied", str(where))
+            return real_listdir(where)
+
+        monkeypatch.setattr(os, "listdir", no_descriptors)
+    found = lock_holders(path)
+    assert [pid for pid, _command in found] == [holder.pid]
+    command = found[0][1]  # its command line, on one line (the code has newlines)
+    assert command.startswith(f"{sys.executable} -c import fcntl, sys handle = open(")
+    assert "\n" not in command and len(command) <= 200
+    assert describe_lock_holders(path) == f"held by pid {holder.pid} ({command})"

@@ -207,7 +207,10 @@ def _command_of(pid: int) -> str:
             words = handle.read(4096).split(b"\0")
     except OSError:
         return "?"
-    return " ".join(w.decode(errors="replace") for w in words if w)[:200] or "?"
+    # one line whatever its arguments hold (a task title may have newlines): it goes into
+    # a one-line error
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return " ".join(text.split())[:200] or "?"
 
 
 def describe_lock_holders(path: str | os.PathLike) -> str:
