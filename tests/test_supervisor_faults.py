@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from fake_tinytask import FakeTinyTask
+from test_hardening import mount as mount  # noqa: F401 - the fixture
 from test_wrapper import (
     AGENT,
     RUN_TIMEOUT,
@@ -615,3 +616,33 @@ def test_an_agent_that_reports_only_its_cost_gets_it_counted_and_its_output_summ
     summary = details["result_summary"]
     assert "$0.25" in summary and "agent: " not in summary
     assert "all tests pass" in summary  # no summary of its own: its output's tail is used
+
+
+def test_a_full_log_disk_loses_log_lines_never_the_attempt(
+        make_rig, mount, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 - fixture
+    """LOG_DIR is on a small file system that fills up once the attempt has started: the
+    agent's output and the wrapper's notes that no longer fit are lost, and the attempt
+    runs, is reported and ends as ever."""
+    from test_agent_process import fill
+
+    disk = mount("1m")
+    rig = make_rig(LOG_DIR=str(disk.path))
+    filled: list[Path] = []
+    task_id, _token, wrapper = prepare(rig, "lines", "3000", "print", "the end")
+    OneShot(monkeypatch, LeaseStore, "heartbeat",
+            lambda *a, **k: filled.append(fill(disk.path)))
+    try:
+        assert wrapper.run() == 0
+    finally:
+        for filler in filled:
+            filler.unlink()
+    assert rig.tasks.get(task_id).status == COMPLETE
+    assert rig.leases.read(task_id) is None
+    text = log_text(rig, task_id)
+    assert text.startswith("[tinyscheduler ") and "argv " in text  # written before
+    lines = text.splitlines()
+    assert "the end" not in lines  # output after the disk filled up is lost ...
+    assert not any("outcome succeeded" in line for line in lines)  # ... and notes too
+    [outcome] = [json.loads(line) for line in rig.settings.outcomes_file.read_text()
+                 .splitlines()]
+    assert (outcome["task"], outcome["outcome"]) == (task_id, "succeeded")  # recorded
