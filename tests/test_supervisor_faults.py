@@ -1,12 +1,14 @@
-"""The wrapper's safety paths under injected faults: a lease that vanishes, cannot be read
-or rewritten, or is re-owned mid-recovery; a result that can go neither to the source nor
-to the outbox; bookkeeping that fails after the result is safe; a run coordinator that
-cannot be reached.
+"""The wrapper's safety paths under faults: a lease that vanishes, cannot be read or
+rewritten, or is re-owned mid-recovery (also while the workspace is prepared, its hooks
+run or its branch is about to merge); a result that can go neither to the source nor to
+the outbox; bookkeeping that fails after the result is safe; a run coordinator that cannot
+be reached; a task source that is down; a full log disk.
 
-Each test runs one whole attempt in process (``Supervisor.run``) with a real agent process
-(``tests/fake_agent.py``) and a real local store; the fault is injected at the boundary it
-stands for (the lease store, the outbox, the source), once, and the test asserts what the
-task, the lease, the outbox and the attempt log show afterwards.
+Most tests run one whole attempt in process (``Supervisor.run``) with a real agent process
+(``tests/fake_agent.py``) and a real local store, the fault injected once at the boundary
+it stands for (the lease store, the outbox, the source); the others run real wrapper
+processes against a fake TinyTask server or a real workspace. Each asserts what the task,
+the lease, the outbox and the attempt log show afterwards.
 """
 
 from __future__ import annotations
@@ -48,8 +50,13 @@ from wrapper.supervisor import Supervisor
 pytestmark = pytest.mark.processes
 
 
-def disk_full(what: str = "") -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what or None)
+def disk_full() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def io_error(*_args, **_kwargs) -> None:
+    """A fault action: the disk is full."""
+    raise disk_full()
 
 
 def prepare(rig: Rig, *steps: str, **changes: object) -> tuple[str, str, Supervisor]:
@@ -111,9 +118,6 @@ def test_a_lost_lease_that_cannot_be_read_or_rewritten_at_once_is_retried(
     marker = rig.path("ran")
     task_id, _token, wrapper = prepare(rig, "write", str(marker), "yes", "print", "done")
     lost = OneShot(monkeypatch, LeaseStore, "heartbeat", delete_lease_file(rig))
-
-    def io_error(*_args, **_kwargs) -> None:
-        raise disk_full()
 
     OneShot(monkeypatch, LeaseStore, fault, io_error, when=lambda *a, **k: lost.fired)
     code = wrapper.run()
@@ -190,8 +194,7 @@ def fail_report_once(monkeypatch: pytest.MonkeyPatch, then=None) -> OneShot:
 
 def test_a_result_that_can_go_nowhere_is_kept_in_memory_until_it_can(
         rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    OneShot(monkeypatch, supervisor_mod.outbox, "write",
-            lambda *a, **k: (_ for _ in ()).throw(disk_full()))
+    OneShot(monkeypatch, supervisor_mod.outbox, "write", io_error)
     fail_report_once(monkeypatch)
     task_id, _token, code = run_attempt(rig, "print", "done")
     assert code == 0
@@ -208,8 +211,7 @@ def test_a_result_kept_in_memory_is_dropped_when_its_lease_is_re_owned(
     """While the result waits in memory, a pass re-owns the lease (it judged the attempt
     dead): the wrapper drops its result, leaving the task to the new owner, and records
     no outcome (the pass records what it reclaimed)."""
-    OneShot(monkeypatch, supervisor_mod.outbox, "write",
-            lambda *a, **k: (_ for _ in ()).throw(disk_full()))
+    OneShot(monkeypatch, supervisor_mod.outbox, "write", io_error)
     other = new_token("0badc0de")
 
     def a_pass_re_owns() -> None:
@@ -260,9 +262,6 @@ def test_an_outbox_entry_that_cannot_be_removed_is_delivered_again_as_a_duplicat
 @pytest.mark.parametrize("failing", ["outcome record", "agent hold"])
 def test_bookkeeping_that_fails_after_the_result_never_loses_it(
         rig: Rig, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
-    def io_error(*_args, **_kwargs) -> None:
-        raise disk_full()
-
     if failing == "outcome record":
         OneShot(monkeypatch, records, "append_outcome", io_error)
     else:
@@ -281,9 +280,6 @@ def test_deleting_the_lease_is_retried_then_given_up_safely(
     """The result is reported; deleting the lease fails once (retried), and with the
     retry window at zero the wrapper gives up: the lease stays `finishing`, and its
     reclaim's report would be ignored (the attempt's result was applied)."""
-    def io_error(*_args, **_kwargs) -> None:
-        raise disk_full()
-
     task_id, token, wrapper = prepare(rig, "print", "done")
     attempts = OneShot(monkeypatch, LeaseStore, "delete", io_error)
     code = wrapper.run()
