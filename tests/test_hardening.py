@@ -61,6 +61,12 @@ class Recorder:
     def reap(self) -> None:
         return None
 
+    def prepare(self, source) -> None:
+        source.before_fork()
+
+    def close(self) -> None:
+        return None
+
 
 def a_pass(rig: Rig, source=None) -> tuple[Reconciler, Recorder]:
     launcher = Recorder()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from scheduler.config.registry import Agent, Registry
 from scheduler.config.settings import load_settings
+from scheduler.reconcile.launcher import make_launcher
 from scheduler.reconcile.reconciler import Reconciler
 from scheduler.sources.local import LocalStore
 
@@ -20,6 +21,12 @@ class RecordingLauncher:
 
     def reap(self) -> None:
         self.events.append("reap")
+
+    def prepare(self, source) -> None:
+        source.before_fork()
+
+    def close(self) -> None:
+        return None
 
 
 class RecordingSource(LocalStore):
@@ -62,7 +69,8 @@ def test_no_spawn_no_release_and_exec_mode_never_releases(tmp_path):
     assert events == ["reap"]  # nothing to launch: the connection is kept
 
     exec_events: list[str] = []
-    reconciler, source = make(tmp_path / "exec", exec_events, spawn_mode="exec")
-    task = source.add_task("one", queue="dev").id
-    reconciler.run_pass()
-    assert exec_events == ["reap", f"launch {task}"]  # exec'd wrappers inherit nothing
+    settings = load_settings(environ={"TINYSCHEDULER_SPAWN_MODE": "exec"}, cwd=tmp_path)
+    exec_source = RecordingSource(tmp_path / "exec.db", exec_events)
+    make_launcher(settings, "daemon").prepare(exec_source)
+    make_launcher(settings, "once").prepare(exec_source)
+    assert exec_events == []  # exec'd wrappers inherit nothing

@@ -43,7 +43,7 @@ from scheduler.config.registry import Agent, Registry
 from scheduler.errors import SourceUnavailable
 from scheduler.reconcile.launcher import ExecLauncher
 from scheduler.reconcile.reconciler import Reconciler
-from scheduler.sources.base import CANCELLED, COMPLETE, IDLE, WORKING, Result
+from scheduler.sources.base import CANCELLED, COMPLETE, IDLE, WORKING, Result, RetryPolicy
 from scheduler.state import outbox
 from scheduler.state.leases import RUNNING, Lease, LeaseStore
 from wrapper.supervisor import Supervisor
@@ -540,6 +540,54 @@ def test_task_cancel_stops_the_live_wrapper_which_reports_cancelled(make_rig) ->
 
 
 # --- both sides reconciled: a task reassigned elsewhere ------------------------------------
+
+
+def test_an_outbox_entry_its_wrapper_delivered_since_the_listing_is_no_error(
+        rig: Rig, monkeypatch) -> None:
+    """The wrapper reports its own result and removes the entry while the pass is
+    between listing the outbox and reading the entry: nothing to do, no error."""
+    task = rig.add()
+    rig.tasks.claim(task.id, AGENT, "tok1")
+    entry = outbox_entry(rig, task.id, "tok1")
+    listed = outbox.pending(rig.settings.outbox_dir)
+    entry.unlink()
+    monkeypatch.setattr(outbox, "pending", lambda _directory: listed)
+
+    summary = a_pass(rig)
+
+    assert summary.errors == []
+    assert not (rig.settings.outbox_dir / "corrupt").exists()
+
+
+def test_a_run_that_ended_since_the_listing_is_not_told_to_stop(rig: Rig,
+                                                                 spawn_python) -> None:
+    """The wrapper reports its result and drops its lease between the pass's lease
+    listing and its look at the source: the task is complete, but the run is over, not
+    unwanted. Its process is never signalled."""
+    process = spawn_python("import time; time.sleep(60)")
+    started = psutil.Process(process.pid).create_time()
+    task_id, lease = claimed_lease(rig, pid=process.pid, pid_started_at=started)
+
+    class FinishesFirst:
+        def __init__(self, source) -> None:
+            self.source = source
+
+        def __getattr__(self, name: str):
+            return getattr(self.source, name)
+
+        def current(self, task_ids):
+            rig.tasks.report(Result(task_id=task_id, agent=AGENT, attempt=1,
+                                    outcome="succeeded", token=lease.spawn_token,
+                                    summary="done"),
+                             RetryPolicy.from_settings(rig.settings))
+            rig.leases.delete(task_id, lease.spawn_token)
+            return self.source.current(task_ids)
+
+    summary = a_pass(rig, source=FinishesFirst(rig.tasks))
+
+    assert summary.stopped == 0 and summary.errors == []
+    assert process.poll() is None  # never signalled
+    assert rig.tasks.get(task_id).status == COMPLETE
 
 
 def test_a_run_whose_task_was_reassigned_to_another_agent_is_stopped(make_scheduler) -> None:

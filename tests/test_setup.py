@@ -267,6 +267,12 @@ def test_a_pass_whose_agent_program_vanished_starts_nothing_and_fails(tmp_path):
         def reap(self) -> None:
             pass
 
+        def prepare(self, source) -> None:
+            source.before_fork()
+
+        def close(self) -> None:
+            return None
+
     reconciler = Reconciler(settings, Registry((Agent("worker", "dev", 2),), legacy=False),
                             source=source, launcher=Launcher())
     task_id = source.add_task("one", queue="dev").id

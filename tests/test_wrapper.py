@@ -94,6 +94,12 @@ class NoLaunch:
     def reap(self) -> None:
         return None
 
+    def prepare(self, source) -> None:
+        source.before_fork()
+
+    def close(self) -> None:
+        return None
+
 
 class Rig:
     """One state directory, its local task store and lease store, and wrapper runs."""

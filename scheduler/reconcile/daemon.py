@@ -3,7 +3,9 @@
 Holds the scheduler lock for its whole life. Sleeps LOOP_INTERVAL_SEC between passes but
 wakes within a moment when a wrapper exits or a local task changes (a datagram on the
 wake socket) and, with several hosts on PostgreSQL, when work changes on any host
-(LISTEN/NOTIFY through the source's coordinator). SIGTERM/SIGINT: finish the current
+(LISTEN/NOTIFY through the source's coordinator). A woken pass starts at once; wake-ups
+that arrive while a pass runs are drained together and start one more pass, so a burst
+costs at most two passes without any fixed delay. SIGTERM/SIGINT: finish the current
 pass, release the lock, exit 0, leave running agents alone. SIGHUP: re-read the
 configuration at the next pass boundary.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import time
 from collections.abc import Callable
 
 from scheduler.errors import ConfigError, TinySchedulerError
@@ -22,10 +23,6 @@ from scheduler.reconcile import sdnotify
 from scheduler.state.wake import WakeSocket
 
 log = get_logger("daemon")
-
-#: Shortest pause between the end of a pass and the next woken one, so a burst of wake-ups
-#: is coalesced into one pass; a wake-up that comes later than this starts a pass at once.
-MIN_GAP_SEC = 0.02
 
 
 class Daemon:
@@ -38,7 +35,6 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._listener = None  #: the cross-host wake-up channel, when there is one
-        self._pass_ended = 0.0  #: time.monotonic() when the last pass ended
 
     def _on_signal(self, signum, _frame) -> None:
         if signum == signal.SIGHUP:
@@ -70,7 +66,6 @@ class Daemon:
                     failures += 1
                     log.exception("pass failed")
                     status = "last pass failed; see the log"
-                self._pass_ended = time.monotonic()
                 if not ready:
                     sdnotify.notify("READY=1")
                     ready = True
@@ -96,14 +91,6 @@ class Daemon:
         if failures:
             return min(interval, 2 ** min(failures, 10))
         return interval
-
-    def _coalesce(self) -> bool:
-        """Wait out the rest of MIN_GAP_SEC after the last pass (True if it waited)."""
-        rest = MIN_GAP_SEC - (time.monotonic() - self._pass_ended)
-        if rest <= 0:
-            return False
-        select.select([], [], [], rest)
-        return True
 
     def _listen(self, reconciler) -> None:
         """(Re)open the cross-host wake-up channel; without one, the interval rules."""
@@ -133,11 +120,8 @@ class Daemon:
                 log.warning("cross-host wake-up channel lost", extra={"fields": {
                     "error": str(exc)}})
                 self._unlisten()
-            self._coalesce()
         if wake.fileno() in ready:
             wake.drain()
-            if self._coalesce():
-                wake.drain()
         if signal_r in ready:
             try:
                 os.read(signal_r, 64)

@@ -1,15 +1,15 @@
 """Starting wrapper processes, detached from the scheduler.
 
-``ForkLauncher`` (the default, ``SPAWN_MODE=fork``) forks the wrapper from the scheduler's
-already initialised interpreter, the way a pre-forking worker does: about 1 ms instead of
-the ~150 ms an exec'd Python pays for start-up and imports, which is what lets short
-tasks run at tens per second on two cores. It double-forks (the wrapper is re-parented
-to init, the scheduler reaps only the short-lived middle process), and the wrapper side
-starts a new session, resets signal handlers, points stdin/stdout/stderr at /dev/null,
-closes every inherited descriptor (above all the scheduler lock: a flock is shared by
-every copy of its descriptor), never touches the parent's SQLite connection or HTTP
-client, freezes the garbage collector so no parent object is finalised in the child, and
-ends with ``os._exit``. The caller must not have other threads when it forks.
+``ForkLauncher`` (the default for ``run --once``, ``SPAWN_MODE=fork``) forks the wrapper
+from the scheduler's already initialised interpreter, the way a pre-forking worker does:
+about 1 ms instead of the ~150 ms an exec'd Python pays for start-up and imports. It
+double-forks (the wrapper is re-parented to init, the scheduler reaps only the
+short-lived middle process); ``detach.become_wrapper`` turns the child into the wrapper.
+The caller must not have other threads when it forks, and must have released what a
+child must not inherit (``prepare``).
+
+``run --daemon`` uses ``forkserver.ForkServer`` instead: the same wrapper, forked by a
+helper process so the daemon itself never forks per task.
 
 ``ExecLauncher`` (``SPAWN_MODE=exec``) runs the ``tinyscheduler-wrapper`` console script
 as a fresh process instead.
@@ -17,33 +17,36 @@ as a fresh process instead.
 
 from __future__ import annotations
 
-import gc
-import logging
 import os
-import signal
 import subprocess
 import sys
 from typing import Protocol
 
-from scheduler.logs import LOGGER_NAME
+from scheduler.reconcile.detach import become_wrapper
 from wrapper import main as wrapper_main
-
-#: Handlers the daemon may have set; SIGPIPE stays ignored, as Python sets it up.
-_RESET_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                  signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Launcher(Protocol):
     def launch(self, task_id: str, token: str, lease_path: str) -> int:
         """Start the wrapper for this lease; return its pid. Raises OSError on failure."""
 
+    def prepare(self, source) -> None:
+        """Before the launches of a pass: let ``source`` release what a forked child must
+        not inherit, if this launcher forks."""
+
     def reap(self) -> None:
         """Collect exited children, if the launcher keeps any."""
+
+    def close(self) -> None:
+        """Stop whatever helper process the launcher keeps."""
 
 
 class ForkLauncher:
     def __init__(self, settings) -> None:
         self.settings = settings
+
+    def prepare(self, source) -> None:
+        source.before_fork()
 
     def launch(self, task_id: str, token: str, lease_path: str) -> int:
         wrapper_main.preload()  # once: every forked wrapper starts with its modules loaded
@@ -64,51 +67,25 @@ class ForkLauncher:
     def reap(self) -> None:
         return None
 
+    def close(self) -> None:
+        return None
+
 
 def _be_the_middle(settings, task_id: str, token: str, read_end: int, write_end: int) -> None:
-    """The middle process: start the wrapper in a new session, tell its pid, leave.
+    """The middle process: fork the wrapper (it starts its own session), tell its pid, leave.
     Never returns. (A function of its own, so coverage measures it in the child.)"""
     code = 0
     try:
         os.close(read_end)
-        os.setsid()
         wrapper_pid = os.fork()
         if wrapper_pid == 0:
             os.close(write_end)
-            _become_wrapper(settings, task_id, token)
+            become_wrapper(settings, task_id, token)
         os.write(write_end, str(wrapper_pid).encode())
     except BaseException:
         code = 1
     finally:
         os._exit(code)
-
-
-def _become_wrapper(settings, task_id: str, token: str) -> None:
-    """Turn this forked child into the task's wrapper; never returns."""
-    code = 70
-    try:
-        gc.freeze()
-        signal.set_wakeup_fd(-1)
-        for signum in _RESET_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
-        logging.getLogger(LOGGER_NAME).handlers.clear()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, _max_fd())
-        code = wrapper_main.supervise(settings, task_id, token)
-    except BaseException:
-        code = 70
-    finally:
-        os._exit(code)
-
-
-def _max_fd() -> int:
-    """One past the highest open descriptor (cheaper than closing up to SC_OPEN_MAX)."""
-    try:
-        return max(map(int, os.listdir("/proc/self/fd"))) + 1
-    except (OSError, ValueError):
-        return os.sysconf("SC_OPEN_MAX")
 
 
 class ExecLauncher:
@@ -130,11 +107,22 @@ class ExecLauncher:
         self._children.append(child)
         return child.pid
 
+    def prepare(self, source) -> None:
+        return None
+
     def reap(self) -> None:
         self._children = [child for child in self._children if child.poll() is None]
 
+    def close(self) -> None:
+        return None
 
-def make_launcher(settings) -> Launcher:
+
+def make_launcher(settings, mode: str = "once") -> Launcher:
+    """The launcher for ``SPAWN_MODE`` and the run mode (``once`` or ``daemon``)."""
     if settings.spawn_mode == "exec":
         return ExecLauncher(settings)
+    if mode == "daemon":
+        from scheduler.reconcile.forkserver import ForkServer
+
+        return ForkServer(settings)
     return ForkLauncher(settings)

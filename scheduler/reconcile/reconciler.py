@@ -153,7 +153,7 @@ class Reconciler:
         if self._launcher is None:
             from scheduler.reconcile.launcher import make_launcher
 
-            self._launcher = make_launcher(self.settings)
+            self._launcher = make_launcher(self.settings, self.mode)
         return self._launcher
 
     def wake_listener(self):
@@ -166,6 +166,8 @@ class Reconciler:
         return coordinator.listener() if coordinator is not None else None
 
     def close(self) -> None:
+        if self._launcher is not None:
+            self._launcher.close()
         if self._source is not None:
             self._source.close()
             self._source = None
@@ -195,7 +197,7 @@ class Reconciler:
     def _pass(self, summary: PassSummary, now, dry_run: bool, pauses: Pauses) -> Plan:
         if not dry_run:
             if self._launcher is not None:
-                self._launcher.reap()  # exited wrappers of earlier passes (exec mode)
+                self._launcher.reap()  # exited wrappers (exec mode), a fork server gone
             self._deliver_outbox(summary)
             self._report_launch_failures(summary)
             self._coordinate(summary)
@@ -258,6 +260,8 @@ class Reconciler:
         for path in outbox.pending(self.settings.outbox_dir):
             try:
                 result = outbox.load(path)
+            except FileNotFoundError:
+                continue  # its wrapper delivered it and removed it since the listing
             except (ValueError, OSError) as exc:
                 self._quarantine_entry(path, f"unreadable ({exc})", summary)
                 continue
@@ -428,6 +432,8 @@ class Reconciler:
             if task is not None and task.status == WORKING and task.assignee == lease.agent:
                 continue
             state = "deleted" if task is None else f"{task.status}, assigned to {task.assignee}"
+            if not self._still_running(lease):
+                continue  # it ended since the listing (its own result, most often)
             try:
                 stopped = bool(lease.pid and lease.pid_started_at and signal_wrapper(lease))
             except Exception as exc:  # one lease never stops the others
@@ -437,6 +443,16 @@ class Reconciler:
                 summary.stopped += 1
                 log.warning("stopping run the source no longer wants", extra={"fields": {
                     "task": lease.task_id, "agent": lease.agent, "source_state": state}})
+
+    def _still_running(self, lease: Lease) -> bool:
+        """Is this lease still the running lease of the same attempt? (Re-read: a wrapper
+        that reported its result a moment ago has finished or removed it.)"""
+        try:
+            now = self.store.read(lease.task_id, quarantine=False)
+        except (OSError, LeaseError):
+            return False
+        return (now is not None and now.state == RUNNING
+                and now.spawn_token == lease.spawn_token)
 
     def _disk_shortage(self) -> str | None:
         """Too little free space where workspaces are made? (Only when they are made.)"""
@@ -525,9 +541,9 @@ class Reconciler:
     def _spawn_all(self, the_plan: Plan, now, summary: PassSummary) -> None:
         """Lease and claim every planned task, then start their wrappers.
 
-        The two halves are separate because wrappers are forked from this process: the
-        source gets to release what a child must not inherit (the local store's SQLite
-        connection) before the first fork."""
+        The two halves are separate because wrappers are forked from this process (or
+        from the daemon's fork server, forked once): the launcher lets the source release
+        what a child must not inherit (the local store's SQLite connection) first."""
         claimed: list[tuple[Task, str, str]] = []
         if the_plan.spawns:
             problem = agent_program_problem(self.settings)
@@ -552,8 +568,8 @@ class Reconciler:
                 log.info("spawning", extra={"fields": {
                     "task": spawn.task.id, "agent": spawn.agent, "why": spawn.why,
                     "attempt": spawn.task.attempts + 1}})
-        if claimed and self.settings.spawn_mode == "fork":
-            self.source.before_fork()
+        if claimed:
+            self.launcher.prepare(self.source)
         failed: list[tuple[Task, str, str, Exception]] = []
         for task, agent, token in claimed:
             try:

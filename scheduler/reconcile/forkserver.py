@@ -1,0 +1,129 @@
+"""The daemon's fork server: one helper process that forks each wrapper on request.
+
+``run --daemon`` keeps its task store open across passes. SQLite forbids forking a
+process that holds an open connection if the child will open the database itself (the
+child inherits the library's record of locks it does not hold), so forking wrappers from
+the daemon meant closing the connection, with its WAL checkpoint, before every pass that
+spawned, and paying a fork of the whole daemon plus a middle process per task. Instead,
+at its first launch the daemon lets the source release its connections once and forks
+this server; the server starts its own session, keeps only its end of a socket pair,
+and for each request forks the wrapper (``detach.become_wrapper``) and answers its pid.
+Exited wrappers are reaped by the kernel (SIGCHLD ignored in the server; the wrapper
+restores it). The server exits when the daemon closes the socket or dies; a server
+found gone is started again at the next pass.
+
+Requests and answers are single datagrams: ``<task id>\\0<token>`` and the decimal pid, or
+``!`` and why the fork failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+from scheduler.reconcile.detach import become_wrapper, forget_parent
+from wrapper import main as wrapper_main
+
+#: How long the daemon waits for the server's answer to one request (seconds).
+ANSWER_TIMEOUT_SEC = 10.0
+_MAX_MESSAGE = 512
+
+
+class ForkServer:
+    """The daemon's launcher (``Launcher`` protocol) for ``SPAWN_MODE=fork``."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self._sock: socket.socket | None = None
+        self._pid: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._sock is not None
+
+    def prepare(self, source) -> None:
+        """Start the server if it is not running (the source first releases what a
+        forked child must not inherit); nothing otherwise."""
+        self.reap()
+        if self._sock is None:
+            source.before_fork()
+            self._start()
+
+    def launch(self, task_id: str, token: str, lease_path: str) -> int:
+        if self._sock is None:
+            raise OSError("the fork server is not running")
+        try:
+            self._sock.send(f"{task_id}\0{token}".encode())
+            answer = self._sock.recv(_MAX_MESSAGE)
+        except OSError as exc:  # timeout, reset, broken pipe: the server is unwell
+            self.close()
+            raise OSError(f"the fork server failed: {exc}") from None
+        if not answer:
+            self.close()
+            raise OSError("the fork server exited")
+        if answer.startswith(b"!"):
+            raise OSError(answer[1:].decode(errors="replace"))
+        return int(answer)
+
+    def reap(self) -> None:
+        """Notice a server that exited (it is started again at the next ``prepare``)."""
+        if self._pid is None:
+            return
+        try:
+            pid, _status = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self._pid
+        if pid:
+            self._pid = None
+            self.close()
+
+    def close(self) -> None:
+        """Stop the server: it exits when its socket closes; it is reaped if it has."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGTERM)
+                os.waitpid(self._pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            self._pid = None
+
+    def _start(self) -> None:
+        wrapper_main.preload()  # every wrapper the server forks starts with these loaded
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _serve(self.settings, theirs)
+        theirs.close()
+        ours.settimeout(ANSWER_TIMEOUT_SEC)
+        self._sock, self._pid = ours, pid
+
+
+def _serve(settings, sock: socket.socket) -> None:
+    """The server's loop; never returns."""
+    code = 0
+    try:
+        forget_parent(keep=(sock.fileno(),))
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the wrappers
+        while True:
+            request = sock.recv(_MAX_MESSAGE)
+            if not request:
+                break  # the daemon closed its end or died
+            task_id, _, token = request.decode(errors="replace").partition("\0")
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                sock.send(b"!" + f"the wrapper could not be forked: {exc}".encode())
+                continue
+            if pid == 0:
+                sock.close()
+                become_wrapper(settings, task_id, token)
+            sock.send(str(pid).encode())
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

@@ -1,0 +1,102 @@
+"""The daemon's fork server, as real processes: the daemon forks it once and never
+itself per task; wrappers are its children, each in its own session, inheriting neither
+the scheduler lock nor the task store; a server that dies is replaced; it goes with the
+daemon, leaving the agents running."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+from test_daemon import DEADLINE, alive, start_daemon, stop
+from test_reconciler import wait_for
+from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.processes
+
+
+def servers(daemon_pid: int) -> list[psutil.Process]:
+    """The daemon's children that are still running (its fork server, if any)."""
+    return [child for child in psutil.Process(daemon_pid).children()
+            if child.status() != psutil.STATUS_ZOMBIE]
+
+
+def open_paths(pid: int) -> set[str]:
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            pass
+    return paths
+
+
+def running_lease(s, task_id: str):
+    return wait_for(lambda: s.leases().get(task_id) if s.leases().get(task_id)
+                    and s.leases()[task_id].agent_pid else None, DEADLINE, "a running lease")
+
+
+def test_wrappers_are_forked_by_one_server_that_holds_nothing_of_the_daemon(make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 2}, LOOP_INTERVAL_SEC=60)
+    daemon = start_daemon(s)
+    first = s.add("first hold", "--queue", "dev")
+    lease = running_lease(s, first)
+    [server] = servers(daemon.pid)
+    assert psutil.Process(lease.pid).ppid() == server.pid
+    assert os.getsid(lease.pid) == lease.pid  # the wrapper leads its own session
+    assert os.getsid(server.pid) == server.pid
+    held = open_paths(server.pid)
+    assert not any("tinyscheduler.lock" in path or "tasks.db" in path for path in held), held
+
+    s.release(first)
+    second = s.add("second hold", "--queue", "dev")
+    lease = running_lease(s, second)
+    assert [p.pid for p in servers(daemon.pid)] == [server.pid]  # the same server again
+    assert psutil.Process(lease.pid).ppid() == server.pid
+    s.release()
+    wait_for(lambda: s.all_done(), DEADLINE, "both tasks to complete")
+    wait_for(lambda: not psutil.pid_exists(lease.pid), DEADLINE,
+             "the wrapper to exit and be reaped")
+    assert psutil.Process(server.pid).children() == []
+    assert stop(daemon) == 0
+
+
+def test_a_server_that_died_is_replaced_and_the_daemon_takes_it_with_it(make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 2}, LOOP_INTERVAL_SEC=60)
+    daemon = start_daemon(s)
+    first = s.add("first", "--queue", "dev")
+    wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
+    [server] = servers(daemon.pid)
+    server.send_signal(signal.SIGKILL)
+    wait_for(lambda: not alive(server.pid), DEADLINE, "the server to die")
+
+    second = s.add("second hold", "--queue", "dev")
+    lease = running_lease(s, second)
+    [replacement] = servers(daemon.pid)
+    assert replacement.pid != server.pid
+    assert s.history(second)[-1]["to_status"] == "working"
+    assert "could not start" not in s.log_text()
+
+    assert stop(daemon) == 0
+    replacement.wait(DEADLINE)  # the server ends with the daemon...
+    assert alive(lease.pid) and alive(lease.agent_pid)  # ...the runs go on
+    s.release()
+    wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "the run to finish")
+
+
+def test_a_reload_starts_a_new_server(make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
+    daemon = start_daemon(s)
+    first = s.add("first", "--queue", "dev")
+    wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
+    [server] = servers(daemon.pid)
+
+    daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration re-read" in s.log_text(), DEADLINE, "the reload")
+    server.wait(DEADLINE)  # the old server went with the old configuration
+    second = s.add("second", "--queue", "dev")
+    wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "a task after the reload")
+    assert [p.pid for p in servers(daemon.pid)] != [server.pid]
+    assert stop(daemon) == 0
