@@ -11,8 +11,8 @@ import signal
 import psutil
 import pytest
 from test_daemon import DEADLINE, alive, start_daemon, stop
-from test_reconciler import wait_for
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
+from test_reconciler import wait_for
 
 pytestmark = pytest.mark.processes
 
