@@ -197,6 +197,19 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     a torn one; a link at ``path`` is replaced, never followed. The temp name starts with
     ``.tmp-`` so directory scans can skip it; it is unique per call (pid plus a random
     suffix), so threads and processes never share one."""
+    tmp = write_temp(path, data, durable=durable)
+    try:
+        replace_with(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_temp(path: Path, data: bytes, *, durable: bool = True) -> Path:
+    """The first half of :func:`atomic_write`: ``data`` in a new private temp file next to
+    ``path`` (fsynced when ``durable``); its path. The caller renames or discards it."""
     tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{os.urandom(6).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  FILE_MODE)
@@ -208,19 +221,27 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
-        try:
-            os.replace(tmp, path)
-        except IsADirectoryError:
-            raise UnsafePath(f"state file {path} is a directory, not a regular file; "
-                             "move it away") from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard(tmp)
         raise
-    if durable:
-        fsync_dir(path.parent)
+    return tmp
+
+
+def replace_with(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` over ``path`` (a directory there is :class:`UnsafePath`)."""
+    try:
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        raise UnsafePath(f"state file {path} is a directory, not a regular file; "
+                         "move it away") from None
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temp file that will not be renamed (gone already is fine)."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
 
 
 def atomic_write_json(path: Path, value: object, *, durable: bool = True) -> None:

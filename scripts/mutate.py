@@ -65,12 +65,17 @@ class Mutation:
 MUTATIONS: tuple[Mutation, ...] = (
     # --- the lease store -------------------------------------------------------------------
     Mutation("L1", LEASES,
-             "            if current.heartbeat != expected.heartbeat:\n                return None",
-             "            if False:\n                return None",
+             "current.pid,\n                                   current.heartbeat) != (\n"
+             "                    expected.spawn_token, expected.state, expected.pid, "
+             "expected.heartbeat)",
+             "current.pid) != (\n"
+             "                    expected.spawn_token, expected.state, expected.pid)",
              "the fence (reown) ignores a heartbeat since the judgement", T_LEASES),
     Mutation("L2", LEASES,
-             "(current.spawn_token, current.state, current.pid) != (\n"
-             "                    expected.spawn_token, expected.state, expected.pid)",
+             "(current.spawn_token, current.state, current.pid,\n"
+             "                                   current.heartbeat) != (\n"
+             "                    expected.spawn_token, expected.state, expected.pid, "
+             "expected.heartbeat)",
              "current.spawn_token != expected.spawn_token",
              "the fence ignores an adoption since the judgement", T_LEASES),
     Mutation("L3", LEASES,
@@ -80,9 +85,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "a heartbeat is not fenced by the spawn token", T_LEASES),
     Mutation("L4", LEASES,
              "            if current is None or not token or current.spawn_token != token:\n"
-             "                return False",
-             "            if current is None:\n                return False",
+             "                return None\n            return current",
+             "            if current is None:\n                return None\n            return current",
              "delete is not a compare-and-delete", T_LEASES),
+    Mutation("L10", LEASES, "applied = _names_file(path, fd)", "applied = True",
+             "a compare-and-set commits over a lease that changed since it was read",
+             T_LEASES),
     Mutation("L5", LEASES, "os.link(tmp, final)", "os.replace(tmp, final)",
              "creating a lease overwrites an existing one", T_LEASES),
     Mutation("L6", LEASES, "and lease.state == STARTING\n", "\n",

@@ -172,17 +172,17 @@ def test_an_adoption_that_cannot_write_lets_go_of_the_lock_and_leaves_the_lease(
     so a later adoption with the same token still works."""
     store = LeaseStore(tmp_path / "running")
     store.create(lease())
-    real_write = leases_module.atomic_write
+    real_write = leases_module.write_temp
 
     def disk_full(*_args, **_kwargs) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(leases_module, "atomic_write", disk_full)
+    monkeypatch.setattr(leases_module, "write_temp", disk_full)
     with pytest.raises(OSError, match="No space left"):
         store.adopt("t1", "tok-1", os.getpid(), 1.0, T0)
     assert not store.is_held("t1")
     assert store.read("t1").state == STARTING
-    monkeypatch.setattr(leases_module, "atomic_write", real_write)
+    monkeypatch.setattr(leases_module, "write_temp", real_write)
     adopted = store.adopt("t1", "tok-1", os.getpid(), 1.0, T0)
     assert adopted is not None and adopted[0].state == RUNNING
     adopted[1].release()

@@ -439,3 +439,60 @@ def test_list_without_quarantine_leaves_a_corrupt_lease_in_place(tmp_path: Path)
     assert bad.exists() and not (tmp_path / "running" / "corrupt").exists()
     store.list()
     assert not bad.exists()
+
+
+# --- a change between the read and the commit ------------------------------------------
+
+
+def interleave(store: LeaseStore, between) -> None:
+    """Run ``between()`` once, after ``store``'s next operation has read the lease (and
+    written its new file), just before it commits: another process's change landing in
+    that window."""
+    real = store._mutex
+    pending = [between]
+
+    def mutex_after_interleaving():
+        if pending:
+            pending.pop()()
+        return real()
+
+    store._mutex = mutex_after_interleaving  # type: ignore[method-assign]
+
+
+def test_a_fence_read_before_a_heartbeat_that_lands_first_is_not_committed(
+        tmp_path: Path) -> None:
+    store, other = LeaseStore(tmp_path), LeaseStore(tmp_path)
+    store.create(make_lease(state=RUNNING, pid=5))
+    judged = store.read("t1")
+    later = T0.replace(second=30)
+    interleave(store, lambda: other.heartbeat("t1", "tok-1", later))
+
+    assert store.reown(judged, "scheduler-token") is None  # the wrapper proved alive
+
+    kept = store.read("t1")
+    assert (kept.spawn_token, kept.heartbeat) == ("tok-1", later)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_heartbeat_read_before_a_fence_that_lands_first_is_fenced(
+        tmp_path: Path) -> None:
+    store, scheduler = LeaseStore(tmp_path), LeaseStore(tmp_path)
+    store.create(make_lease(state=RUNNING, pid=5))
+    judged = store.read("t1")
+    interleave(store, lambda: scheduler.reown(judged, "scheduler-token"))
+
+    assert store.heartbeat("t1", "tok-1", T0.replace(second=30)) is None  # fenced
+
+    assert store.read("t1").spawn_token == "scheduler-token"
+    assert store.read("t1").heartbeat == T0
+
+
+def test_a_delete_read_before_a_fence_that_lands_first_deletes_nothing(
+        tmp_path: Path) -> None:
+    store, scheduler = LeaseStore(tmp_path), LeaseStore(tmp_path)
+    store.create(make_lease(state=RUNNING, pid=5))
+    judged = store.read("t1")
+    interleave(store, lambda: scheduler.reown(judged, "scheduler-token"))
+
+    assert store.delete("t1", "tok-1") is False
+    assert store.read("t1").spawn_token == "scheduler-token"

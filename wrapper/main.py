@@ -53,6 +53,9 @@ def supervise(settings, task_id: str, token: str) -> int:
 def preload() -> None:
     """Import the supervisor and what it needs, so that a forked wrapper has them."""
     import wrapper.supervisor  # noqa: F401
+    from wrapper import title
+
+    title.preload()
 
 
 def _with_running_dir(settings, running_dir: Path):

@@ -16,6 +16,14 @@ def wrapper_title(task_id: str, agent: str) -> str:
     return f"{PREFIX} task {task_id} {agent}"
 
 
+def preload() -> None:
+    """Import the library ahead (a wrapper forked from a process that did starts with it)."""
+    try:
+        import setproctitle  # noqa: F401
+    except ImportError:
+        pass
+
+
 def set_title(title: str) -> None:
     """Best effort: a title that cannot be set changes nothing else."""
     try:

@@ -352,9 +352,6 @@ class Reconciler:
         Returns ``reclaimed``; ``changed`` when the lease moved on since it was judged (a
         wrapper adopted or heartbeated: it is alive); ``unkillable`` when its process or
         the liveness lock outlived the kill (the lease is kept, never requeued under it)."""
-        log.warning("reclaiming lease", extra={"fields": {
-            "task": lease.task_id, "agent": lease.agent, "reason": reason,
-            "pid": lease.pid, "agent_pid": lease.agent_pid}})
         # Re-own the lease first: a wrapper that is still alive sees a foreign token and
         # stops reporting (fencing), and leases without a token (left by older
         # schedulers) become deletable by compare-and-delete.
@@ -367,6 +364,11 @@ class Reconciler:
             log.info("lease changed since it was judged; left for the next pass",
                      extra={"fields": {"task": lease.task_id, "reason": reason}})
             return "changed"
+        # Said only now: a run that ended between the listing and the judgement (its lease
+        # is gone) is no reclaim, and must not read like one in the log.
+        log.warning("reclaiming lease", extra={"fields": {
+            "task": lease.task_id, "agent": lease.agent, "reason": reason,
+            "pid": lease.pid, "agent_pid": lease.agent_pid}})
         if liveness.needs_kill(reason) and lease.host == self.settings.hostname:
             grace = self.settings.kill_grace_sec
             for pid, started in ((lease.agent_pid, lease.agent_started_at),

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -35,10 +35,13 @@ from scheduler.fsutil import (
     SAFE_FLAGS,
     atomic_write,
     describe_kind,
+    discard,
     ensure_private_dir,
     fsync_dir,
     kernel_flock,
     open_private,
+    replace_with,
+    write_temp,
 )
 from scheduler.names import check_name, is_valid_name
 
@@ -238,6 +241,16 @@ def _time(data: dict[str, Any], name: str) -> datetime:
         raise _bad(name, value, "an ISO 8601 time such as 2025-01-31T12:00:00.000Z") from None
 
 
+def _names_file(path: Path, fd: int) -> bool:
+    """Does ``path`` still name the file open at ``fd``?"""
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 def encode(lease: Lease) -> bytes:
     """The bytes of a lease file (compact JSON, sorted keys, one line)."""
     return (json.dumps(lease.to_json(), sort_keys=True, separators=(",", ":")) + "\n").encode()
@@ -345,16 +358,18 @@ class LeaseStore:
 
     @contextmanager
     def _mutex(self) -> Iterator[None]:
-        """Serialise compare-and-set operations across processes.
+        """Serialise the commit step of compare-and-set operations across processes.
 
-        A flock held for the duration of one read + write (about a millisecond), so fcntl
-        directly; it is polled with a deadline so a stopped process cannot hang a pass.
+        A flock held only to check that a lease file is the one that was read and to
+        rename (or unlink) it: tens of microseconds, the fsyncs happen before and after.
+        Polled (from 0.1 ms, doubling to 2 ms) with a deadline, so a stopped process
+        cannot hang a pass.
         """
         self._ensure_dir()
         fd = open_private(self.running_dir / MUTEX_NAME, os.O_RDWR)
         try:
             deadline = time.monotonic() + MUTEX_WAIT_SEC
-            delay = 0.0005
+            delay = 0.0001
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -366,7 +381,7 @@ class LeaseStore:
                             f"more than {MUTEX_WAIT_SEC:.0f} s"
                         ) from None
                     time.sleep(delay)
-                    delay = min(delay * 2, 0.005)
+                    delay = min(delay * 2, 0.002)
             yield
         finally:
             os.close(fd)
@@ -375,24 +390,35 @@ class LeaseStore:
 
     def _load(self, path: str, *, quarantine: bool = True) -> Lease | None:
         """Read and decode one lease file; quarantine it when it is not a valid lease."""
+        fd, lease = self._open_and_load(path, quarantine=quarantine)
+        if fd is not None:
+            os.close(fd)
+        return lease
+
+    def _open_and_load(self, path: str, *,
+                       quarantine: bool = True) -> tuple[int | None, Lease | None]:
+        """:meth:`_load`, also returning the file's descriptor, still open, when it held a
+        valid lease (the caller closes it): while it is open, the file's inode cannot be
+        reused, so "the path still names this inode" means "the file is unchanged"."""
         try:
             fd = os.open(path, _OPEN_READ)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 self._reject(quarantine, path,
                              "a symbolic link, not a lease file (not followed)", None)
-                return None
+                return None, None
             raise
         # The descriptor stays open until the verdict: while it is open the file's inode
         # cannot be reused, so the quarantine's identity check can never mistake a new
         # lease (created after this one was removed) for the bad file read here.
+        lease = None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 self._reject(quarantine, path, "not a regular file", info)
-                return None
+                return None, None
             raw = _read_all(fd, info.st_size)
             try:
                 lease = Lease.from_json(json.loads(raw))
@@ -400,14 +426,16 @@ class LeaseStore:
                 reason = (exc.reason if isinstance(exc, LeaseDecodeError)
                           else f"invalid JSON: {exc}")
                 self._reject(quarantine, path, reason, info)
-                return None
+                return None, None
             if os.path.basename(path) != f"task_{lease.task_id}.json":
                 self._reject(quarantine, path, f"field 'task_id' is {lease.task_id!r}, which "
                              "does not match the file name", info)
-                return None
+                lease = None
+                return None, None
         finally:
-            os.close(fd)
-        return lease
+            if lease is None:
+                os.close(fd)
+        return fd, lease
 
     def read(self, task_id: str, *, quarantine: bool = True) -> Lease | None:
         """The task's lease, or None when there is none (or it was corrupt: quarantined,
@@ -519,22 +547,61 @@ class LeaseStore:
         with self._mutex():
             atomic_write(path, encode(lease))
 
+    def _change(self, task_id: str,
+                decide: Callable[[Lease | None], Lease | None], *,
+                delete: bool = False) -> Lease | None:
+        """Compare-and-set on one lease: ``decide(current)`` gives the lease to write
+        (with ``delete``: the lease to remove), or None to leave the file as it is.
+
+        The new file is written and fsynced before the store mutex is taken; under the
+        mutex the rename (or unlink) happens only if the path still names the file that
+        was read, whose descriptor is held open meanwhile (so its inode cannot have been
+        reused); the directory is fsynced after. A lease that changed in between is read
+        and decided again. Returns what ``decide`` gave when it was applied, else None.
+        """
+        path = self._lease_path(task_id)
+        deadline = time.monotonic() + MUTEX_WAIT_SEC
+        while True:
+            fd, current = self._open_and_load(str(path))
+            try:
+                chosen = decide(current)
+                if chosen is None or fd is None:
+                    return None
+                tmp = None if delete else write_temp(path, encode(chosen))
+                try:
+                    with self._mutex():
+                        applied = _names_file(path, fd)
+                        if applied and tmp is None:
+                            os.unlink(path)
+                        elif applied and tmp is not None:
+                            replace_with(tmp, path)
+                            tmp = None
+                finally:
+                    if tmp is not None:
+                        discard(tmp)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            if applied:
+                fsync_dir(self.running_dir)
+                return chosen
+            if time.monotonic() > deadline:
+                raise LeaseError(f"lease of task {task_id} kept changing for more than "
+                                 f"{MUTEX_WAIT_SEC:.0f} s")
+
     def reown(self, expected: Lease, new_token: str, **changes: Any) -> Lease | None:
         """Give the lease a new spawn token (plus field ``changes``), only if it is still
         exactly as ``expected`` (same token, state, pid and heartbeat): the scheduler's
         fence before a reclaim. A wrapper that adopted or heartbeated meanwhile wins, and
         None is returned."""
-        path = self._lease_path(expected.task_id)
-        with self._mutex():
-            current = self._load(str(path))
-            if current is None or (current.spawn_token, current.state, current.pid) != (
-                    expected.spawn_token, expected.state, expected.pid):
+        def decide(current: Lease | None) -> Lease | None:
+            if current is None or (current.spawn_token, current.state, current.pid,
+                                   current.heartbeat) != (
+                    expected.spawn_token, expected.state, expected.pid, expected.heartbeat):
                 return None
-            if current.heartbeat != expected.heartbeat:
-                return None
-            reowned = replace(current, spawn_token=new_token, **changes)
-            atomic_write(path, encode(reowned))
-        return reowned
+            return replace(current, spawn_token=new_token, **changes)
+
+        return self._change(expected.task_id, decide)
 
     def adopt(self, task_id: str, token: str, pid: int, pid_started_at: float | None,
               now: datetime) -> tuple[Lease, LivenessLock] | None:
@@ -552,29 +619,28 @@ class LeaseStore:
             if not _adoptable(current, token) or time.monotonic() > deadline:
                 return None
             time.sleep(0.005)
+
+        def decide(current: Lease | None) -> Lease | None:
+            if current is None or not _adoptable(current, token):
+                return None
+            return replace(current, state=RUNNING, pid=pid, pid_started_at=pid_started_at,
+                           heartbeat=_to_ms(now), **_mono_now(current))
+
         try:
-            with self._mutex():
-                current = self.read(task_id)
-                if not _adoptable(current, token):
-                    lock.release()
-                    return None
-                assert current is not None
-                adopted = replace(current, state=RUNNING, pid=pid,
-                                  pid_started_at=pid_started_at, heartbeat=_to_ms(now),
-                                  **_mono_now(current))
-                atomic_write(self._lease_path(task_id), encode(adopted))
+            adopted = self._change(task_id, decide)
         except BaseException:
             lock.release()
             raise
+        if adopted is None:
+            lock.release()
+            return None
         return adopted, lock
 
     def heartbeat(self, task_id: str, token: str, now: datetime,
                   **changes: Any) -> Lease | None:
         """Refresh the heartbeat (plus any field ``changes``) if the lease still carries
         ``token``; None when it is gone or names another owner (the caller was fenced)."""
-        path = self._lease_path(task_id)
-        with self._mutex():
-            current = self._load(str(path))
+        def decide(current: Lease | None) -> Lease | None:
             if current is None or not token or current.spawn_token != token:
                 return None
             updated = replace(current, heartbeat=_to_ms(now), **{**_mono_now(current),
@@ -582,20 +648,19 @@ class LeaseStore:
             if updated.task_id != task_id or updated.state not in STATES:
                 raise LeaseError(f"heartbeat may not change task_id or set state "
                                  f"{updated.state!r} on task {task_id}")
-            atomic_write(path, encode(updated))
-        return updated
+            return updated
+
+        return self._change(task_id, decide)
 
     def delete(self, task_id: str, token: str) -> bool:
         """Delete the lease only if it carries ``token``. True when deleted.
         The liveness lock file is left alone (see :meth:`remove_stale_lock_files`)."""
-        path = self._lease_path(task_id)
-        with self._mutex():
-            current = self._load(str(path))
+        def decide(current: Lease | None) -> Lease | None:
             if current is None or not token or current.spawn_token != token:
-                return False
-            os.unlink(path)
-            fsync_dir(self.running_dir)
-        return True
+                return None
+            return current
+
+        return self._change(task_id, decide, delete=True) is not None
 
     # liveness locks
 
