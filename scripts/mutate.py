@@ -86,7 +86,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("L4", LEASES,
              "            if current is None or not token or current.spawn_token != token:\n"
              "                return None\n            return current",
-             "            if current is None:\n                return None\n            return current",
+             "            if current is None:\n"
+             "                return None\n            return current",
              "delete is not a compare-and-delete", T_LEASES),
     Mutation("L10", LEASES, "applied = _names_file(path, fd)", "applied = True",
              "a compare-and-set commits over a lease that changed since it was read",
