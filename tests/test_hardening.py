@@ -80,7 +80,21 @@ def no_sleep(_seconds: float) -> None:
 # --- a task must never be stranded in working -------------------------------------------
 
 
-def test_a_task_working_under_our_token_with_no_lease_is_requeued(make_rig) -> None:
+class WholeTasksOnly:
+    """The local store without its light queries (``states``, ``claimed``): a source
+    that only hands out whole tasks, as TinyTask does."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def __getattr__(self, name: str):
+        if name in ("states", "claimed"):
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+@pytest.mark.parametrize("light", [True, False], ids=["light-queries", "whole-tasks"])
+def test_a_task_working_under_our_token_with_no_lease_is_requeued(make_rig, light) -> None:
     """Three working tasks and no lease: one under this scheduler's token (stranded:
     requeued, the reason in its history), one under another scheduler's token, one whose
     liveness lock is held (its wrapper is alive and rewrites its lease): both left."""
@@ -94,7 +108,7 @@ def test_a_task_working_under_our_token_with_no_lease_is_requeued(make_rig) -> N
     assert lock.acquire(0)
     try:
         assert status_mod.collect(rig.settings)["stranded"] == [stranded.id]
-        reconciler, launcher = a_pass(rig)
+        reconciler, launcher = a_pass(rig, None if light else WholeTasksOnly(rig.tasks))
         summary = reconciler.run_pass().summary
         reconciler.close()
     finally:
@@ -106,6 +120,24 @@ def test_a_task_working_under_our_token_with_no_lease_is_requeued(make_rig) -> N
     assert rig.tasks.get(foreign.id).status == WORKING
     assert rig.tasks.get(alive.id).status == WORKING
     assert launcher.launched == []  # in its backoff
+
+
+def test_a_source_down_while_looking_for_stranded_tasks_requeues_nothing(make_rig) -> None:
+    rig = make_rig()
+    owner = owner_tag(rig.settings.hostname, rig.settings.running_dir)
+    stranded = rig.add("stranded")
+    rig.tasks.claim(stranded.id, AGENT, new_token(owner))
+
+    class ClaimedDown(WholeTasksOnly):
+        def claimed(self):
+            raise SourceUnavailable("task source down (claimed)")
+
+    reconciler, _launcher = a_pass(rig, ClaimedDown(rig.tasks))
+    summary = reconciler.run_pass().summary
+    reconciler.close()
+
+    assert summary.errors == ["checking working tasks failed: task source down (claimed)"]
+    assert rig.tasks.get(stranded.id).status == WORKING
 
 
 def test_status_reports_a_stranded_task_as_unhealthy(make_rig) -> None:

@@ -416,9 +416,9 @@ def test_source_down_while_checking_running_tasks_stops_nothing(rig: Rig,
         heartbeat_sec=60)
     lease = rig.leases.read(task_id)
 
-    summary = a_pass(rig, Down(rig.tasks, current=0))
+    summary = a_pass(rig, Down(rig.tasks, states=0))
 
-    assert summary.errors == ["checking running tasks failed: task source down (current)"]
+    assert summary.errors == ["checking running tasks failed: task source down (states)"]
     assert summary.stopped == 0 and summary.reclaimed == {}
     assert holder.poll() is None
     assert rig.leases.read(task_id) == lease
@@ -575,13 +575,13 @@ def test_a_run_that_ended_since_the_listing_is_not_told_to_stop(rig: Rig,
         def __getattr__(self, name: str):
             return getattr(self.source, name)
 
-        def current(self, task_ids):
+        def states(self, task_ids):
             rig.tasks.report(Result(task_id=task_id, agent=AGENT, attempt=1,
                                     outcome="succeeded", token=lease.spawn_token,
                                     summary="done"),
                              RetryPolicy.from_settings(rig.settings))
             rig.leases.delete(task_id, lease.spawn_token)
-            return self.source.current(task_ids)
+            return self.source.states(task_ids)
 
     summary = a_pass(rig, source=FinishesFirst(rig.tasks))
 
@@ -761,7 +761,7 @@ def test_a_run_whose_task_was_deleted_is_stopped(rig: Rig) -> None:
     wait_for(lambda: rig.leases.read(task.id).agent_pid == agent, what="the agent recorded")
 
     class Deleted(Listing):
-        def current(self, task_ids):
+        def states(self, task_ids):
             return {task_id: None for task_id in task_ids}
 
     summary = a_pass(rig, Deleted(rig.tasks, []))

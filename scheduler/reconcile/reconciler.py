@@ -425,15 +425,15 @@ class Reconciler:
         if not running:
             return
         try:
-            current = self.source.current([lease.task_id for lease in running])
+            now = self._states([lease.task_id for lease in running])
         except SourceError as exc:
             summary.errors.append(f"checking running tasks failed: {exc}")
             return
         for lease in running:
-            task = current.get(lease.task_id)
-            if task is not None and task.status == WORKING and task.assignee == lease.agent:
+            found = now.get(lease.task_id)
+            if found == (WORKING, lease.agent):
                 continue
-            state = "deleted" if task is None else f"{task.status}, assigned to {task.assignee}"
+            state = "deleted" if found is None else f"{found[0]}, assigned to {found[1]}"
             if not self._still_running(lease):
                 continue  # it ended since the listing (its own result, most often)
             try:
@@ -445,6 +445,31 @@ class Reconciler:
                 summary.stopped += 1
                 log.warning("stopping run the source no longer wants", extra={"fields": {
                     "task": lease.task_id, "agent": lease.agent, "source_state": state}})
+
+    def _states(self, task_ids: list[str]) -> dict[str, tuple[str, str | None] | None]:
+        """(status, assignee) of these tasks now: from the source's light ``states`` when
+        it has one, else from whole tasks."""
+        light = getattr(self.source, "states", None)
+        if light is not None:
+            return light(task_ids)
+        return {task_id: None if task is None else (task.status, task.assignee)
+                for task_id, task in self.source.current(task_ids).items()}
+
+    def _working(self, leased: set[str]) -> list[Task]:
+        """The source's working tasks that have no lease here and carry one of this
+        scheduler's tokens (whole tasks are read only for those, when the source can
+        list ids and tokens alone)."""
+        light = getattr(self.source, "claimed", None)
+        if light is None:
+            return [task for task in self.source.working()
+                    if task.id not in leased and is_owned(task.lease_token, self.owner)]
+        wanted = [task_id for task_id, token in light()
+                  if task_id not in leased and is_owned(token, self.owner)]
+        if not wanted:
+            return []
+        return [task for task in self.source.current(wanted).values()
+                if task is not None and task.status == WORKING and task.id not in leased
+                and is_owned(task.lease_token, self.owner)]
 
     def _still_running(self, lease: Lease) -> bool:
         """Is this lease still the running lease of the same attempt? (Re-read: a wrapper
@@ -476,21 +501,19 @@ class Reconciler:
         creates leases, so a task claimed by this pass can never look stranded."""
         leased = {lease.task_id for lease in leases}
         try:
-            working = self.source.working()
+            stranded = self._working(leased)
         except Exception as exc:  # never stops the pass: the other steps go on
             summary.errors.append(f"checking working tasks failed: {exc}")
             return
-        for task in working:
+        for task in stranded:
             token = task.lease_token
-            if task.id in leased or not is_owned(token, self.owner):
-                continue
             try:
                 if self.probe.lock_held(task.id):
                     continue
                 assert token is not None
                 if outbox.path_for(self.settings.outbox_dir, task.id, token).exists():
                     continue  # its result waits in the outbox: delivered, not requeued
-                if not is_valid_name(task.assignee):
+                if task.assignee is None or not is_valid_name(task.assignee):
                     summary.errors.append(f"task {task.id} is stranded in working with no "
                                           "agent assigned; left for a human")
                     continue

@@ -540,6 +540,32 @@ class LocalStore:
     def working(self) -> list[Task]:
         return self._ready(f"{SELECT_TASKS} WHERE t.status = ? ORDER BY t.id", WORKING)
 
+    def states(self, task_ids: list[str]) -> dict[str, tuple[str, str | None] | None]:
+        """(status, assignee) of each task as it is now, None for one that is gone: what
+        a pass asks about its running tasks, without reading whole tasks."""
+        found: dict[str, tuple[str, str | None] | None] = {str(t): None for t in task_ids}
+        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
+        by_number: dict[int, tuple[str, str | None]] = {}
+        with self._read() as conn:
+            for start in range(0, len(numbers), CHUNK):
+                chunk = numbers[start:start + CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for number, status, assignee in conn.execute(
+                        f"SELECT id, status, assignee FROM tasks WHERE id IN ({marks})", chunk):
+                    by_number[number] = (status, assignee)
+        for key in found:
+            number = int_id(key)
+            if number is not None:
+                found[key] = by_number.get(number)
+        return found
+
+    def claimed(self) -> list[tuple[str, str | None]]:
+        """(id, lease token) of every working task, in id order: the cheap first look for
+        stranded tasks (:meth:`working` reads whole tasks)."""
+        rows = self._query("SELECT id, lease_token FROM tasks WHERE status = ? ORDER BY id",
+                           (WORKING,))
+        return [(str(row[0]), row[1]) for row in rows]
+
     def claim(self, task_id: str, agent: str, token: str) -> None:
         if not is_valid_name(agent):
             raise InputError(f"agent is {agent!r}; accepted: {NAME_RULE}")

@@ -241,6 +241,18 @@ def _time(data: dict[str, Any], name: str) -> datetime:
         raise _bad(name, value, "an ISO 8601 time such as 2025-01-31T12:00:00.000Z") from None
 
 
+def _identity(info: os.stat_result) -> tuple[int, ...] | None:
+    """What tells one version of a lease file from another without reading it: device,
+    inode, size, change and modification times (a lease is never written in place; each
+    write is a new file renamed over it). None for anything but a regular file, which is
+    always read (and rejected) again. A reused inode with the same size and the same
+    nanosecond times could still look the same; what the pass does with a lease it
+    misjudged that way is safe: every reclaim is a compare-and-set on the file itself."""
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def _names_file(path: Path, fd: int) -> bool:
     """Does ``path`` still name the file open at ``fd``?"""
     try:
@@ -341,6 +353,9 @@ class LeaseStore:
         self.running_dir = Path(running_dir)
         self._dir_str = str(self.running_dir)
         self._dir_ready = False
+        #: What :meth:`list` decoded last time, by file name: (identity, lease). A file
+        #: whose identity is unchanged is not read again (see :func:`_identity`).
+        self._decoded: dict[str, tuple[tuple[int, ...], Lease]] = {}
 
     # paths
 
@@ -447,9 +462,11 @@ class LeaseStore:
         a bad file is quarantined and logged, never raised (``quarantine=False``, for a
         dry run: only logged, left where it is)."""
         leases: list[Lease] = []
+        decoded: dict[str, tuple[tuple[int, ...], Lease]] = {}
         try:
             scan = os.scandir(self.running_dir)
         except FileNotFoundError:
+            self._decoded = decoded
             return leases
         with scan:
             for entry in scan:
@@ -457,14 +474,39 @@ class LeaseStore:
                 if match is None or not is_valid_name(match.group(1)):
                     continue
                 try:
-                    lease = self._load(entry.path, quarantine=quarantine)
+                    lease = self._list_one(entry, decoded, quarantine)
                 except OSError as exc:
                     log.warning("lease %s could not be read: %s", entry.path, exc)
                     continue
                 if lease is not None:
                     leases.append(lease)
+        self._decoded = decoded
         leases.sort(key=lambda lease: lease.task_id)
         return leases
+
+    def _list_one(self, entry: os.DirEntry[str],
+                  decoded: dict[str, tuple[tuple[int, ...], Lease]],
+                  quarantine: bool) -> Lease | None:
+        """One lease of a listing: the one decoded last time if its file is the same one
+        (a regular file with the same identity), else read and decoded (or rejected)."""
+        try:
+            identity = _identity(entry.stat(follow_symlinks=False))
+        except FileNotFoundError:
+            return None
+        known = self._decoded.get(entry.name)
+        if identity is not None and known is not None and known[0] == identity:
+            decoded[entry.name] = known
+            return known[1]
+        fd, lease = self._open_and_load(entry.path, quarantine=quarantine)
+        if fd is None:
+            return lease
+        try:
+            identity = _identity(os.fstat(fd))
+        finally:
+            os.close(fd)
+        if identity is not None and lease is not None:
+            decoded[entry.name] = (identity, lease)
+        return lease
 
     def _reject(self, quarantine: bool, name: str, reason: str,
                 info: os.stat_result | None) -> None:
