@@ -13,6 +13,8 @@ import pytest
 from test_daemon import DEADLINE, alive, start_daemon, stop
 from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the fixture
 from test_reconciler import wait_for
+from test_wrapper import make_rig as make_rig  # noqa: F401 - the fixture
+from test_wrapper import rig as rig  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.processes
 
@@ -100,3 +102,39 @@ def test_a_reload_starts_a_new_server(make_scheduler):
     wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "a task after the reload")
     assert [p.pid for p in servers(daemon.pid)] != [server.pid]
     assert stop(daemon) == 0
+
+
+def test_a_fork_the_server_could_not_make_is_reported_at_the_next_pass(rig, monkeypatch):
+    """The daemon does not wait for the server's answer; a fork that failed in the server
+    (here: os.fork raising EAGAIN there, as at a process limit) is learnt at the next
+    pass: the attempt is `launch_failed`, the task requeued, the lease dropped."""
+    import errno
+
+    from test_promises import REGISTRY
+
+    from scheduler.reconcile.reconciler import Reconciler
+
+    here, real_fork = os.getpid(), os.fork
+
+    def fork_fails_in_the_server() -> int:
+        if os.getpid() == here:
+            return real_fork()  # the server itself is forked from here
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", fork_fails_in_the_server)
+    task = rig.add()
+    reconciler = Reconciler(rig.settings, REGISTRY, source=rig.tasks, mode="daemon")
+    try:
+        first = reconciler.run_pass().summary
+        assert first.spawned == 1 and first.errors == []
+        second = wait_for(lambda: reconciler.run_pass().summary.errors or None, DEADLINE,
+                          "the failed fork to be reported")
+        assert reconciler.run_pass().summary.errors == []  # an error of one pass only
+    finally:
+        reconciler.close()
+
+    assert second == [f"task {task.id}: wrapper could not start: the wrapper could not be "
+                      "forked: [Errno 11] Resource temporarily unavailable"]
+    requeued = rig.tasks.get(task.id)
+    assert requeued.status == "idle" and "launch_failed" in requeued.last_error
+    assert rig.leases.read(task.id) is None

@@ -38,13 +38,13 @@ def build_reconciler(settings, mode: str):
     return Reconciler(settings, registry, mode=mode)
 
 
-def one_pass(reconciler, *, dry_run: bool, as_json: bool = False):
+def one_pass(reconciler, *, dry_run: bool, as_json: bool = False, recorder=None):
     settings = reconciler.settings
     the_pauses = pauses_mod.load(settings.pause_file)
     result = reconciler.run_pass(dry_run=dry_run, pauses=the_pauses)
     summary = result.summary
     if not dry_run:
-        records.write_pass(settings, summary.to_json())
+        (recorder or records.write_pass)(settings, summary.to_json())
     level = log.warning if summary.errors else log.info
     level(summary.line(), extra={"fields": {"errors": summary.errors} if summary.errors else {}})
     if dry_run and not as_json:
@@ -148,10 +148,14 @@ def run(settings, *, daemon: bool, dry_run: bool, as_json: bool, reload) -> int:
         if daemon:
             from scheduler.reconcile.daemon import Daemon
 
-            return Daemon(
-                lambda s: build_reconciler(s, "daemon"),
-                lambda r: one_pass(r, dry_run=dry_run, as_json=as_json), settings,
-            ).serve(reload)
+            recorder = records.BusyRecorder()
+
+            def daemon_pass(reconciler, busy):
+                return one_pass(reconciler, dry_run=dry_run, as_json=as_json,
+                                recorder=lambda s, summary: recorder.write(s, summary, busy()))
+
+            return Daemon(lambda s: build_reconciler(s, "daemon"), daemon_pass,
+                          settings).serve(reload)
         reconciler = build_reconciler(settings, "once")
         try:
             summary = one_pass(reconciler, dry_run=dry_run, as_json=as_json)

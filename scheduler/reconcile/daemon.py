@@ -27,8 +27,9 @@ log = get_logger("daemon")
 
 class Daemon:
     def __init__(self, build: Callable, run_pass: Callable, settings) -> None:
-        """``build(settings)`` makes a reconciler; ``run_pass(reconciler)`` runs one pass and
-        returns its summary (or raises)."""
+        """``build(settings)`` makes a reconciler; ``run_pass(reconciler, busy)`` runs one
+        pass and returns its summary (or raises); ``busy()`` tells whether wake-ups are
+        already waiting for the next pass."""
         self.build = build
         self.run_pass = run_pass
         self.settings = settings
@@ -59,7 +60,7 @@ class Daemon:
                     self._reload = False
                     reconciler = self._reloaded(reconciler, reload_settings)
                 try:
-                    summary = self.run_pass(reconciler)
+                    summary = self.run_pass(reconciler, wake.pending)
                     failures = 0 if not summary.errors else failures + 1
                     status = summary.line()
                 except Exception:

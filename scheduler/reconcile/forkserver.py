@@ -13,20 +13,25 @@ restores it). The server exits when the daemon closes the socket or dies; a serv
 found gone is started again at the next pass.
 
 Requests and answers are single datagrams: ``<task id>\\0<token>`` and the decimal pid, or
-``!`` and why the fork failed.
+``!`` and why the fork failed. The daemon does not wait for an answer: it goes on with
+its pass while the server forks, and reads the answers later (a failed fork is reported
+as ``launch_failed`` at the next pass; a request the server never answered, because it
+died, leaves a ``starting`` lease that the spawn timeout reclaims).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
+from collections import deque
 
 from scheduler.reconcile.detach import become_wrapper, forget_parent
 from wrapper import main as wrapper_main
 
-#: How long the daemon waits for the server's answer to one request (seconds).
-ANSWER_TIMEOUT_SEC = 10.0
+#: How long the daemon waits for the server to take a request (seconds).
+SEND_TIMEOUT_SEC = 10.0
 _MAX_MESSAGE = 512
 
 
@@ -37,6 +42,8 @@ class ForkServer:
         self.settings = settings
         self._sock: socket.socket | None = None
         self._pid: int | None = None
+        self._waiting: deque[tuple[str, str]] = deque()  #: requests not answered yet
+        self._failed: list[tuple[str, str, str]] = []  #: (task id, token, why)
 
     @property
     def running(self) -> bool:
@@ -50,24 +57,47 @@ class ForkServer:
             source.before_fork()
             self._start()
 
-    def launch(self, task_id: str, token: str, lease_path: str) -> int:
+    def launch(self, task_id: str, token: str, lease_path: str) -> int | None:
+        """Ask the server to fork this task's wrapper, without waiting for the answer
+        (see :meth:`failures`). Raises OSError when the request cannot be sent."""
         if self._sock is None:
             raise OSError("the fork server is not running")
+        self._collect()
         try:
             self._sock.send(f"{task_id}\0{token}".encode())
-            answer = self._sock.recv(_MAX_MESSAGE)
         except OSError as exc:  # timeout, reset, broken pipe: the server is unwell
             self.close()
             raise OSError(f"the fork server failed: {exc}") from None
-        if not answer:
-            self.close()
-            raise OSError("the fork server exited")
-        if answer.startswith(b"!"):
-            raise OSError(answer[1:].decode(errors="replace"))
-        return int(answer)
+        self._waiting.append((task_id, token))
+        return None
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """The launches that failed since the last call: (task id, token, why)."""
+        self._collect()
+        failed, self._failed = self._failed, []
+        return failed
+
+    def _collect(self) -> None:
+        """Read the answers that have arrived, without waiting."""
+        while self._waiting and self._sock is not None:
+            ready, _, _ = select.select([self._sock], [], [], 0)
+            if not ready:
+                return
+            try:
+                answer = self._sock.recv(_MAX_MESSAGE)
+            except OSError:
+                answer = b""
+            if not answer:  # gone: what it never answered is left to the spawn timeout
+                self.close()
+                return
+            task_id, token = self._waiting.popleft()
+            if answer.startswith(b"!"):
+                self._failed.append((task_id, token, answer[1:].decode(errors="replace")))
 
     def reap(self) -> None:
-        """Notice a server that exited (it is started again at the next ``prepare``)."""
+        """Read the answers that arrived; notice a server that exited (it is started again
+        at the next ``prepare``)."""
+        self._collect()
         if self._pid is None:
             return
         try:
@@ -83,6 +113,7 @@ class ForkServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._waiting.clear()
         if self._pid is not None:
             try:
                 os.kill(self._pid, signal.SIGTERM)
@@ -99,7 +130,7 @@ class ForkServer:
             ours.close()
             _serve(self.settings, theirs)
         theirs.close()
-        ours.settimeout(ANSWER_TIMEOUT_SEC)
+        ours.settimeout(SEND_TIMEOUT_SEC)
         self._sock, self._pid = ours, pid
 
 

@@ -27,8 +27,10 @@ from wrapper import main as wrapper_main
 
 
 class Launcher(Protocol):
-    def launch(self, task_id: str, token: str, lease_path: str) -> int:
-        """Start the wrapper for this lease; return its pid. Raises OSError on failure."""
+    def launch(self, task_id: str, token: str, lease_path: str) -> int | None:
+        """Start the wrapper for this lease; its pid, or None when the launch goes on
+        without the caller (failures are then reported by ``failures()``, when the
+        launcher has it). Raises OSError on failure."""
 
     def prepare(self, source) -> None:
         """Before the launches of a pass: let ``source`` release what a forked child must

@@ -138,6 +138,9 @@ class Reconciler:
         self.source_deadline_sec = PASS_SOURCE_DEADLINE_SEC
         self._source_deadline: float | None = None
         self.lister = Lister(registry)
+        #: Tasks whose launch this reconciler reported as failed since the source was last
+        #: asked for launch failures: already errors of the pass that reported them.
+        self._own_launch_failures: set[str] = set()
 
     @property
     def source(self):
@@ -200,6 +203,7 @@ class Reconciler:
                 self._launcher.reap()  # exited wrappers (exec mode), a fork server gone
             self._deliver_outbox(summary)
             self._report_launch_failures(summary)
+            self._report_fork_failures(summary)  # after: recorded now, asked next pass
             self._coordinate(summary)
         leases = self.store.list(quarantine=not dry_run)
         summary.leases_scanned = len(leases)
@@ -244,6 +248,7 @@ class Reconciler:
             last = read_last_pass(self.settings)
             after = last.get("time") if last else None
         self._previous_pass = summary.time
+        own, self._own_launch_failures = self._own_launch_failures, set()
         if finder is None or not isinstance(after, str):
             return
         try:
@@ -251,7 +256,7 @@ class Reconciler:
         except SourceError:
             return  # listing the tasks reports the source's trouble
         summary.errors += [f"task {task_id}: its agent could not start: {why}"
-                           for task_id, why in failures]
+                           for task_id, why in failures if task_id not in own]
 
     def _deliver_outbox(self, summary: PassSummary) -> None:
         """Deliver every entry, each on its own: a bad entry is quarantined, an entry whose
@@ -603,14 +608,30 @@ class Reconciler:
             except Exception as exc:  # this task's launch failed; the others go on
                 failed.append((task, agent, token, exc))
         for task, agent, token, error in failed:
-            summary.errors.append(f"task {task.id}: wrapper could not start: {error}")
-            self._report_or_keep(Result(
-                task_id=task.id, agent=agent, attempt=task.attempts + 1,
-                outcome="launch_failed", token=token,
-                summary=f"launch_failed: the wrapper could not start: {error}",
-                host=self.settings.hostname, finished_at=clock.now(),
-                detail={"reason": str(error)}))
-            self.store.delete(task.id, token)
+            self._launch_failed(task.id, agent, task.attempts + 1, token, str(error), summary)
+
+    def _launch_failed(self, task_id: str, agent: str, attempt: int, token: str, why: str,
+                       summary: PassSummary) -> None:
+        """A wrapper that could not start: reported as ``launch_failed``, lease dropped."""
+        summary.errors.append(f"task {task_id}: wrapper could not start: {why}")
+        self._own_launch_failures.add(task_id)
+        self._report_or_keep(Result(
+            task_id=task_id, agent=agent, attempt=attempt, outcome="launch_failed",
+            token=token, summary=f"launch_failed: the wrapper could not start: {why}",
+            host=self.settings.hostname, finished_at=clock.now(), detail={"reason": why}))
+        self.store.delete(task_id, token)
+
+    def _report_fork_failures(self, summary: PassSummary) -> None:
+        """Wrappers the daemon's fork server could not fork since the last pass (it answers
+        after the pass that asked has moved on). A lease no longer under the launch's token
+        was dealt with already."""
+        failures = getattr(self._launcher, "failures", None)
+        if failures is None:
+            return
+        for task_id, token, why in failures():
+            lease = self.store.read(task_id)
+            if lease is not None and lease.spawn_token == token and lease.state == STARTING:
+                self._launch_failed(task_id, lease.agent, lease.attempt, token, why, summary)
 
     def _lease_and_claim(self, task: Task, agent: str, now) -> str | None:
         """Steps 1-2 of the spawn protocol; the spawn token, or None when the task was

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from scheduler import clock
@@ -20,9 +21,34 @@ LAST_PASS_SHAPE: dict[str, tuple[type, ...]] = {
 }
 
 
-def write_pass(settings, summary: dict) -> None:
+#: While a daemon has the next pass waiting, last-pass.json is replaced at most this
+#: often (seconds); it is always written when the daemon goes idle.
+BUSY_LAST_PASS_SEC = 0.5
+
+
+class BusyRecorder:
+    """The daemon's record keeping: a metrics line for every pass, last-pass.json for
+    every pass the daemon goes idle after, and at most every BUSY_LAST_PASS_SEC while
+    wake-ups keep arriving (each replacement is a new file, which costs more than the
+    rest of a short pass's bookkeeping)."""
+
+    def __init__(self) -> None:
+        self._written = 0.0  #: time.monotonic() of the last last-pass.json
+
+    def write(self, settings, summary: dict, busy: bool) -> None:
+        """Record a pass that ended with the next one already waiting (``busy``) or not."""
+        now = time.monotonic()
+        if busy and now - self._written < BUSY_LAST_PASS_SEC:
+            write_pass(settings, summary, last_pass=False)
+            return
+        write_pass(settings, summary)
+        self._written = now
+
+
+def write_pass(settings, summary: dict, *, last_pass: bool = True) -> None:
     ensure_private_dir(settings.state_dir)
-    atomic_write_json(settings.last_pass_file, summary, durable=False)
+    if last_pass:
+        atomic_write_json(settings.last_pass_file, summary, durable=False)
     metrics = {key: summary[key] for key in (
         "time", "mode", "duration_sec", "leases_scanned", "reclaimed", "stopped", "spawned",
         "blocked_skipped", "outbox_delivered", "outbox_pending")}

@@ -54,6 +54,11 @@ class WakeSocket:
         self.drain()
         return True
 
+    def pending(self) -> bool:
+        """Is a nudge waiting (without taking it)?"""
+        ready, _, _ = select.select([self._sock], [], [], 0)
+        return bool(ready)
+
     def drain(self) -> None:
         while True:
             try:
