@@ -45,7 +45,7 @@ demo-parallel: $(VENV)/.installed
 ## local store and a fake TinyTask server; three hosts on PostgreSQL with kill -9, a
 ## partition, a restart); prints their figures
 chaos: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py tests/test_chaos_postgres.py
+	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py tests/test_chaos_daemon.py tests/test_chaos_postgres.py
 
 ## lint: ruff on everything, the architecture contracts, the type checker
 lint: $(VENV)/.installed-dev
