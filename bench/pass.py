@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
@@ -27,10 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import _common as common
 from _common import CONSOLE_SCRIPT, clean_env, median, table, timed, wait_until, write_agents
-
-from scheduler import clock
-from scheduler.state.leases import RUNNING, Lease, LeaseStore
 
 AGENTS = {"ada": "dev", "bo": "dev", "cy": "dev", "di": "dev"}
 CASES = ((0, 0), (100, 1_000), (1_000, 10_000))
@@ -39,12 +36,6 @@ LARGEST_GOAL = 2.0
 HOST = "benchhost"
 
 signalled: list[int] = []
-
-
-def own_start_time() -> float:
-    import psutil
-
-    return psutil.Process(os.getpid()).create_time()
 
 
 def seed_local(base: Path, leases: int, idle: int) -> list[tuple[str, str, str]]:
@@ -77,17 +68,7 @@ def seed_tinytask(fake, leases: int, idle: int) -> list[tuple[str, str, str]]:
 
 
 def make_leases(base: Path, working, stack: ExitStack) -> None:
-    store = LeaseStore(base / "state" / "running")
-    now = clock.now()
-    started = own_start_time()
-    for task_id, agent, token in working:
-        store.create(Lease(task_id=task_id, agent=agent, state=RUNNING, spawn_token=token,
-                           started_at=now, heartbeat=now, host=HOST, queue="dev",
-                           pid=os.getpid(), pid_started_at=started, heartbeat_sec=3600))
-        lock = store.liveness_lock(task_id)
-        if not lock.acquire(0):
-            raise RuntimeError(f"could not hold the liveness lock of task {task_id}")
-        stack.callback(lock.release)
+    common.make_leases(base, working, stack, HOST)
 
 
 def measure(base: Path, env: dict, runs: int, expect_spawned: int, leases: int) -> list[float]:
