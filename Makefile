@@ -66,8 +66,11 @@ coverage: $(VENV)/.installed-dev
 mutate: $(VENV)/.installed-dev
 	$(BIN)/python scripts/mutate.py
 
+## bench: the issue-17 benches (backlog scaling, throughput and refill latency next to
+## task-spooler, start-up), then one summary table; about 5 minutes. BENCH_ARGS=--quick
+## for a smoke run. The other scripts in bench/ run on their own.
 bench: $(VENV)/.installed
-	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@$(BIN)/python bench/summary.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-state demo-parallel-state .coverage .coverage.* coverage.json
