@@ -33,6 +33,7 @@ BENCHES = (
     ("backlog.py", [], ["--quick"]),
     ("throughput.py", [], ["--quick"]),
     ("startup.py", [], ["--runs", "5"]),
+    ("wrapper.py", ["--quick", "--runs", "10"], ["--runs", "3"]),
 )
 TSP_HINT = "tsp not installed (apt-get install -y task-spooler)"
 

@@ -19,6 +19,7 @@ Exit code 1 when a target is missed (adoption < 200 ms, RSS < 30 MB, CPU < 0.5 %
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import signal
@@ -41,6 +42,12 @@ from scheduler.reconcile.launcher import ForkLauncher  # noqa: E402
 from scheduler.sources.local import LocalStore  # noqa: E402
 from scheduler.state import taskfile  # noqa: E402
 from scheduler.state.leases import RUNNING, STARTING, Lease, LeaseStore  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "_common", Path(__file__).resolve().with_name("_common.py"))
+assert _spec is not None and _spec.loader is not None
+common = importlib.util.module_from_spec(_spec)  # bench/_common.py, for its result lines
+_spec.loader.exec_module(common)
 
 RUNS = 20
 AGENT = "bench"
@@ -181,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             failed |= not ok
             print(f"  {mode + ' wrapper':<28} {value:7.1f} ms  (x{value / floor:.1f} the floor; "
                   f"min {min(times):.1f}, max {max(times):.1f})  {'ok' if ok else 'MISSED'}")
+            common.result(f"{mode} wrapper, start to adoption", value, "ms",
+                          f"< {TARGET_ADOPT_MS:g}")
 
         print(f"\nwaiting wrapper, heartbeat every 15 s, over {seconds:.0f} s "
               f"(targets: RSS < {TARGET_RSS_MB:.0f} MB, CPU < {TARGET_CPU_PCT} %)")
@@ -189,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             failed |= not ok
             print(f"  {mode + ' wrapper':<16} RSS {rss:5.1f} MB  USS {uss:5.1f} MB  "
                   f"CPU {cpu:6.3f} %  {'ok' if ok else 'MISSED'}")
+            common.result(f"{mode} wrapper, RSS while waiting", rss, "MB",
+                          f"< {TARGET_RSS_MB:g}", note=f"USS {uss:.1f} MB")
+            common.result(f"{mode} wrapper, CPU while waiting", cpu, "%",
+                          f"< {TARGET_CPU_PCT:g}")
     return 1 if failed else 0
 
 
