@@ -95,7 +95,8 @@ def main() -> int:
     print(f"== summary ({'quick' if args.quick else 'full'} run, {elapsed / 60:.1f} min; "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
           f"{os.cpu_count()} CPUs)")
-    print(table(("bench", "figure", "value", "target", "vs task-spooler", ""), rows))
+    print(table(("bench", "figure", "value", "target", "vs task-spooler", "verdict"),
+                rows))
     missed = sum(1 for r in rows if r[-1] == "MISSED")
     print(f"{missed} of {sum(1 for r in rows if r[-1] != '-')} targets missed"
           + (f"; CRASHED: {', '.join(crashed)}" if crashed else "")
