@@ -67,7 +67,7 @@ mutate: $(VENV)/.installed-dev
 	$(BIN)/python scripts/mutate.py
 
 ## bench: the issue-17 benches (backlog scaling, throughput and refill latency next to
-## task-spooler, start-up), then one summary table; about 5 minutes. BENCH_ARGS=--quick
+## task-spooler, start-up, wrapper), then one summary table; 2-3 minutes. BENCH_ARGS=--quick
 ## for a smoke run. The other scripts in bench/ run on their own.
 bench: $(VENV)/.installed
 	@$(BIN)/python bench/summary.py $(BENCH_ARGS)
