@@ -34,6 +34,7 @@ BENCHES = (
     ("throughput.py", [], ["--quick"]),
     ("startup.py", [], ["--runs", "5"]),
     ("wrapper.py", ["--quick", "--runs", "10"], ["--runs", "3"]),
+    ("daemon_memory.py", [], ["--quick"]),
 )
 TSP_HINT = "tsp not installed (apt-get install -y task-spooler)"
 
