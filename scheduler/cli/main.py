@@ -1,12 +1,14 @@
 """The ``tinyscheduler`` command line: global options, error mapping, subcommands.
 
-Subcommand modules import their heavy dependencies inside the command bodies, so
-``--help`` and ``config --show`` start fast. Exit codes: 0 ok, 1 a pass with errors,
+Subcommand modules import their heavy dependencies inside the command bodies, and a
+subcommand's module is imported only when that subcommand is named (``--help`` imports
+them all), so ``--help`` and ``config --show`` start fast. Exit codes: 0 ok, 1 a pass with errors,
 2 usage or configuration error (see :mod:`scheduler.errors`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -17,8 +19,39 @@ from scheduler import __version__
 from scheduler.cli.context import AppContext, MainGroup, SubCommand
 from scheduler.errors import EXIT_OK, EXIT_PASS_ERRORS, EXIT_USAGE, TinySchedulerError
 
+#: subcommand -> (its module in scheduler.cli, the command's name there)
+_COMMANDS = {
+    "init": ("init_cmd", "init"),
+    "config": ("config_cmd", "config"),
+    "validate-config": ("config_cmd", "validate_config"),
+    "run": ("run_cmd", "run"),
+    "status": ("run_cmd", "status"),
+    "pause": ("run_cmd", "pause"),
+    "resume": ("run_cmd", "resume"),
+    "task": ("task_cmd", "task"),
+    "agents": ("agents_cmd", "agents"),
+    "workspace": ("workspace_cmd", "workspace"),
+    "dashboard": ("run_cmd", "dashboard"),
+}
 
-@click.group(cls=MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(MainGroup):
+    """The main group; a subcommand's module is imported when the subcommand is looked up."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        # An unknown name loads every subcommand: the error suggests the closest one.
+        for name in [cmd_name] if cmd_name in _COMMANDS else list(_COMMANDS):
+            if name not in self.commands:
+                module, attr = _COMMANDS[name]
+                command = getattr(importlib.import_module(f"scheduler.cli.{module}"), attr)
+                self.add_command(command, name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tinyscheduler", message="%(prog)s %(version)s")
 @click.option("--env-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Env file to load (default: $TINYSCHEDULER_ENV_FILE, else "
@@ -48,34 +81,7 @@ def version() -> None:
     click.echo(f"tinyscheduler {__version__}")
 
 
-def _register_commands() -> None:
-    from scheduler.cli import (
-        agents_cmd,
-        config_cmd,
-        init_cmd,
-        run_cmd,
-        task_cmd,
-        workspace_cmd,
-    )
-
-    for command in (
-        init_cmd.init,
-        version,
-        config_cmd.config,
-        config_cmd.validate_config,
-        run_cmd.run,
-        run_cmd.status,
-        run_cmd.pause,
-        run_cmd.resume,
-        task_cmd.task,
-        agents_cmd.agents,
-        workspace_cmd.workspace,
-        run_cmd.dashboard,
-    ):
-        cli.add_command(command)
-
-
-_register_commands()
+cli.add_command(version)
 
 
 def _undecodable_argument(argv: list[str]) -> str | None:
