@@ -90,18 +90,33 @@ def status(app: AppContext, as_json: bool, watch: bool) -> int:
 
 
 def _watch(settings, status_mod) -> int:
-    """``status --watch``: clear the terminal and redraw once a second; Ctrl-C ends it."""
+    """``status --watch``: clear the terminal and redraw once a second until SIGINT
+    (Ctrl-C) or SIGTERM, then exit 0. The handlers are installed here: a SIGINT that the
+    parent ignores (a background job of a script, ``nohup``) would otherwise be ignored
+    here too, and nothing would end the loop. The signal is also noted, so an interrupt
+    that lands where Python drops exceptions (a finalizer) still ends it."""
+    import signal
     import sys
     import time
 
+    stopped: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     try:
-        while True:
+        while not stopped:
             text = status_mod.render(status_mod.collect(settings))
             sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")  # home, clear, redraw
             sys.stdout.flush()
-            time.sleep(1.0)
+            if not stopped:
+                time.sleep(1.0)
     except KeyboardInterrupt:
-        return EXIT_OK
+        pass
+    return EXIT_OK
 
 
 def _pause_command(pause: bool):

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from scheduler import clock
 from scheduler.dashboard import auth, chart, metrics
-from scheduler.dashboard.snapshot import Snapshot
+from scheduler.dashboard.snapshot import Snapshot, TaskSourceDown
 from scheduler.errors import InvalidName, TinySchedulerError
 from scheduler.logs import get_logger
 from scheduler.names import is_valid_name
@@ -180,6 +180,8 @@ class Dashboard:
     # --- one task ----------------------------------------------------------------------
 
     def _task_context(self, request: Request) -> dict | None:
+        """The task page's data; None when there is no such task (raises
+        :class:`TaskSourceDown` when the source cannot say)."""
         task_id = request.path_params["task_id"]
         task = self.snapshot.task(task_id) if is_valid_name(task_id) else None
         if task is None:
@@ -198,7 +200,11 @@ class Dashboard:
         return self._task_response(request, "_task.html")
 
     def _task_response(self, request: Request, template: str) -> Response:
-        context = self._task_context(request)
+        try:
+            context = self._task_context(request)
+        except TaskSourceDown as exc:
+            return self.page("missing.html", 503, task_id=request.path_params["task_id"],
+                             error=str(exc))
         if context is None:
             return self.page("missing.html", 404, task_id=request.path_params["task_id"])
         return self.page(template, **context)
@@ -210,7 +216,10 @@ class Dashboard:
 
     async def api_task(self, request: Request) -> Response:
         task_id = request.path_params["task_id"]
-        task = self.snapshot.task(task_id) if is_valid_name(task_id) else None
+        try:
+            task = self.snapshot.task(task_id) if is_valid_name(task_id) else None
+        except TaskSourceDown as exc:
+            return _json({"error": str(exc)}, 503)
         if task is None:
             return _json({"error": f"no task with id {task_id}"}, 404)
         return _json(task)

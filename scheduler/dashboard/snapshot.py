@@ -42,6 +42,11 @@ WAITING_MAX_DUTY = 0.1
 WAITING_IDLE_SEC = 30.0
 
 
+class TaskSourceDown(Exception):
+    """The task source could not answer about a task this host knows nothing of: the
+    dashboard answers 503 with this message (naming the source), never "no such task"."""
+
+
 class Snapshot:
     """Builds the dashboard's data for one state directory; keeps one task source open
     and the record aggregates between calls. Not thread-safe: the app calls it from its
@@ -132,19 +137,30 @@ class Snapshot:
 
     def task(self, task_id: str) -> dict | None:
         """The task (``task show --json`` shape for the local store), its lease if it
-        runs, and its attempt logs; None when no such task exists."""
+        runs, and its attempt logs; None when no such task exists. When the task source
+        cannot answer, what this host knows (lease, logs) is returned with
+        ``source_error`` naming the source, and :class:`TaskSourceDown` is raised when
+        this host knows nothing of the task (it may exist: not a "no such task")."""
         check_name(task_id)
-        source = self.source()
         data: dict[str, Any] | None = None
-        if source is not None:
-            data = self._task_from_source(source, task_id)
+        source_error: str | None = None
+        try:
+            source = self.source()
+            if source is not None:
+                data = self._task_from_source(source, task_id)
+        except (SourceError, OSError) as exc:
+            source_error = f"task source {self.settings.task_source} unavailable: {exc}"
         lease = self.leases.read(task_id, quarantine=False)
         attempts = tasklog.attempts(self.settings.task_log_dir, task_id)
         if data is None and lease is None and not attempts:
+            if source_error is not None:
+                raise TaskSourceDown(source_error)
             return None
         if data is None:
             title = lease.metadata.get("title") if lease else None
             data = {"id": task_id, "title": title if isinstance(title, str) else None}
+        if source_error is not None:
+            data["source_error"] = source_error
         now = clock.now()
         data["lease"] = None if lease is None else {
             "agent": lease.agent, "state": lease.state, "attempt": lease.attempt,
@@ -165,8 +181,6 @@ class Snapshot:
             return None if current is None else {**task_to_dict(current),
                                                  "parked": current.parked}
         except TaskNotFound:
-            return None
-        except (SourceError, OSError):
             return None
 
     def log_chunk(self, task_id: str, attempt: int, offset: int) -> dict:
