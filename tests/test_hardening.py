@@ -140,6 +140,74 @@ def test_a_source_down_while_looking_for_stranded_tasks_requeues_nothing(make_ri
     assert rig.tasks.get(stranded.id).status == WORKING
 
 
+def test_a_stranded_task_whose_result_waits_in_the_outbox_is_delivered_not_requeued(
+        make_rig) -> None:
+    """A task working under this scheduler's token with no lease, whose wrapper left its
+    result in the outbox: while the source refuses that entry (this pass), the task is
+    not requeued (its result would be thrown away and the task run again); once the
+    source takes the entry, the result is what lands, with no extra attempt."""
+    rig = make_rig(RETRY_BACKOFF_SEC=3600)
+    task = rig.add("finished while the source was away")
+    token = new_token(owner_tag(rig.settings.hostname, rig.settings.running_dir))
+    rig.tasks.claim(task.id, AGENT, token)
+    entry = outbox.write(rig.settings.outbox_dir,
+                         Result(task.id, AGENT, 1, SUCCEEDED, token, "shipped"))
+
+    class Refusing:  # the source refuses this one result (not down: the pass goes on)
+        def __init__(self, store) -> None:
+            self.store = store
+
+        def report(self, result, policy):
+            raise SourceError(f"task {result.task_id}: result refused for now")
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    reconciler, launcher = a_pass(rig, Refusing(rig.tasks))
+    summary = reconciler.run_pass().summary
+    reconciler.close()
+    assert summary.errors == [f"outbox entry {entry.name} not delivered: task {task.id}: "
+                              "result refused for now"]
+    assert summary.reclaimed == {} and summary.outbox_pending == 1
+    after = rig.tasks.get(task.id)
+    assert (after.status, after.attempts, after.lease_token) == (WORKING, 0, token)
+    assert entry.is_file() and launcher.launched == []
+
+    reconciler, launcher = a_pass(rig)
+    summary = reconciler.run_pass().summary
+    reconciler.close()
+    assert summary.errors == [] and summary.reclaimed == {}
+    assert summary.outbox_delivered == 1 and not entry.exists()
+    done = rig.tasks.get(task.id)
+    assert (done.status, done.attempts) == (COMPLETE, after.attempts)  # none added
+    assert rig.summary(task.id) == "shipped"
+    assert not any("stranded" in (h["detail"] or "") for h in rig.tasks.history(task.id))
+
+
+def test_a_stranded_task_with_no_agent_assigned_is_left_for_a_human(make_rig) -> None:
+    """Someone unassigned a task on the TinyTask server while it was working under this
+    scheduler's token (and its wrapper is gone): there is no agent to requeue it for, so
+    the pass says so and leaves it working, every pass, rather than guess an agent."""
+    with FakeTinyTask() as fake:
+        number = fake.add_task("unassigned while working", assigned_to=AGENT)
+        rig = make_rig(TASK_SOURCE="tinytask", MCP_ENDPOINT=fake.url)
+        token = new_token(owner_tag(rig.settings.hostname, rig.settings.running_dir))
+        source = TinyTaskSource(fake.url, sleep=no_sleep)
+        reconciler, launcher = a_pass(rig, source)
+        try:
+            source.claim(str(number), AGENT, token)
+            fake.set_task(number, assigned_to=None)
+            for _ in range(2):
+                summary = reconciler.run_pass().summary
+                assert summary.errors == [f"task {number} is stranded in working with no "
+                                          "agent assigned; left for a human"]
+                assert summary.reclaimed == {} and launcher.launched == []
+                assert fake.task(number)["status"] == "working"
+                assert f"tinyscheduler:lease={token}" in fake.task(number)["tags"]
+        finally:
+            reconciler.close()
+
+
 def test_status_reports_a_stranded_task_as_unhealthy(make_rig) -> None:
     rig = make_rig()
     task = rig.add()
