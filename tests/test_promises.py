@@ -40,12 +40,19 @@ from test_wrapper import rig as rig  # noqa: F401 - the fixture
 
 from scheduler import clock
 from scheduler.config.registry import Agent, Registry
-from scheduler.errors import SourceUnavailable
+from scheduler.errors import SourceError, SourceUnavailable
 from scheduler.reconcile.launcher import ExecLauncher
 from scheduler.reconcile.reconciler import Reconciler
 from scheduler.sources.base import CANCELLED, COMPLETE, IDLE, WORKING, Result, RetryPolicy
 from scheduler.state import outbox
-from scheduler.state.leases import RUNNING, Lease, LeaseStore
+from scheduler.state.leases import (
+    RUNNING,
+    STARTING,
+    Lease,
+    LeaseStore,
+    new_token,
+    owner_tag,
+)
 from wrapper.supervisor import Supervisor
 
 pytestmark = pytest.mark.processes
@@ -837,3 +844,100 @@ def test_an_unexpected_error_in_a_claim_leaves_no_lease(rig: Rig) -> None:
     with pytest.raises(RuntimeError, match="a bug in the source"):
         a_pass(rig, Broken(rig.tasks, [task]))
     assert rig.leases.read(task.id) is None
+
+
+# --- the failure branches of reclaiming, requeueing and spawning ------------------------
+
+
+def test_a_reclaim_whose_outcome_cannot_be_recorded_still_requeues(rig: Rig,
+                                                                   spawn_python) -> None:
+    """The outcomes record is only a record: when it cannot be written (here a directory
+    stands where the file goes), the reclaim goes on and the task is requeued."""
+    pid, started = dead_pid(spawn_python)
+    task_id, _ = claimed_lease(rig, pid=pid, pid_started_at=started)
+    rig.settings.outcomes_file.mkdir(parents=True)
+
+    summary = a_pass(rig, retry_backoff_sec=600)
+
+    assert summary.reclaimed == {"pid-dead": 1} and summary.errors == []
+    assert rig.leases.read(task_id) is None
+    assert (rig.tasks.get(task_id).status, rig.tasks.get(task_id).attempts) == (IDLE, 1)
+
+
+def test_a_stranded_task_whose_requeue_cannot_be_kept_anywhere_stays_for_the_next_pass(
+        rig: Rig, monkeypatch) -> None:
+    """Source down for the report and the outbox unwritable (a full disk): requeueing a
+    stranded task fails for that task only, it stays working, and the next pass
+    requeues it."""
+    owner = owner_tag(rig.settings.hostname, rig.settings.running_dir)
+    stranded = rig.add("stranded")
+    rig.tasks.claim(stranded.id, AGENT, new_token(owner))
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outbox, "write", disk_full)
+        summary = a_pass(rig, Down(rig.tasks, report=0))
+
+    assert summary.reclaimed == {}
+    [error] = summary.errors
+    assert error.startswith(f"task {stranded.id}: requeueing stranded task failed: ")
+    assert "No space left on device" in error
+    assert rig.tasks.get(stranded.id).status == WORKING
+
+    summary = a_pass(rig, retry_backoff_sec=600)
+    assert summary.reclaimed == {"stranded": 1} and summary.errors == []
+    assert (rig.tasks.get(stranded.id).status, rig.tasks.get(stranded.id).attempts) == \
+        (IDLE, 1)
+
+
+def test_a_failed_claim_skips_that_task_only(rig: Rig) -> None:
+    """One claim fails with an error that is not an outage: that task keeps its
+    `starting` lease (the claim may have been applied: the spawn timeout settles it) and
+    nothing is launched for it; the next planned task is still claimed and launched."""
+    refused, taken = rig.add("refused"), rig.add("taken")
+
+    class Refusing:
+        def __init__(self, store) -> None:
+            self.store = store
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+        def claim(self, task_id, agent, token):
+            if task_id == refused.id:
+                raise SourceError(f"task {task_id}: claim refused")
+            return self.store.claim(task_id, agent, token)
+
+    launcher = NoLaunch()
+    summary = a_pass(rig, Refusing(rig.tasks), launcher=launcher)
+
+    assert summary.errors[0] == f"task {refused.id}: task {refused.id}: claim refused"
+    assert launcher.launched == [taken.id]  # (NoLaunch fails every launch: reported)
+    assert rig.leases.read(refused.id).state == STARTING
+    assert rig.tasks.get(refused.id).status == IDLE
+
+
+def test_source_down_while_reading_running_files_holds_back_tasks_declaring_files(
+        rig: Rig, spawn_python) -> None:
+    """Which files the running tasks hold cannot be read (source down for that call): a
+    waiting task that declares files waits rather than risk a clash; one that declares
+    none still starts."""
+    running = rig.add("running")
+    holder = hold_lock(spawn_python, rig, running.id)  # its wrapper is alive
+    claimed_lease_for(rig, running.id)
+    with_files = rig.add("declares files", files=["src/auth/**"])
+    without = rig.add("declares nothing")
+    launcher = NoLaunch()
+
+    summary = a_pass(rig, Down(rig.tasks, current=0), launcher=launcher,
+                     registry=Registry((Agent(AGENT, None, 3),), legacy=True))
+
+    assert "reading the files of running tasks failed: task source down (current)" in \
+        summary.errors
+    assert launcher.launched == [without.id]
+    assert rig.tasks.get(with_files.id).status == IDLE and \
+        rig.leases.read(with_files.id) is None
+    holder.stdin.close()
+    holder.wait(timeout=10)

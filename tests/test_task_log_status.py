@@ -165,7 +165,7 @@ def test_status_shows_running_tasks_backlog_and_watch(make_scheduler):
     for signum in (signal.SIGINT, signal.SIGTERM):
         watcher = start_with_sigint_ignored(s, "status", "--watch")
         out = Reader(watcher)
-        wait_for(lambda: out.pump().count(b"\x1b[H\x1b[2J") >= 2, what="two redraws")
+        wait_for(lambda out=out: out.pump().count(b"\x1b[H\x1b[2J") >= 2, what="two redraws")
         assert b"BACKLOG" in out.data
         watcher.send_signal(signum)
         # ends at once (a redraw in progress is cut short); the margin is for a loaded
