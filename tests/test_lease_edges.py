@@ -3,6 +3,7 @@ locked, symlinks, forbidden heartbeat changes, and quarantine name collisions.""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -280,3 +281,36 @@ def test_a_corrupt_lease_removed_just_before_it_is_moved_aside_is_no_error(
     monkeypatch.setattr(leases_module, "ensure_private_dir", remove_then_ensure)
     assert store.list() == []
     assert list((store.running_dir / "corrupt").iterdir()) == []  # no reason without a file
+
+
+def test_releasing_a_liveness_lock_that_is_not_held_changes_nothing(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "running")
+    lock = store.liveness_lock("t1")
+    lock.release()  # never taken
+    assert not lock.is_locked and lock.fileno() is None
+    assert lock.acquire(0) and lock.fileno() is not None
+    lock.release()
+    lock.release()  # twice
+    assert not lock.is_locked and not store.is_held("t1")
+
+
+def test_a_lock_probe_that_cannot_open_the_file_raises_rather_than_saying_free(
+        tmp_path: Path) -> None:
+    """Only a missing file, a link or a directory means "nobody holds it"; any other
+    error is raised (taken as free, it would requeue a task whose wrapper may live)."""
+    with pytest.raises(OSError) as raised:
+        probe_lock(tmp_path / ("x" * 300))
+    assert raised.value.errno == errno.ENAMETOOLONG
+
+
+def test_a_lease_read_takes_the_whole_file_whatever_its_size_was_at_fstat() -> None:
+    """The size from ``fstat`` is a hint: a file that grew since is read to its end (a
+    pipe holding more than the hint stands in for it: no hook between the two calls)."""
+    read_fd, write_fd = os.pipe()
+    data = bytes(range(256)) * 80  # 20 KiB: more than the hint and its margin, fits a pipe
+    os.write(write_fd, data)
+    os.close(write_fd)
+    try:
+        assert leases_module._read_all(read_fd, 10) == data
+    finally:
+        os.close(read_fd)
