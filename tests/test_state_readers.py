@@ -99,3 +99,21 @@ def test_the_wake_socket_wakes_on_a_nudge_and_times_out_without(tmp_path: Path) 
         path.unlink()  # removed under it: closing is still clean
         waker.close()
     assert wake.nudge(path) is False  # nobody listening: best effort, never an error
+
+
+def test_an_outbox_entry_removed_while_the_outbox_is_listed_sorts_first(
+        tmp_path: Path) -> None:
+    """An entry delivered (and removed) by its wrapper between the directory scan and the
+    look at its time is no error: it sorts first, and the pass finds it gone when it
+    loads it."""
+    from scheduler.state import outbox
+
+    outbox_dir = tmp_path / "outbox"
+    outbox_dir.mkdir()
+    for name in ("1-a.json", "2-b.json"):
+        (outbox_dir / name).write_text("{}")
+    [first, second] = sorted(os.scandir(outbox_dir), key=lambda e: e.name)
+    os.unlink(first.path)
+    assert outbox._mtime(first) == 0.0
+    assert outbox._mtime(second) == (outbox_dir / "2-b.json").stat().st_mtime
+    assert outbox.pending(outbox_dir) == [outbox_dir / "2-b.json"]
