@@ -47,6 +47,7 @@ T_LIVENESS = ("tests/test_liveness.py", "tests/test_promises.py", "tests/test_re
               "tests/test_wrapper.py")
 T_RECONCILER = ("tests/test_promises.py", "tests/test_reconciler.py", "tests/test_wrapper.py",
                 "tests/test_crash.py")
+T_STRANDED = ("tests/test_hardening.py", "tests/test_promises.py")
 T_SUPERVISOR = ("tests/test_wrapper.py", "tests/test_promises.py", "tests/test_reconciler.py")
 T_PLANNER = ("tests/test_planner.py", "tests/test_properties.py", "tests/test_reconciler.py")
 T_SETTINGS = ("tests/test_settings.py", "tests/test_properties.py", "tests/test_config_cli.py")
@@ -206,6 +207,20 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("R14", RECONCILER,
              "            verdicts = {lease.task_id: None for lease in leases}\n",
              "", "leases kept after a failed reclaim are planned as free slots", T_RECONCILER),
+    Mutation("R15", RECONCILER,
+             "                if outbox.path_for(self.settings.outbox_dir, task.id, token)"
+             ".exists():",
+             "                if False:",
+             "a stranded task whose result waits in the outbox is requeued", T_STRANDED),
+    Mutation("R16", RECONCILER, "                if not is_valid_name(task.assignee):",
+             "                if False:",
+             "a stranded task with no agent assigned is requeued for nobody", T_STRANDED),
+    Mutation("R17", RECONCILER,
+             "            except Exception as exc:  # one task never stops the others\n"
+             "                summary.errors.append(f\"task {task.id}: requeueing stranded",
+             "            except ZeroDivisionError as exc:\n"
+             "                summary.errors.append(f\"task {task.id}: requeueing stranded",
+             "a stranded task whose requeue fails stops the pass", T_STRANDED),
     # --- the wrapper's supervisor -------------------------------------------------------------
     Mutation("S1", SUPERVISOR, "        if self._beat(state=FINISHING) == BEAT_FENCED:\n"
              "            self._line(\"lease vanished",
