@@ -437,6 +437,36 @@ def test_terminate_a_group_that_is_not_our_child(spawn_python) -> None:
             pass
 
 
+REAPED = (
+    "import subprocess, sys\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {SLEEPER!r}], stdout=subprocess.PIPE,\n"
+    "                         start_new_session=True)\n"
+    "child.stdout.readline()\n"
+    "print(child.pid, flush=True)\n"
+    "print(child.wait(), flush=True)  # reaped at once, as a wrapper reaps its agent\n"
+)
+
+
+@pytest.mark.processes
+def test_terminate_a_group_whose_leader_its_parent_reaps(spawn_python) -> None:
+    """An agent is its wrapper's child, not ours: the wrapper reaps it as soon as it dies,
+    so neither the process nor its group exists any more (not even as a zombie)."""
+    parent = spawn_python(REAPED, stdin=None)
+    pid = int(parent.stdout.readline())
+    try:
+        started = psutil.Process(pid).create_time()
+        assert terminate_group(pid, started, 10.0, poll=0.01) is True
+        assert int(parent.stdout.readline()) == -signal.SIGTERM
+        assert parent.wait(timeout=10) == 0
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # the group is gone
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 LOCK_HOLDER = (
     "import fcntl, sys\n"
     "handle = open(sys.argv[1], 'w')\n"
