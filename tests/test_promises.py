@@ -209,6 +209,30 @@ def test_an_unreadable_outbox_entry_is_quarantined_with_its_reason(rig: Rig) -> 
 # --- fencing: the wrapper ---------------------------------------------------------------
 
 
+def test_an_unreadable_outbox_entry_that_cannot_be_moved_aside_is_kept_in_place(
+        rig: Rig) -> None:
+    """The quarantine itself fails (a file stands where ``corrupt/`` goes): the entry is
+    left where it is (never deleted), the error says why, and the good entry behind it
+    is still delivered."""
+    task = rig.add()
+    rig.tasks.claim(task.id, AGENT, "tok1")
+    good = outbox_entry(rig, task.id, "tok1")
+    os.utime(good, (2_000_000, 2_000_000))
+    garbage = rig.settings.outbox_dir / "9-x.json"
+    garbage.write_text("{not json")
+    os.utime(garbage, (1_000_000, 1_000_000))
+    (rig.settings.outbox_dir / "corrupt").write_text("in the way")
+
+    summary = a_pass(rig)
+
+    [error] = summary.errors
+    assert error.startswith("outbox entry 9-x.json unreadable (invalid JSON at line 1")
+    assert "; could not be moved aside: " in error
+    assert garbage.read_text() == "{not json"
+    assert (summary.outbox_delivered, summary.outbox_pending) == (1, 1)
+    assert rig.tasks.get(task.id).status == COMPLETE
+
+
 def test_a_wrapper_fenced_after_its_agent_ended_reports_nothing(make_rig) -> None:
     """The lease is re-owned (a reclaim's fence) while the agent is finishing, before the
     wrapper's next heartbeat could notice: the last heartbeat before reporting fails, and
