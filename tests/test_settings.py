@@ -536,3 +536,38 @@ def test_a_path_with_a_control_character_is_refused_in_one_line(tmp_path, name):
     message = error_of(tmp_path, env={name: "state\nrm -rf"})
     assert_names(message, name, "environment", "a file system path without control characters")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["BASE_PATH", "LOG_DIR", "REPO_DIR"])
+def test_a_path_under_the_home_of_an_unknown_user_is_a_clean_error(tmp_path: Path,
+                                                                    name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={f"TINYSCHEDULER_{name}": "~0/state"}, cwd=tmp_path)
+    assert str(raised.value) == (
+        f"TINYSCHEDULER_{name}='~0/state' (from environment) is invalid: the home "
+        "directory of user '0' is unknown (accepted: a path, ~/PATH or ~USER/PATH for a "
+        "user that exists)")
+    home = load_settings(environ={f"TINYSCHEDULER_{name}": "~/state"}, cwd=tmp_path)
+    assert getattr(home, name.lower()) == Path.home() / "state"
+
+
+def test_an_env_file_under_the_home_of_an_unknown_user_is_a_clean_error(
+        tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"TINYSCHEDULER_ENV_FILE": "~nosuchuser/x.env"}, cwd=tmp_path)
+    assert str(raised.value) == (
+        "TINYSCHEDULER_ENV_FILE='~nosuchuser/x.env': the home directory of user "
+        "'nosuchuser' is unknown (accepted: a path, ~/PATH or ~USER/PATH for a user that "
+        "exists)")
+
+
+def test_an_agent_program_under_the_home_of_an_unknown_user_is_not_found(
+        tmp_path: Path) -> None:
+    from scheduler.config.agentcmd import agent_program_problem
+
+    settings = load_settings(environ={"TINYSCHEDULER_AGENT_COMMAND":
+                                      "~nosuchuser/bin/agent {title}"}, cwd=tmp_path)
+    assert agent_program_problem(settings) == (
+        "agent command '~nosuchuser/bin/agent' is not found (not an executable file); "
+        "install it, or set TINYSCHEDULER_AGENT_COMMAND (or TINYSCHEDULER_GOOSE_BIN) to an "
+        "existing executable")

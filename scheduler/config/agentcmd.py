@@ -24,7 +24,10 @@ def find_agent_program(settings: Any) -> Path | None:
     agent's working directory."""
     program = agent_program(settings)
     if os.sep in program:
-        candidate = Path(program).expanduser()
+        try:
+            candidate = Path(program).expanduser()
+        except RuntimeError:  # ~USER of no such user: no such program either
+            return None
         if not candidate.is_absolute():
             candidate = Path(settings.work_dir) / candidate
     else:

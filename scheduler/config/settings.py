@@ -127,7 +127,19 @@ def _parse_path(text: str) -> Path:
     value = text.strip()
     if not value or any(ord(char) < 32 or char == "\x7f" for char in value):
         raise ValueError("accepted: a file system path without control characters")
-    return Path(value).expanduser()
+    return expand_home(value)
+
+
+def expand_home(value: str) -> Path:
+    """``value`` with a leading ``~`` or ``~user`` expanded; ValueError when that home
+    directory is unknown (no such user, or no HOME), never a traceback."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        user = value[1:].split("/", 1)[0]
+        whose = f"user {user!r}" if user else "the current user"
+        raise ValueError(f"the home directory of {whose} is unknown (accepted: a path, "
+                         "~/PATH or ~USER/PATH for a user that exists)") from None
 
 
 def _parse_log_level(text: str) -> str:
@@ -810,7 +822,10 @@ def choose_env_file(
         return env_file, "--env-file"
     named = environ.get(ENV_FILE_VARIABLE, "").strip()
     if named:
-        path = Path(named).expanduser()
+        try:
+            path = expand_home(named)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_FILE_VARIABLE}={named!r}: {exc}") from None
         return (path if path.is_absolute() else cwd / path), ENV_FILE_VARIABLE
     for name in DISCOVERED_ENV_FILES:
         if (cwd / name).is_file():
