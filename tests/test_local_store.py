@@ -701,3 +701,23 @@ def test_launch_failure_reason_lands_in_last_error(store):
                         detail={"reason": "recipe 'x.yaml' not found"}),
                  RetryPolicy(max_attempts=3, backoff_sec=0))
     assert "recipe 'x.yaml' not found" in store.get(task_id).last_error
+
+
+def test_a_report_is_committed_durably_and_the_store_goes_back_to_normal(sqlite_store):
+    """The store commits with synchronous=NORMAL (WAL: not fsynced, may roll back after a
+    power loss), but a reported result is committed with FULL: its outbox entry is
+    dropped as soon as the report returns. Seen through SQLite's statement trace."""
+    task_id = working(sqlite_store)
+    conn = sqlite_store._connection()  # the trace is only reachable on the connection
+    said: list[str] = []
+    conn.set_trace_callback(said.append)
+    try:
+        sqlite_store.report(result(task_id), POLICY)
+        sqlite_store.claim(sqlite_store.add_task("next", queue="dev").id, "alice", "t2")
+    finally:
+        conn.set_trace_callback(None)
+
+    full, begin = said.index("PRAGMA synchronous = FULL"), said.index("BEGIN IMMEDIATE")
+    assert full < begin < said.index("COMMIT") < said.index("PRAGMA synchronous = NORMAL")
+    assert said.count("PRAGMA synchronous = FULL") == 1  # the claim is not durable
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -374,12 +374,19 @@ class LocalStore:
         self._conn = None
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; SQLite errors become :class:`SourceError`."""
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; SQLite errors become :class:`SourceError`.
+
+        The store runs with ``synchronous=NORMAL`` (in WAL mode a commit is not fsynced
+        and may roll back after a power loss); a ``durable`` transaction is committed
+        with ``synchronous=FULL``, so it is on disk when this returns."""
         conn = self._connection()
         try:
+            if durable:
+                conn.execute("PRAGMA synchronous = FULL")
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            self._normal_sync(conn, durable)
             raise SourceError(f"local store {self.path}: {exc}") from None
         try:
             yield conn
@@ -390,6 +397,16 @@ class LocalStore:
             if isinstance(exc, sqlite3.Error):
                 raise SourceError(f"local store {self.path}: {exc}") from None
             raise
+        finally:
+            self._normal_sync(conn, durable)
+
+    @staticmethod
+    def _normal_sync(conn: sqlite3.Connection, durable: bool) -> None:
+        if durable:
+            try:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error:
+                pass  # the connection is broken: it is reopened with NORMAL anyway
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -576,7 +593,9 @@ class LocalStore:
                        assignee=agent, lease_token=token)
 
     def report(self, result: Result, policy: RetryPolicy) -> Applied:
-        with self._write() as conn:
+        # Durable: the caller drops the result's outbox entry (its only other copy) once
+        # this returns, and an outbox entry's removal may reach the disk first.
+        with self._write(durable=True) as conn:
             try:
                 row = self._status_row(conn, result.task_id)
             except TaskNotFound:
