@@ -90,7 +90,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "            if current is None:\n"
              "                return None\n            return current",
              "delete is not a compare-and-delete", T_LEASES),
-    Mutation("L10", LEASES, "applied = _names_file(path, fd)", "applied = True",
+    Mutation("L10", LEASES, "if _names_file(path, fd):", "if True:",
              "a compare-and-set commits over a lease that changed since it was read",
              T_LEASES),
     Mutation("L5", LEASES, "os.link(tmp, final)", "os.replace(tmp, final)",

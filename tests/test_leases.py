@@ -496,3 +496,37 @@ def test_a_delete_read_before_a_fence_that_lands_first_deletes_nothing(
 
     assert store.delete("t1", "tok-1") is False
     assert store.read("t1").spawn_token == "scheduler-token"
+
+
+def deleted_lease_files_open() -> int:
+    """How many replaced or removed lease files this process still has open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "task_" in target and target.endswith(".json (deleted)"):
+            count += 1
+    return count
+
+
+def test_replaced_lease_files_are_freed_when_the_store_closes_what_it_retired(
+        tmp_path: Path) -> None:
+    """A compare-and-set keeps the replaced file open until close_retired (so its freeing
+    happens off the caller's path), a bounded number at most."""
+    store = LeaseStore(tmp_path)
+    store.create(make_lease(state=RUNNING, pid=5))
+    before = deleted_lease_files_open()
+    store.heartbeat("t1", "tok-1", T0.replace(second=1))
+    assert deleted_lease_files_open() == before + 1
+    store.close_retired()
+    assert deleted_lease_files_open() == before
+
+    for second in range(2, 40):
+        store.heartbeat("t1", "tok-1", T0.replace(second=second))
+    assert deleted_lease_files_open() == before + 16  # the oldest were closed
+    assert store.delete("t1", "tok-1")
+    store.close_retired()
+    assert deleted_lease_files_open() == before
+    assert store.read("t1") is None

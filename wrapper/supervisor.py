@@ -101,6 +101,7 @@ class Supervisor:
         self._merge_detail: dict = {}
         self._merge_text = ""
         self._merge_park = False
+        self._held_files: list[int] = []  #: removed files held open until the end
 
     @property
     def _out(self) -> AttemptLog:
@@ -193,11 +194,21 @@ class Supervisor:
                     modes.tidy(self.context, self.workspace, attempt.outcome)
             except Exception as exc:
                 self._line(f"workspace: cleanup failed: {exc!r}")
+        self._free_slot()
+        return 0
+
+    def _free_slot(self) -> None:
+        """The end: the lease goes, the lock is released, the daemon is woken; only then
+        are the files this attempt replaced or removed let go (freeing them is the
+        file system's slowest step here, and nothing waits on it now)."""
         self._retry(lambda: self.store.delete(self.task_id, self.token), "deleting the lease",
                     give_up_after=DELETE_RETRY_SEC)
         self.liveness.release()
         wake.nudge(self.settings.wake_socket)
-        return 0
+        self.store.close_retired()
+        for fd in self._held_files:
+            os.close(fd)
+        self._held_files.clear()
 
     # --- the lease while the agent runs -------------------------------------------------
 
@@ -530,6 +541,7 @@ class Supervisor:
             error = agent.release()
             if error is not None:
                 return Attempt(base.LAUNCH_FAILED, note=error)
+            self.store.close_retired()  # the agent runs: nothing waits on this now
             attempt = self._wait(agent)
             if attempt.outcome != base.SUCCEEDED and agent_limits:
                 self._name_limit(attempt, agent, agent_limits)
@@ -804,7 +816,7 @@ class Supervisor:
             reported = self._report(result)
             if reported and kept is not None:
                 try:
-                    kept.unlink(missing_ok=True)
+                    self._unlink_later_freed(kept)
                 except OSError as exc:  # delivered again later: ignored as a duplicate
                     self._line(f"delivered, but the outbox entry stays ({exc})")
             if reported or kept is not None:
@@ -816,6 +828,17 @@ class Supervisor:
             if self._beat(state=FINISHING) == BEAT_FENCED:
                 self._line("lease re-owned while the result was kept in memory: dropped")
                 return "dropped"
+
+    def _unlink_later_freed(self, path: Path) -> None:
+        """Remove ``path`` now, but hold it open until the wrapper's end: the file system
+        frees a file when its last reference goes (about a millisecond on some), which is
+        then after the slot is free, not on the way to it."""
+        try:
+            self._held_files.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                                            | os.O_NONBLOCK))
+        except OSError:
+            pass  # gone already, or not a plain file: removed (or refused) below anyway
+        path.unlink(missing_ok=True)
 
     def _keep(self, result: Result) -> Path | None:
         try:

@@ -212,7 +212,6 @@ class Reconciler:
         if not dry_run:
             leases = self._reclaim(leases, verdicts, summary)
             verdicts = {lease.task_id: None for lease in leases}
-            self.store.remove_stale_lock_files({lease.task_id for lease in leases})
             self._stop_unwanted(leases, summary)
             self._requeue_stranded(leases, summary)
         views = [LeaseView(lease.task_id, lease.agent, verdicts.get(lease.task_id))
@@ -233,6 +232,11 @@ class Reconciler:
             summary.reclaimed = dict(Counter(r.reason for r in the_plan.reclaims))
         elif listing is not None:
             self._spawn_all(the_plan, now, summary)
+        if not dry_run:
+            # Housekeeping after the spawns, off the path from a freed slot to its next
+            # task: each removed lock file and each replaced lease is a file to free.
+            self.store.remove_stale_lock_files({lease.task_id for lease in leases})
+            self.store.close_retired()
         summary.blocked_skipped = (listing.blocked if listing and listing.blocked is not None
                                    else the_plan.skipped("blocked"))
         return the_plan

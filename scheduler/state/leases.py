@@ -56,6 +56,8 @@ LEASE_VERSION = 1
 ADOPT_LOCK_WAIT_SEC = 2.0
 #: How long a store operation waits for the store mutex before giving up.
 MUTEX_WAIT_SEC = 10.0
+#: How many descriptors of replaced lease files a store keeps before closing the oldest.
+MAX_RETIRED = 16
 
 LEASE_NAME = re.compile(r"task_(.+)\.json")
 LOCK_NAME = re.compile(r"task_(.+)\.lock")
@@ -356,6 +358,9 @@ class LeaseStore:
         #: What :meth:`list` decoded last time, by file name: (identity, lease). A file
         #: whose identity is unchanged is not read again (see :func:`_identity`).
         self._decoded: dict[str, tuple[tuple[int, ...], Lease]] = {}
+        #: Descriptors of lease files this store replaced or removed, still open: see
+        #: :meth:`close_retired`.
+        self._retired: list[int] = []
 
     # paths
 
@@ -605,6 +610,7 @@ class LeaseStore:
         deadline = time.monotonic() + MUTEX_WAIT_SEC
         while True:
             fd, current = self._open_and_load(str(path))
+            committed = False
             try:
                 chosen = decide(current)
                 if chosen is None or fd is None:
@@ -612,24 +618,44 @@ class LeaseStore:
                 tmp = None if delete else write_temp(path, encode(chosen))
                 try:
                     with self._mutex():
-                        applied = _names_file(path, fd)
-                        if applied and tmp is None:
-                            os.unlink(path)
-                        elif applied and tmp is not None:
-                            replace_with(tmp, path)
-                            tmp = None
+                        if _names_file(path, fd):
+                            if tmp is None:
+                                os.unlink(path)
+                            else:
+                                replace_with(tmp, path)
+                                tmp = None
+                            committed = True
                 finally:
                     if tmp is not None:
                         discard(tmp)
             finally:
-                if fd is not None:
+                if fd is not None and not committed:
                     os.close(fd)
-            if applied:
+            if committed:
+                assert fd is not None
+                self._retire(fd)  # closed later: the file is freed then
                 fsync_dir(self.running_dir)
                 return chosen
             if time.monotonic() > deadline:
                 raise LeaseError(f"lease of task {task_id} kept changing for more than "
                                  f"{MUTEX_WAIT_SEC:.0f} s")
+
+    def _retire(self, fd: int) -> None:
+        """Keep the descriptor of a file just replaced or removed, for
+        :meth:`close_retired` (a few at most: the oldest are closed beyond that)."""
+        self._retired.append(fd)
+        while len(self._retired) > MAX_RETIRED:
+            os.close(self._retired.pop(0))
+
+    def close_retired(self) -> None:
+        """Close the descriptors of the lease files this store replaced or removed. Each
+        is the last reference to a file no longer in the directory, so closing it is when
+        the file system frees the file (about a millisecond on some): callers do it when
+        nothing waits on them (a wrapper once its agent runs and when it ends, the daemon
+        after a pass) rather than on the way to starting or freeing a slot."""
+        retired, self._retired = self._retired, []
+        for fd in retired:
+            os.close(fd)
 
     def reown(self, expected: Lease, new_token: str, **changes: Any) -> Lease | None:
         """Give the lease a new spawn token (plus field ``changes``), only if it is still
