@@ -45,10 +45,6 @@ class ForkServer:
         self._waiting: deque[tuple[str, str]] = deque()  #: requests not answered yet
         self._failed: list[tuple[str, str, str]] = []  #: (task id, token, why)
 
-    @property
-    def running(self) -> bool:
-        return self._sock is not None
-
     def prepare(self, source) -> None:
         """Start the server if it is not running (the source first releases what a
         forked child must not inherit); nothing otherwise."""
@@ -109,14 +105,15 @@ class ForkServer:
             self.close()
 
     def close(self) -> None:
-        """Stop the server: it exits when its socket closes; it is reaped if it has."""
+        """Stop the server and reap it. SIGKILL: it keeps nothing worth a clean exit,
+        and a stopped server would never act on SIGTERM (the wait would hang)."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
         self._waiting.clear()
         if self._pid is not None:
             try:
-                os.kill(self._pid, signal.SIGTERM)
+                os.kill(self._pid, signal.SIGKILL)
                 os.waitpid(self._pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass

@@ -633,9 +633,16 @@ class Reconciler:
         if failures is None:
             return
         for task_id, token, why in failures():
-            lease = self.store.read(task_id)
-            if lease is not None and lease.spawn_token == token and lease.state == STARTING:
-                self._launch_failed(task_id, lease.agent, lease.attempt, token, why, summary)
+            try:
+                lease = self.store.read(task_id)
+                if lease is not None and lease.spawn_token == token \
+                        and lease.state == STARTING:
+                    self._launch_failed(task_id, lease.agent, lease.attempt, token, why,
+                                        summary)
+            except Exception as exc:  # one task never stops the others (the spawn
+                # timeout reclaims a lease left behind)
+                summary.errors.append(f"task {task_id}: its failed launch could not be "
+                                      f"recorded: {exc!r}")
 
     def _lease_and_claim(self, task: Task, agent: str, now) -> str | None:
         """Steps 1-2 of the spawn protocol; the spawn token, or None when the task was
