@@ -70,6 +70,14 @@ mutate: $(VENV)/.installed-dev
 ## task-spooler, start-up, wrapper), then one summary table; 2-3 minutes. BENCH_ARGS=--quick
 ## for a smoke run. The other scripts in bench/ run on their own.
 bench: $(VENV)/.installed
+	@if ! command -v tsp >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	        && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing task-spooler for the comparison (apt-get install task-spooler)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq task-spooler >/dev/null 2>&1 \
+	        || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	             apt-get install -y -qq task-spooler >/dev/null 2>&1; } \
+	        || echo "task-spooler could not be installed: the table shows no ratio"; \
+	fi
 	@$(BIN)/python bench/summary.py $(BENCH_ARGS)
 
 clean:
