@@ -244,6 +244,38 @@ def discard(tmp: Path) -> None:
         pass
 
 
+class HeldFiles:
+    """Descriptors of files already replaced or removed, kept open so that the file
+    system frees them when :meth:`close` is called, off the caller's way: freeing a file
+    (its last reference going) costs about a millisecond on some file systems. Beyond
+    ``limit`` descriptors the oldest is closed at once."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._fds: list[int] = []
+
+    def keep(self, fd: int) -> None:
+        self._fds.append(fd)
+        while len(self._fds) > self.limit:
+            os.close(self._fds.pop(0))
+
+    def unlink(self, path: Path) -> None:
+        """Remove ``path`` now (gone already is fine), holding it open until
+        :meth:`close` (a link, FIFO or directory there is removed, or refused, without
+        being held)."""
+        try:
+            self.keep(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                              | os.O_CLOEXEC))
+        except OSError:
+            pass
+        Path(path).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+
 def atomic_write_json(path: Path, value: object, *, durable: bool = True) -> None:
     atomic_write(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode(),
                  durable=durable)

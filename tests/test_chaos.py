@@ -144,11 +144,15 @@ class Chaos:
             if abs(proc.create_time() - started) > 0.01:
                 return False  # not the recorded process (never signal a reused pid)
             proc.kill()
-            proc.wait(timeout=10)
+            self._wait_dead(proc)
         except psutil.Error:
             return False
         self.kills[kind] += 1
         return True
+
+    def _wait_dead(self, proc: psutil.Process) -> None:
+        """Return once a killed process is gone (reaped)."""
+        proc.wait(timeout=10)
 
     def lose_answers(self) -> None:
         if self.fake is not None and self.rng.random() < 0.05:

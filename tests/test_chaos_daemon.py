@@ -60,30 +60,20 @@ class DaemonChaos(Chaos):
                 server.kill()
                 self.kills["fork server"] += 1
 
-    def _kill(self, pid: int | None, started: float | None, kind: str) -> bool:
-        """As :meth:`Chaos._kill`, but it returns (and the kill is recorded) as soon as
-        the process is dead, a zombie or gone: an orphaned agent is reaped by init only
-        every couple of seconds on some machines, and waiting for that would record its
-        end seconds after it died (a run that looks longer than it was)."""
-        if not pid or not started:
-            return False
-        try:
-            proc = psutil.Process(pid)
-            if abs(proc.create_time() - started) > 0.01:
-                return False  # not the recorded process (never signal a reused pid)
-            proc.kill()
-        except psutil.Error:
-            return False
+    def _wait_dead(self, proc: psutil.Process) -> None:
+        """Return once the process is dead, a zombie or gone, not once it is reaped: an
+        orphaned agent is reaped by init only every couple of seconds on some machines,
+        and waiting for that would record its end seconds after it died (a run that
+        looks longer than it was)."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
-                    break
+                    return
             except psutil.NoSuchProcess:
-                break
+                return
             time.sleep(0.001)
-        self.kills[kind] += 1
-        return True
+        raise psutil.TimeoutExpired(10, proc.pid)
 
     def stop(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:

@@ -65,12 +65,18 @@ def test_wrappers_are_forked_by_one_server_that_holds_nothing_of_the_daemon(make
     assert stop(daemon) == 0
 
 
-def test_a_server_that_died_is_replaced_and_the_daemon_takes_it_with_it(make_scheduler):
-    s = make_scheduler({"vaela": "dev"}, {"vaela": 2}, LOOP_INTERVAL_SEC=60)
+def after_one_task(make_scheduler, limit: int):
+    """A daemon that has run one task: (scheduler, daemon, its fork server)."""
+    s = make_scheduler({"vaela": "dev"}, {"vaela": limit}, LOOP_INTERVAL_SEC=60)
     daemon = start_daemon(s)
     first = s.add("first", "--queue", "dev")
     wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
     [server] = servers(daemon.pid)
+    return s, daemon, server
+
+
+def test_a_server_that_died_is_replaced_and_the_daemon_takes_it_with_it(make_scheduler):
+    s, daemon, server = after_one_task(make_scheduler, 2)
     server.send_signal(signal.SIGKILL)
     wait_for(lambda: not alive(server.pid), DEADLINE, "the server to die")
 
@@ -89,18 +95,15 @@ def test_a_server_that_died_is_replaced_and_the_daemon_takes_it_with_it(make_sch
 
 
 def test_a_reload_starts_a_new_server(make_scheduler):
-    s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
-    daemon = start_daemon(s)
-    first = s.add("first", "--queue", "dev")
-    wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
-    [server] = servers(daemon.pid)
+    s, daemon, server = after_one_task(make_scheduler, 1)
 
     daemon.send_signal(signal.SIGHUP)
     wait_for(lambda: "configuration re-read" in s.log_text(), DEADLINE, "the reload")
     server.wait(DEADLINE)  # the old server went with the old configuration
     second = s.add("second", "--queue", "dev")
     wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "a task after the reload")
-    assert [p.pid for p in servers(daemon.pid)] != [server.pid]
+    [replacement] = servers(daemon.pid)
+    assert replacement.pid != server.pid
     assert stop(daemon) == 0
 
 

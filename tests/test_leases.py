@@ -459,11 +459,16 @@ def interleave(store: LeaseStore, between) -> None:
     store._mutex = mutex_after_interleaving  # type: ignore[method-assign]
 
 
+def two_stores_and_a_running_lease(directory: Path) -> tuple[LeaseStore, LeaseStore, Lease]:
+    """Two processes' stores over one directory and the running lease both see."""
+    store, other = LeaseStore(directory), LeaseStore(directory)
+    store.create(make_lease(state=RUNNING, pid=5))
+    return store, other, store.read("t1")
+
+
 def test_a_fence_read_before_a_heartbeat_that_lands_first_is_not_committed(
         tmp_path: Path) -> None:
-    store, other = LeaseStore(tmp_path), LeaseStore(tmp_path)
-    store.create(make_lease(state=RUNNING, pid=5))
-    judged = store.read("t1")
+    store, other, judged = two_stores_and_a_running_lease(tmp_path)
     later = T0.replace(second=30)
     interleave(store, lambda: other.heartbeat("t1", "tok-1", later))
 
@@ -476,9 +481,7 @@ def test_a_fence_read_before_a_heartbeat_that_lands_first_is_not_committed(
 
 def test_a_heartbeat_read_before_a_fence_that_lands_first_is_fenced(
         tmp_path: Path) -> None:
-    store, scheduler = LeaseStore(tmp_path), LeaseStore(tmp_path)
-    store.create(make_lease(state=RUNNING, pid=5))
-    judged = store.read("t1")
+    store, scheduler, judged = two_stores_and_a_running_lease(tmp_path)
     interleave(store, lambda: scheduler.reown(judged, "scheduler-token"))
 
     assert store.heartbeat("t1", "tok-1", T0.replace(second=30)) is None  # fenced
@@ -489,9 +492,7 @@ def test_a_heartbeat_read_before_a_fence_that_lands_first_is_fenced(
 
 def test_a_delete_read_before_a_fence_that_lands_first_deletes_nothing(
         tmp_path: Path) -> None:
-    store, scheduler = LeaseStore(tmp_path), LeaseStore(tmp_path)
-    store.create(make_lease(state=RUNNING, pid=5))
-    judged = store.read("t1")
+    store, scheduler, judged = two_stores_and_a_running_lease(tmp_path)
     interleave(store, lambda: scheduler.reown(judged, "scheduler-token"))
 
     assert store.delete("t1", "tok-1") is False

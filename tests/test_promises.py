@@ -94,6 +94,16 @@ def a_pass(rig: Rig, source=None, launcher=None, registry=REGISTRY, **settings_c
     return reconciler.run_pass().summary
 
 
+def a_pass_with_nowhere_to_keep_a_result(rig: Rig, monkeypatch):
+    """A pass whose source is down for reports and whose outbox is on a full disk."""
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outbox, "write", disk_full)
+        return a_pass(rig, Down(rig.tasks, report=0))
+
+
 def claimed_lease(rig: Rig, **fields) -> tuple[str, Lease]:
     """A new task claimed in the store with a `running` lease of this host; (id, lease)."""
     return claimed_lease_for(rig, rig.add().id, **fields)
@@ -653,12 +663,7 @@ def test_a_reclaim_whose_result_cannot_be_kept_anywhere_keeps_the_lease(
     pid, started = dead_pid(spawn_python)
     task_id, lease = claimed_lease(rig, pid=pid, pid_started_at=started)
 
-    def disk_full(*args):
-        raise OSError(28, "No space left on device")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(outbox, "write", disk_full)
-        summary = a_pass(rig, Down(rig.tasks, report=0))
+    summary = a_pass_with_nowhere_to_keep_a_result(rig, monkeypatch)
 
     assert summary.reclaimed == {}
     [error] = summary.errors
@@ -897,12 +902,7 @@ def test_a_stranded_task_whose_requeue_cannot_be_kept_anywhere_stays_for_the_nex
     stranded = rig.add("stranded")
     rig.tasks.claim(stranded.id, AGENT, new_token(owner))
 
-    def disk_full(*args):
-        raise OSError(28, "No space left on device")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(outbox, "write", disk_full)
-        summary = a_pass(rig, Down(rig.tasks, report=0))
+    summary = a_pass_with_nowhere_to_keep_a_result(rig, monkeypatch)
 
     assert summary.reclaimed == {}
     [error] = summary.errors

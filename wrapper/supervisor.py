@@ -27,7 +27,7 @@ from scheduler.agents import options as agent_options
 from scheduler.agents import prompt, ratelimit, result_file
 from scheduler.agents.result_file import AgentResult
 from scheduler.errors import AlreadyLeased, ConfigError, LeaseError, SourceError
-from scheduler.fsutil import ensure_private_dir
+from scheduler.fsutil import HeldFiles, ensure_private_dir
 from scheduler.logs import append_event
 from scheduler.merge import git_merge, landing
 from scheduler.sources import base
@@ -101,7 +101,7 @@ class Supervisor:
         self._merge_detail: dict = {}
         self._merge_text = ""
         self._merge_park = False
-        self._held_files: list[int] = []  #: removed files held open until the end
+        self._held_files = HeldFiles()  #: removed files held open until the end
 
     @property
     def _out(self) -> AttemptLog:
@@ -206,9 +206,7 @@ class Supervisor:
         self.liveness.release()
         wake.nudge(self.settings.wake_socket)
         self.store.close_retired()
-        for fd in self._held_files:
-            os.close(fd)
-        self._held_files.clear()
+        self._held_files.close()
 
     # --- the lease while the agent runs -------------------------------------------------
 
@@ -816,7 +814,7 @@ class Supervisor:
             reported = self._report(result)
             if reported and kept is not None:
                 try:
-                    self._unlink_later_freed(kept)
+                    self._held_files.unlink(kept)
                 except OSError as exc:  # delivered again later: ignored as a duplicate
                     self._line(f"delivered, but the outbox entry stays ({exc})")
             if reported or kept is not None:
@@ -828,17 +826,6 @@ class Supervisor:
             if self._beat(state=FINISHING) == BEAT_FENCED:
                 self._line("lease re-owned while the result was kept in memory: dropped")
                 return "dropped"
-
-    def _unlink_later_freed(self, path: Path) -> None:
-        """Remove ``path`` now, but hold it open until the wrapper's end: the file system
-        frees a file when its last reference goes (about a millisecond on some), which is
-        then after the slot is free, not on the way to it."""
-        try:
-            self._held_files.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                                            | os.O_NONBLOCK))
-        except OSError:
-            pass  # gone already, or not a plain file: removed (or refused) below anyway
-        path.unlink(missing_ok=True)
 
     def _keep(self, result: Result) -> Path | None:
         try:

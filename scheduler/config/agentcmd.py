@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from scheduler.config.settings import expand_home
+
 
 def agent_program(settings: Any) -> str:
     """The first word of AGENT_COMMAND with ``{goose_bin}`` and ``{base_path}`` filled in."""
@@ -25,8 +27,8 @@ def find_agent_program(settings: Any) -> Path | None:
     program = agent_program(settings)
     if os.sep in program:
         try:
-            candidate = Path(program).expanduser()
-        except RuntimeError:  # ~USER of no such user: no such program either
+            candidate = expand_home(program)
+        except ValueError:  # ~USER of no such user: no such program either
             return None
         if not candidate.is_absolute():
             candidate = Path(settings.work_dir) / candidate

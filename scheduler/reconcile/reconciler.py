@@ -470,15 +470,14 @@ class Reconciler:
         list ids and tokens alone)."""
         light = getattr(self.source, "claimed", None)
         if light is None:
-            return [task for task in self.source.working()
-                    if task.id not in leased and is_owned(task.lease_token, self.owner)]
-        wanted = [task_id for task_id, token in light()
-                  if task_id not in leased and is_owned(token, self.owner)]
-        if not wanted:
-            return []
-        return [task for task in self.source.current(wanted).values()
-                if task is not None and task.status == WORKING and task.id not in leased
-                and is_owned(task.lease_token, self.owner)]
+            candidates = self.source.working()
+        else:
+            wanted = [task_id for task_id, token in light()
+                      if task_id not in leased and is_owned(token, self.owner)]
+            candidates = [task for task in self.source.current(wanted).values()
+                          if task is not None and task.status == WORKING] if wanted else []
+        return [task for task in candidates
+                if task.id not in leased and is_owned(task.lease_token, self.owner)]
 
     def _still_running(self, lease: Lease) -> bool:
         """Is this lease still the running lease of the same attempt? (Re-read: a wrapper

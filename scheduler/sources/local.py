@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scheduler import clock as _clock
 from scheduler.errors import (
@@ -267,6 +267,8 @@ def _row_to_task(row: Sequence[Any]) -> Task:
 
 
 # --- the store --------------------------------------------------------------------------
+
+_Found = TypeVar("_Found")
 
 #: Connections inherited through fork: kept referenced so a child never finalizes
 #: (closes) its parent's connection; the child opens its own.
@@ -537,22 +539,7 @@ class LocalStore:
         return [_row_to_task(row) for row in rows]
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
-        found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
-        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
-        if not numbers:
-            return found
-        by_number: dict[int, Task] = {}
-        with self._read() as conn:
-            for start in range(0, len(numbers), CHUNK):
-                chunk = numbers[start:start + CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"{SELECT_TASKS} WHERE t.id IN ({marks})", chunk):
-                    by_number[row["id"]] = _row_to_task(row)
-        for key in found:
-            number = int_id(key)
-            if number is not None:
-                found[key] = by_number.get(number)
-        return found
+        return self._by_id(task_ids, f"{SELECT_TASKS} WHERE t.id", _row_to_task)
 
     def working(self) -> list[Task]:
         return self._ready(f"{SELECT_TASKS} WHERE t.status = ? ORDER BY t.id", WORKING)
@@ -560,16 +547,25 @@ class LocalStore:
     def states(self, task_ids: list[str]) -> dict[str, tuple[str, str | None] | None]:
         """(status, assignee) of each task as it is now, None for one that is gone: what
         a pass asks about its running tasks, without reading whole tasks."""
-        found: dict[str, tuple[str, str | None] | None] = {str(t): None for t in task_ids}
+        return self._by_id(task_ids, "SELECT id, status, assignee FROM tasks WHERE id",
+                           lambda row: (row["status"], row["assignee"]))
+
+    def _by_id(self, task_ids: list[str], select: str,
+               convert: Callable[[sqlite3.Row], _Found]) -> dict[str, _Found | None]:
+        """``convert(row)`` for each of ``task_ids`` (None for a task that is not here),
+        read in chunks of CHUNK ids in one snapshot; ``select`` ends with the id column,
+        which ``IN (...)`` follows."""
+        found: dict[str, _Found | None] = {str(task_id): None for task_id in task_ids}
         numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
-        by_number: dict[int, tuple[str, str | None]] = {}
+        if not numbers:
+            return found
+        by_number: dict[int, _Found] = {}
         with self._read() as conn:
             for start in range(0, len(numbers), CHUNK):
                 chunk = numbers[start:start + CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for number, status, assignee in conn.execute(
-                        f"SELECT id, status, assignee FROM tasks WHERE id IN ({marks})", chunk):
-                    by_number[number] = (status, assignee)
+                for row in conn.execute(f"{select} IN ({marks})", chunk):
+                    by_number[row["id"]] = convert(row)
         for key in found:
             number = int_id(key)
             if number is not None:

@@ -33,6 +33,7 @@ from scheduler.errors import AlreadyLeased, LeaseError
 from scheduler.fsutil import (
     FILE_MODE,
     SAFE_FLAGS,
+    HeldFiles,
     atomic_write,
     describe_kind,
     discard,
@@ -360,7 +361,7 @@ class LeaseStore:
         self._decoded: dict[str, tuple[tuple[int, ...], Lease]] = {}
         #: Descriptors of lease files this store replaced or removed, still open: see
         #: :meth:`close_retired`.
-        self._retired: list[int] = []
+        self._retired = HeldFiles(MAX_RETIRED)
 
     # paths
 
@@ -633,19 +634,12 @@ class LeaseStore:
                     os.close(fd)
             if committed:
                 assert fd is not None
-                self._retire(fd)  # closed later: the file is freed then
+                self._retired.keep(fd)  # closed later: the file is freed then
                 fsync_dir(self.running_dir)
                 return chosen
             if time.monotonic() > deadline:
                 raise LeaseError(f"lease of task {task_id} kept changing for more than "
                                  f"{MUTEX_WAIT_SEC:.0f} s")
-
-    def _retire(self, fd: int) -> None:
-        """Keep the descriptor of a file just replaced or removed, for
-        :meth:`close_retired` (a few at most: the oldest are closed beyond that)."""
-        self._retired.append(fd)
-        while len(self._retired) > MAX_RETIRED:
-            os.close(self._retired.pop(0))
 
     def close_retired(self) -> None:
         """Close the descriptors of the lease files this store replaced or removed. Each
@@ -653,9 +647,7 @@ class LeaseStore:
         the file system frees the file (about a millisecond on some): callers do it when
         nothing waits on them (a wrapper once its agent runs and when it ends, the daemon
         after a pass) rather than on the way to starting or freeing a slot."""
-        retired, self._retired = self._retired, []
-        for fd in retired:
-            os.close(fd)
+        self._retired.close()
 
     def reown(self, expected: Lease, new_token: str, **changes: Any) -> Lease | None:
         """Give the lease a new spawn token (plus field ``changes``), only if it is still
