@@ -1,7 +1,9 @@
 """The daemon's fork server, as real processes: the daemon forks it once and never
 itself per task; wrappers are its children, each in its own session, inheriting neither
-the scheduler lock nor the task store; a server that dies is replaced; it goes with the
-daemon, leaving the agents running."""
+the scheduler lock nor the task store; a wrapper whose task ended cleanly supervises the
+next task in the same process, holding nothing of the ended one, and is retired when
+idle; a server that dies is replaced; it goes with the daemon, leaving the agents
+running."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from test_reconciler import make_scheduler as make_scheduler  # noqa: F401 - the
 from test_reconciler import wait_for
 from test_wrapper import make_rig as make_rig  # noqa: F401 - the fixture
 from test_wrapper import rig as rig  # noqa: F401 - the fixture
+
+from scheduler.state.leases import LeaseStore
+from wrapper.title import IDLE_TITLE
 
 pytestmark = pytest.mark.processes
 
@@ -59,9 +64,59 @@ def test_wrappers_are_forked_by_one_server_that_holds_nothing_of_the_daemon(make
     assert psutil.Process(lease.pid).ppid() == server.pid
     s.release()
     wait_for(lambda: s.all_done(), DEADLINE, "both tasks to complete")
+    assert stop(daemon) == 0
     wait_for(lambda: not psutil.pid_exists(lease.pid), DEADLINE,
-             "the wrapper to exit and be reaped")
-    assert psutil.Process(server.pid).children() == []
+             "the idle wrapper to exit with the daemon and be reaped")
+
+
+def idle_wrappers(server: psutil.Process) -> list[psutil.Process]:
+    return [child for child in server.children()
+            if " ".join(part for part in child.cmdline() if part) == IDLE_TITLE]
+
+
+def test_a_wrapper_whose_task_ended_supervises_the_next_one_holding_nothing_of_it(
+        make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
+    daemon = start_daemon(s)
+    first = s.add("first hold", "--queue", "dev")
+    wrapper = running_lease(s, first).pid
+    s.release(first)
+    wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
+    [server] = servers(daemon.pid)
+    [idle] = wait_for(lambda: idle_wrappers(server), DEADLINE, "the wrapper to wait, idle")
+    assert idle.pid == wrapper
+    held = open_paths(wrapper)  # its channel to the server and /dev/null, nothing else
+    assert held <= {"/dev/null"} | {p for p in held if p.startswith("socket:")}, held
+    assert not LeaseStore(s.running).is_held(first)
+
+    second = s.add("second hold", "--queue", "dev")
+    assert running_lease(s, second).pid == wrapper  # the same process, no new fork
+    assert not LeaseStore(s.running).is_held(first)
+    s.release(second)
+    wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "the second task")
+    assert [p.pid for p in idle_wrappers(server)] == [wrapper]
+    assert stop(daemon) == 0
+    wait_for(lambda: not alive(wrapper), DEADLINE, "the idle wrapper to go with the daemon")
+
+
+def test_idle_wrappers_retire_after_warm_wrapper_sec_and_zero_means_one_task_each(
+        make_scheduler):
+    s = make_scheduler({"vaela": "dev"}, {"vaela": 1}, LOOP_INTERVAL_SEC=60)
+    daemon = start_daemon(s, WARM_WRAPPER_SEC=1)
+    first = s.add("first hold", "--queue", "dev")
+    wrapper = running_lease(s, first).pid
+    s.release(first)
+    wait_for(lambda: s.statuses()[first] == "complete", DEADLINE, "the first task")
+    wait_for(lambda: not alive(wrapper), DEADLINE, "the idle wrapper to retire")
+    assert alive(daemon.pid)
+    assert stop(daemon) == 0
+
+    daemon = start_daemon(s, WARM_WRAPPER_SEC=0)
+    second = s.add("second hold", "--queue", "dev")
+    wrapper = running_lease(s, second).pid
+    s.release(second)
+    wait_for(lambda: not alive(wrapper), DEADLINE, "the wrapper to exit after its task")
+    assert s.statuses()[second] == "complete"
     assert stop(daemon) == 0
 
 
@@ -141,3 +196,46 @@ def test_a_fork_the_server_could_not_make_is_reported_at_the_next_pass(rig, monk
     requeued = rig.tasks.get(task.id)
     assert requeued.status == "idle" and "launch_failed" in requeued.last_error
     assert rig.leases.read(task.id) is None
+
+
+def test_a_wrapper_is_offered_again_only_when_its_task_left_nothing_in_it(rig):
+    """The rule ``serve_tasks`` applies after each task: the lease gone or another
+    process's, no descriptor left open, no thread running."""
+    import threading
+
+    from scheduler import clock
+    from scheduler.reconcile.detach import _left_nothing, _open_descriptors
+    from scheduler.state.leases import RUNNING, Lease
+
+    keep = tuple(sorted(_open_descriptors() - {0, 1, 2}))  # pytest's own files
+    assert _left_nothing(rig.settings, "7", keep)  # no lease
+
+    def lease(pid: int) -> None:
+        now = clock.now()
+        rig.leases.create(Lease(task_id="7", agent="vaela", state=RUNNING, spawn_token="t",
+                                started_at=now, heartbeat=now, host="here", pid=pid))
+        rig.leases.close_retired()
+
+    lease(os.getpid())  # its slot was never freed: this process must not live on
+    assert not _left_nothing(rig.settings, "7", keep)
+    assert rig.leases.delete("7", "t")
+    rig.leases.close_retired()
+    lease(os.getpid() + 1)  # reclaimed meanwhile and re-owned by another wrapper
+    assert _left_nothing(rig.settings, "7", keep)
+
+    lock = rig.leases.liveness_lock("7")
+    assert lock.acquire(0)  # a descriptor left open, e.g. the ended task's liveness lock
+    try:
+        assert not _left_nothing(rig.settings, "7", keep)
+    finally:
+        lock.release()
+    assert _left_nothing(rig.settings, "7", keep)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert not _left_nothing(rig.settings, "7", keep)
+    finally:
+        stop.set()
+        thread.join()

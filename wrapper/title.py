@@ -10,6 +10,8 @@ changes only that short name. Without the library the short name is still set, t
 from __future__ import annotations
 
 PREFIX = "tinyscheduler-wrapper"
+#: A wrapper of the daemon's fork server waiting for its next task.
+IDLE_TITLE = f"{PREFIX} idle"
 
 
 def wrapper_title(task_id: str, agent: str) -> str:

@@ -45,6 +45,7 @@ from scheduler.bounds import (
     RETRY_BACKOFF_BOUNDS,
     SPAWN_TIMEOUT_BOUNDS,
     STALE_MULTIPLIER_BOUNDS,
+    WARM_WRAPPER_BOUNDS,
     Bounds,
 )
 from scheduler.errors import ConfigError
@@ -475,6 +476,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("SPAWN_MODE", "fork", _choice_parser("fork", "exec"),
            "How wrappers start: fork (from the scheduler, ~1 ms) or exec (a fresh "
            "tinyscheduler-wrapper process, ~150 ms).", "exec"),
+    _whole("WARM_WRAPPER_SEC", "10", WARM_WRAPPER_BOUNDS,
+           "run --daemon, SPAWN_MODE=fork: a wrapper whose task ended cleanly waits this long "
+           "to supervise the next task in the same process (0 = a fresh process per task).",
+           "0"),
     Option("HOSTNAME", "", _parse_hostname, "This host's name in leases.", "worker-01",
            default_note="the machine's host name"),
     Option("LOG_LEVEL", "INFO", _parse_log_level, "DEBUG, INFO, WARNING or ERROR.", "DEBUG"),
@@ -632,6 +637,7 @@ class Settings:
     log_retention_days: int = 30
     metrics_max_mb: int = 10
     spawn_mode: str = "fork"
+    warm_wrapper_sec: int = 10
     hostname: str = "localhost"
     log_level: str = "INFO"
     log_format: str = "text"

@@ -7,10 +7,14 @@ the daemon meant closing the connection, with its WAL checkpoint, before every p
 spawned, and paying a fork of the whole daemon plus a middle process per task. Instead,
 at its first launch the daemon lets the source release its connections once and forks
 this server; the server starts its own session, keeps only its end of a socket pair,
-and for each request forks the wrapper (``detach.become_wrapper``) and answers its pid.
+and for each request forks the wrapper (``detach.serve_tasks``) and answers its pid.
 Exited wrappers are reaped by the kernel (SIGCHLD ignored in the server; the wrapper
 restores it). The server exits when the daemon closes the socket or dies; a server
 found gone is started again at the next pass.
+
+A wrapper whose task ended cleanly is not one per task: it waits, up to
+``WARM_WRAPPER_SEC``, on its own channel to the server, which hands it the next request
+instead of forking (see :class:`_Server`).
 
 Requests and answers are single datagrams: ``<task id>\\0<token>`` and the decimal pid, or
 ``!`` and why the fork failed. The daemon does not wait for an answer: it goes on with
@@ -22,17 +26,23 @@ died, leaves a ``starting`` lease that the spawn timeout reclaims).
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import signal
 import socket
+import time
 from collections import deque
 
-from scheduler.reconcile.detach import become_wrapper, forget_parent
+from scheduler.reconcile.detach import (
+    MAX_MESSAGE,
+    READY,
+    forget_parent,
+    parse_request,
+    serve_tasks,
+)
 from wrapper import main as wrapper_main
 
 #: How long the daemon waits for the server to take a request (seconds).
 SEND_TIMEOUT_SEC = 10.0
-_MAX_MESSAGE = 512
 
 
 class ForkServer:
@@ -76,11 +86,10 @@ class ForkServer:
     def _collect(self) -> None:
         """Read the answers that have arrived, without waiting."""
         while self._waiting and self._sock is not None:
-            ready, _, _ = select.select([self._sock], [], [], 0)
-            if not ready:
-                return
             try:
-                answer = self._sock.recv(_MAX_MESSAGE)
+                answer = self._sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return  # nothing more yet
             except OSError:
                 answer = b""
             if not answer:  # gone: what it never answered is left to the spawn timeout
@@ -137,21 +146,101 @@ def _serve(settings, sock: socket.socket) -> None:
     try:
         forget_parent(keep=(sock.fileno(),))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the wrappers
-        while True:
-            request = sock.recv(_MAX_MESSAGE)
-            if not request:
-                break  # the daemon closed its end or died
-            task_id, _, token = request.decode(errors="replace").partition("\0")
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                sock.send(b"!" + f"the wrapper could not be forked: {exc}".encode())
-                continue
-            if pid == 0:
-                sock.close()
-                become_wrapper(settings, task_id, token)
-            sock.send(str(pid).encode())
+        _Server(settings, sock).run()
     except BaseException:
         code = 1
     finally:
         os._exit(code)
+
+
+class _Server:
+    """Hands each request to an idle wrapper, or forks a new one.
+
+    Every wrapper has its own channel (a socket pair) to the server. A wrapper that
+    finished its task and left nothing behind says ``ready`` there and waits; the next
+    request goes to the most recently idle one (its memory is the warmest). Idle
+    wrappers are retired after ``WARM_WRAPPER_SEC`` by closing their channel. Only the
+    server ever ends an idle wrapper's wait, so a request is never sent to a wrapper
+    that is leaving on its own; a send that fails (it died) falls through to the next
+    idle wrapper or a fork.
+    """
+
+    def __init__(self, settings, sock: socket.socket) -> None:
+        self.settings = settings
+        self.sock = sock
+        self.warm_sec = settings.warm_wrapper_sec
+        self.selector = selectors.DefaultSelector()
+        self.busy: dict[socket.socket, int] = {}  #: channel -> the wrapper's pid
+        self.idle: list[tuple[float, socket.socket, int]] = []  #: (idle since, channel, pid)
+
+    def run(self) -> None:
+        with self.selector:  # epoll, not select(): descriptors past 1023 are fine
+            self.selector.register(self.sock, selectors.EVENT_READ)
+            while True:
+                timeout = None  # until the oldest idle wrapper is due to retire
+                if self.idle:
+                    timeout = max(0.0, self.idle[0][0] + self.warm_sec - time.monotonic())
+                for key, _ in self.selector.select(timeout):
+                    channel = key.fileobj
+                    if channel is self.sock:
+                        request = self.sock.recv(MAX_MESSAGE)
+                        if not request:
+                            return  # the daemon closed its end or died
+                        self.sock.send(self._hand_over(request))
+                    else:
+                        self._heard(channel)  # type: ignore[arg-type]
+                self._retire(time.monotonic() - self.warm_sec)
+
+    def _hand_over(self, request: bytes) -> bytes:
+        """Give the request to an idle wrapper or a new one; the answer for the daemon."""
+        while self.idle:
+            _, channel, pid = self.idle.pop()
+            try:
+                channel.send(request)
+            except OSError:  # it died while idle
+                channel.close()
+                continue
+            self._busy(channel, pid)
+            return str(pid).encode()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            return b"!" + f"the wrapper could not be forked: {exc}".encode()
+        if pid == 0:
+            self._let_go(ours)
+            task_id, token = parse_request(request)
+            serve_tasks(self.settings, theirs, task_id, token)
+        theirs.close()
+        self._busy(ours, pid)
+        return str(pid).encode()
+
+    def _busy(self, channel: socket.socket, pid: int) -> None:
+        self.busy[channel] = pid
+        self.selector.register(channel, selectors.EVENT_READ)
+
+    def _heard(self, channel: socket.socket) -> None:
+        """A busy wrapper said ``ready``, or left."""
+        pid = self.busy.pop(channel)
+        self.selector.unregister(channel)
+        try:
+            message = channel.recv(MAX_MESSAGE)
+        except OSError:
+            message = b""
+        if message == READY:
+            self.idle.append((time.monotonic(), channel, pid))
+        else:
+            channel.close()
+
+    def _let_go(self, ours: socket.socket) -> None:
+        """In a freshly forked wrapper: the server's sockets become plain numbers, which
+        ``forget_parent`` closes (no object of the server may close a reused number)."""
+        for channel in (self.sock, ours, *self.busy, *(entry[1] for entry in self.idle)):
+            channel.detach()
+
+    def _retire(self, idle_before: float) -> None:
+        while self.idle and self.idle[0][0] <= idle_before:
+            _, channel, _ = self.idle.pop(0)
+            channel.close()
