@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import resource
 import select
+import shutil
 import signal
 import time
 
@@ -32,13 +33,15 @@ class AgentProcess:
         self.argv = argv
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
+        program = _find_program(argv[0], env)
         gate_r, self._gate_w = os.pipe()
         self._error_r, error_w = os.pipe()  # both ends close-on-exec
         self.pid = os.fork()
         if self.pid == 0:
             os.close(self._gate_w)
             os.close(self._error_r)
-            _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, list(rlimits or ()))
+            _child(program, argv, env, cwd, output_fd, lock_fd, gate_r, error_w,
+                   list(rlimits or ()))
         os.close(gate_r)
         os.close(error_w)
         self._pidfd = _pidfd(self.pid)
@@ -118,7 +121,18 @@ class AgentProcess:
         return True
 
 
-def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, rlimits) -> None:
+def _find_program(name: str, env: dict) -> str | None:
+    """The executable the agent's PATH gives for ``name``, searched before the fork
+    instead of the child trying an exec in each directory. None leaves the search to the
+    child's ``execvpe`` (whose error then names what is wrong), as does a relative PATH
+    entry: it means the agent's working directory, which only the child has."""
+    if os.sep in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    return found if found and os.path.isabs(found) else None
+
+
+def _child(program, argv, env, cwd, output_fd, lock_fd, gate_r, error_w, rlimits) -> None:
     """In the forked child: detach, wait for the gate, exec. Never returns.
 
     A failure before the gate opens is reported only once the wrapper has decided (gate
@@ -149,7 +163,9 @@ def _child(argv, env, cwd, output_fd, lock_fd, gate_r, error_w, rlimits) -> None
             os._exit(127)
         os.close(gate_r)
         apply_rlimits(rlimits)
-        os.execvpe(argv[0], argv, env)
+        if program is None:
+            os.execvpe(argv[0], argv, env)
+        os.execve(program, argv, env)
     except BaseException as exc:  # report why, then leave
         try:
             os.write(error_w, f"cannot start {argv[0]!r}: {exc}".encode()[:500])

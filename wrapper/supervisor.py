@@ -185,7 +185,7 @@ class Supervisor:
             self._line("lease vanished or was re-owned before reporting: nothing reported")
             return 0
         self._hold_or_release_agent(lease.agent, result, said)
-        self._record_outcome(result, self._record(result))
+        action = self._record(result)
         if self.workspace is not None and self.context is not None:
             try:
                 if self._landed is not None:
@@ -195,6 +195,7 @@ class Supervisor:
             except Exception as exc:
                 self._line(f"workspace: cleanup failed: {exc!r}")
         self._free_slot()
+        self._record_outcome(result, action)  # counters and the log line: after the slot
         return 0
 
     def _free_slot(self) -> None:
