@@ -6,11 +6,12 @@ wake-socket nudges, each sent once the previous pass is in metrics.jsonl. Its RS
 after the first WARMUP passes and after the last; the difference, and the difference per
 1,000 passes, are printed. A second phase runs TASKS trivial tasks through 8 slots (every
 pass leases, claims and launches through the fork server) and reads the daemon's and the
-fork server's RSS before and after.
+fork server's RSS before and after, and the largest RSS and private memory (USS) of the
+warm wrappers waiting for their next task (each has run up to 100 tasks by the end).
 
     .venv/bin/python bench/daemon_memory.py [--passes 20000] [--tasks 2000] [--quick]
 
-Target (issue 17): flat. RSS grows by about 1 MB over the first few thousand passes
+Targets (issue 17): flat; a wrapper's RSS < 30 MB. RSS grows by about 1 MB over the first few thousand passes
 (SQLite's page cache, up to 2 MB per connection by default, and the allocator's arenas;
 Python's own heap grows by a few KB, per tracemalloc) and then stays put: measured as
 less than 0.25 MB over the second half of 20,000 passes.
@@ -35,6 +36,7 @@ from _common import Daemon, result, wait_until  # noqa: E402
 
 WARMUP = 200
 GROWTH_TARGET_MB = 0.25
+WRAPPER_RSS_TARGET_MB = 30
 
 
 def rss_mb(pid: int) -> float:
@@ -87,6 +89,11 @@ def task_flow(tasks: int) -> dict[str, float]:
                 servers = psutil.Process(daemon.proc.pid).children()
                 figures[f"daemon_{label}"] = rss_mb(daemon.proc.pid)
                 figures[f"server_{label}"] = rss_mb(servers[0].pid) if servers else 0.0
+                wrappers = servers[0].children() if servers else []
+                figures[f"wrapper_{label}"] = max(map(rss_mb, (w.pid for w in wrappers)),
+                                                  default=0.0)
+                figures[f"wrapper_uss_{label}"] = max(
+                    (w.memory_full_info().uss / 2**20 for w in wrappers), default=0.0)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return figures
@@ -115,6 +122,12 @@ def main() -> int:
           f"{flow['daemon_half']:.2f} / {flow['daemon_all']:.2f} MB after a quarter / half / "
           f"all; fork server {flow['server_quarter']:.2f} / {flow['server_half']:.2f} / "
           f"{flow['server_all']:.2f} MB")
+    print(f"  warm wrappers, largest RSS {flow['wrapper_quarter']:.2f} / "
+          f"{flow['wrapper_half']:.2f} / {flow['wrapper_all']:.2f} MB, of it private (USS) "
+          f"{flow['wrapper_uss_quarter']:.2f} / {flow['wrapper_uss_half']:.2f} / "
+          f"{flow['wrapper_uss_all']:.2f} MB")
+    result(f"warm wrapper RSS after {tasks} tasks through 8 slots", flow["wrapper_all"], "MB",
+           f"< {WRAPPER_RSS_TARGET_MB}")
     result(f"daemon RSS growth, second half of {tasks} tasks",
            flow["daemon_all"] - flow["daemon_half"], "MB",
            note="the store grows with every task: SQLite's page cache fills (<= 2 MB)")
