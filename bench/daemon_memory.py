@@ -11,10 +11,10 @@ warm wrappers waiting for their next task (each has run up to 100 tasks by the e
 
     .venv/bin/python bench/daemon_memory.py [--passes 20000] [--tasks 2000] [--quick]
 
-Targets (issue 17): flat; a wrapper's RSS < 30 MB. RSS grows by about 1 MB over the first few thousand passes
-(SQLite's page cache, up to 2 MB per connection by default, and the allocator's arenas;
-Python's own heap grows by a few KB, per tracemalloc) and then stays put: measured as
-less than 0.25 MB over the second half of 20,000 passes.
+Targets (issue 17): flat; a wrapper's RSS < 30 MB. RSS grows by about 1 MB over the
+first few thousand passes (SQLite's page cache, up to 2 MB per connection by default,
+and the allocator's arenas; Python's own heap grows by a few KB, per tracemalloc) and
+then stays put: measured as less than 0.25 MB over the second half of 20,000 passes.
 """
 
 from __future__ import annotations

@@ -59,6 +59,40 @@ def test_an_agent_killed_before_its_gate_opens_is_seen_as_killed(tmp_path: Path)
     assert not marker.exists()
 
 
+def run_by_name(tmp_path: Path, name: str, path: str) -> tuple[int | None, str | None, str]:
+    """Start ``name`` through the agent's PATH ``path``: (exit code, launch error, output)."""
+    out = tmp_path / "named.log"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        agent = AgentProcess([name], env={"PATH": path}, cwd=tmp_path, output_fd=fd,
+                             lock_fd=None)
+    finally:
+        os.close(fd)
+    error = agent.release()
+    return agent.wait(), error, out.read_text()
+
+
+def test_the_agent_program_is_found_on_its_path_as_execvpe_would(tmp_path: Path) -> None:
+    """The wrapper searches the agent's PATH before the fork; what that search alone
+    would get wrong (a file the kernel cannot run, a relative PATH entry, which means the
+    agent's working directory) still ends as ``execvpe`` has it."""
+    broken, good, work = tmp_path / "broken", tmp_path / "good", tmp_path / "work"
+    for directory in (broken, good, work):
+        directory.mkdir()
+    (broken / "agent").write_bytes(b"\x00not a program")  # executable, ENOEXEC
+    (good / "agent").write_text(f"#!{sys.executable}\nprint('from good')\n")
+    (work / "here").write_text(f"#!{sys.executable}\nprint('from work')\n")
+    for program in (broken / "agent", good / "agent", work / "here"):
+        program.chmod(0o700)
+
+    assert run_by_name(tmp_path, "agent", f"{broken}:{good}") == (0, None, "from good\n")
+    assert run_by_name(work, "here", ".") == (0, None, "from work\n")
+    code, error, _ = run_by_name(tmp_path, "agent", str(broken))
+    assert code == 127 and "cannot start 'agent'" in error and "Exec format error" in error
+    code, error, _ = run_by_name(tmp_path, "missing", f"{good}")
+    assert code == 127 and "No such file or directory" in error
+
+
 def test_waiting_with_a_deadline_and_the_cpu_time_used(tmp_path: Path) -> None:
     agent, out = start(tmp_path, "import sys, time\nprint('up', flush=True)\n"
                                  "sys.stdin.read()\ntime.sleep(60)")

@@ -239,3 +239,27 @@ def test_a_wrapper_is_offered_again_only_when_its_task_left_nothing_in_it(rig):
     finally:
         stop.set()
         thread.join()
+
+
+def test_the_daemon_reads_answers_without_waiting_for_them(rig, monkeypatch):
+    """A server that is slow to answer (here: stopped) neither holds the daemon's pass nor
+    is taken for dead: reading the answers never waits, even on the send timeout."""
+    from scheduler.reconcile import forkserver
+
+    monkeypatch.setattr(forkserver, "SEND_TIMEOUT_SEC", 0.2)
+    server = forkserver.ForkServer(rig.settings)
+    server.prepare(rig.tasks)
+    pid = server._pid
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        server.launch("41", "no-such-token", "")
+        assert server.failures() == []
+        server.reap()
+        assert server._pid == pid  # still its server, not closed for a late answer
+        os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: server.failures() == [] and not server._waiting, DEADLINE,
+                 "the answer to be read")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.close()

@@ -33,7 +33,7 @@ class AgentProcess:
         self.argv = argv
         self.returncode: int | None = None
         self.rusage: resource.struct_rusage | None = None
-        program = _find_program(argv[0], env)
+        program = _find_program(argv[0], env) if argv else None
         gate_r, self._gate_w = os.pipe()
         self._error_r, error_w = os.pipe()  # both ends close-on-exec
         self.pid = os.fork()
@@ -163,9 +163,12 @@ def _child(program, argv, env, cwd, output_fd, lock_fd, gate_r, error_w, rlimits
             os._exit(127)
         os.close(gate_r)
         apply_rlimits(rlimits)
-        if program is None:
-            os.execvpe(argv[0], argv, env)
-        os.execve(program, argv, env)
+        if program is not None:
+            try:
+                os.execve(program, argv, env)
+            except OSError:  # e.g. not a format the kernel runs: execvpe tries further
+                pass
+        os.execvpe(argv[0], argv, env)
     except BaseException as exc:  # report why, then leave
         try:
             os.write(error_w, f"cannot start {argv[0]!r}: {exc}".encode()[:500])

@@ -26,6 +26,7 @@ died, leaves a ``starting`` lease that the spawn timeout reclaims).
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import socket
@@ -86,10 +87,10 @@ class ForkServer:
     def _collect(self) -> None:
         """Read the answers that have arrived, without waiting."""
         while self._waiting and self._sock is not None:
-            try:
-                answer = self._sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            if not _readable(self._sock):
                 return  # nothing more yet
+            try:
+                answer = self._sock.recv(MAX_MESSAGE)
             except OSError:
                 answer = b""
             if not answer:  # gone: what it never answered is left to the spawn timeout
@@ -138,6 +139,14 @@ class ForkServer:
         theirs.close()
         ours.settimeout(SEND_TIMEOUT_SEC)
         self._sock, self._pid = ours, pid
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether ``sock`` has something to read now (poll: no limit on descriptor numbers;
+    a timeout socket's recv would wait for its timeout even with MSG_DONTWAIT)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _serve(settings, sock: socket.socket) -> None:
