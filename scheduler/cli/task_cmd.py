@@ -8,7 +8,7 @@ Every change nudges a running daemon through its wake-up socket.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,10 +50,12 @@ def _open_store(app: AppContext) -> Iterator[tuple[Any, Any]]:
         store.close()
 
 
-def _nudge(settings: Any) -> None:
+def _nudger() -> Callable[[Any], None]:
+    """Wakes the daemon (given the settings). Imported before the change it announces:
+    the import costs a few ms, and the daemon should hear of a change once committed."""
     from scheduler.state.wake import nudge
 
-    nudge(settings.wake_socket)
+    return lambda settings: nudge(settings.wake_socket)
 
 
 def _iso(value: Any) -> str | None:
@@ -111,11 +113,12 @@ def add(app: AppContext, title: str, description: str, queue: str | None,
         agent: str | None, priority: int, blocked_by: tuple[str, ...], recipe: str | None,
         files: tuple[str, ...], as_json: bool) -> None:
     """Add a task."""
+    nudge = _nudger()
     with _open_store(app) as (settings, store):
         added = store.add_task(title, description=description, queue=queue, assignee=agent,
                                priority=priority, blocked_by=blocked_by, recipe=recipe,
                                files=files)
-    _nudge(settings)
+    nudge(settings)
     if as_json:
         _echo_json(task_to_dict(added))
     else:
@@ -390,9 +393,10 @@ def edit(app: AppContext, task_id: str, title: str | None, description: str | No
         changes["queue"] = None
     if no_agent:
         changes["assignee"] = None
+    nudge = _nudger()
     with _open_store(app) as (settings, store):
         edited = store.edit(task_id, changes, block=block, unblock=unblock)
-    _nudge(settings)
+    nudge(settings)
     if as_json:
         _echo_json(task_to_dict(edited))
     else:
@@ -506,12 +510,13 @@ def import_(app: AppContext, file: Path, as_json: bool) -> None:
         raise InputError(f"cannot read import file {file}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"import file {file} is not valid JSON: {exc}") from None
+    nudge = _nudger()
     with _open_store(app) as (settings, store):
         try:
             added = store.import_tasks(specs)
         except InputError as exc:
             raise InputError(f"{file}: nothing imported:\n{exc}") from None
-    _nudge(settings)
+    nudge(settings)
     if as_json:
         _echo_json([task_to_dict(t) for t in added])
     else:
