@@ -55,7 +55,10 @@ def _nudger() -> Callable[[Any], None]:
     the import costs a few ms, and the daemon should hear of a change once committed."""
     from scheduler.state.wake import nudge
 
-    return lambda settings: nudge(settings.wake_socket)
+    def wake(settings: Any) -> None:
+        nudge(settings.wake_socket)
+
+    return wake
 
 
 def _iso(value: Any) -> str | None:
