@@ -1,8 +1,8 @@
 """The daemon's wake-up channel: a unix datagram socket in the state directory.
 
-Wrappers (on exit) and task changes (``task add`` and friends) call :func:`nudge`; a
-daemon waiting in :meth:`WakeSocket.wait` returns at once instead of sleeping out its
-interval. A nudge with no daemon listening is a no-op.
+Wrappers (as they free their slot) and task changes (``task add`` and friends) call
+:func:`nudge`; a daemon waiting in :meth:`WakeSocket.wait` returns at once instead of
+sleeping out its interval. A nudge with no daemon listening is a no-op.
 """
 
 from __future__ import annotations
