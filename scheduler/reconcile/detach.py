@@ -2,12 +2,12 @@
 
 Both fork launchers end here: ``launcher.ForkLauncher`` (one pass) with
 :func:`become_wrapper`, the daemon's ``forkserver`` with :func:`serve_tasks` (a wrapper
-that may go on to supervise further tasks, one after another). The child starts its own session (its own process group, no terminal),
-resets the signal handlers the scheduler may have set, points stdin/stdout/stderr at
-/dev/null, closes every inherited descriptor (above all the scheduler lock: a flock is
-shared by every copy of its descriptor), never touches the parent's database connection
-or HTTP client, freezes the garbage collector so no parent object is finalised here, and
-ends with ``os._exit``.
+that may go on to supervise further tasks, one after another). The child starts its own
+session (its own process group, no terminal), resets the signal handlers the scheduler
+may have set, points stdin/stdout/stderr at /dev/null, closes every inherited descriptor
+(above all the scheduler lock: a flock is shared by every copy of its descriptor), never
+touches the parent's database connection or HTTP client, freezes the garbage collector
+so no parent object is finalised here, and ends with ``os._exit``.
 """
 
 from __future__ import annotations
