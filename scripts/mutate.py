@@ -40,6 +40,8 @@ RECONCILER = "scheduler/reconcile/reconciler.py"
 SUPERVISOR = "wrapper/supervisor.py"
 PLANNER = "scheduler/reconcile/planner.py"
 BOUNDS = "scheduler/bounds.py"
+DETACH = "scheduler/reconcile/detach.py"
+FORKSERVER = "scheduler/reconcile/forkserver.py"
 
 T_LEASES = ("tests/test_leases.py", "tests/test_lease_edges.py", "tests/test_promises.py",
             "tests/test_wrapper.py", "tests/test_reconciler.py")
@@ -51,6 +53,7 @@ T_STRANDED = ("tests/test_hardening.py", "tests/test_promises.py")
 T_SUPERVISOR = ("tests/test_wrapper.py", "tests/test_promises.py", "tests/test_reconciler.py")
 T_PLANNER = ("tests/test_planner.py", "tests/test_properties.py", "tests/test_reconciler.py")
 T_SETTINGS = ("tests/test_settings.py", "tests/test_properties.py", "tests/test_config_cli.py")
+T_WARM = ("tests/test_forkserver.py", "tests/test_daemon.py")
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,17 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("P11", PLANNER, "    if pauses.everything or agent.name in pauses.agents:\n"
              "        return Skip(",
              "    if False:\n        return Skip(", "a paused agent gets assigned work", T_PLANNER),
+    # --- warm wrappers -----------------------------------------------------------------------
+    Mutation("W1", DETACH, "or _open_descriptors() != {0, 1, 2, *keep}:", ":",
+             "a wrapper that still holds a descriptor of its ended task (its liveness "
+             "lock) is offered the next task", T_WARM),
+    Mutation("W2", DETACH, "    return lease is None or lease.pid != os.getpid()",
+             "    return True", "a wrapper whose lease still names it is offered the next task",
+             T_WARM),
+    Mutation("W3", FORKSERVER, "        self.selector.register(channel, selectors.EVENT_READ)",
+             "        pass", "the server never hears a wrapper say it is ready", T_WARM),
+    Mutation("W4", FORKSERVER, "        while self.idle and self.idle[0][0] <= idle_before:",
+             "        while False:", "idle wrappers are never retired", T_WARM),
     # --- settings ----------------------------------------------------------------------------
     Mutation("C1", BOUNDS, "SPAWN_TIMEOUT_BOUNDS = Bounds(1, 3_600)",
              "SPAWN_TIMEOUT_BOUNDS = Bounds(0, 3_600)", "SPAWN_TIMEOUT_SEC accepts 0", T_SETTINGS),

@@ -147,6 +147,8 @@ def test_a_server_that_died_is_replaced_and_the_daemon_takes_it_with_it(make_sch
     assert alive(lease.pid) and alive(lease.agent_pid)  # ...the runs go on
     s.release()
     wait_for(lambda: s.statuses()[second] == "complete", DEADLINE, "the run to finish")
+    wait_for(lambda: not alive(lease.pid), DEADLINE,
+             "the wrapper, its server gone, to exit after its task")
 
 
 def test_a_reload_starts_a_new_server(make_scheduler):
