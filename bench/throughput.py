@@ -13,7 +13,10 @@
    the gap between consecutive ``.started`` mtimes (``touch`` exits at once).
 
     .venv/bin/python bench/throughput.py [--tasks 500] [--slots 8] [--rounds 3]
-                                         [--samples 40] [--quick]
+                                         [--samples 40] [--quick] [--cold]
+
+``--cold`` adds WARM_WRAPPER_SEC=0 (a fresh wrapper process per task) to each round and
+prints the ratio warm / fresh.
 
 Targets (issue 17): >= 150 tasks/s and >= 0.3x task-spooler; both latencies <= 15 ms
 (median; p95 printed next to it). task-spooler is optional: without it the ratio is left
@@ -44,10 +47,11 @@ LATENCY_SAMPLES = 40
 ROUNDS = 3
 
 
-def daemon_throughput(tasks: int, slots: int) -> tuple[float, float]:
+def daemon_throughput(tasks: int, slots: int, warm_sec: int | None = None) -> tuple[float, float]:
     base = Path(tempfile.mkdtemp(prefix="bench-tput-"))
+    warm = {} if warm_sec is None else {"WARM_WRAPPER_SEC": warm_sec}
     try:
-        with Daemon(base, AGENT_COMMAND="true", AGENT_LIMITS=f"w={slots}") as daemon:
+        with Daemon(base, AGENT_COMMAND="true", AGENT_LIMITS=f"w={slots}", **warm) as daemon:
             started = time.time()
             daemon.import_tasks(tasks)
             if not wait_until(lambda: daemon.complete_count() == tasks, 600, 0.05):
@@ -143,6 +147,9 @@ def main() -> int:
                         help="latency samples of each kind (default 40)")
     parser.add_argument("--quick", action="store_true",
                         help="1 round and 20 latency samples (a smoke run)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also run WARM_WRAPPER_SEC=0 (a fresh wrapper process per "
+                             "task) in each round, for comparison")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.samples = 1, 20
@@ -150,10 +157,15 @@ def main() -> int:
     binary = find_tsp()
     ours: list[float] = []
     theirs: list[float] = []
+    cold: list[float] = []
     for round_ in range(args.rounds):  # alternate, so load drifts hit both alike
         rate, elapsed = daemon_throughput(args.tasks, args.slots)
         ours.append(rate)
         line = f"  round {round_ + 1}: tinyscheduler {rate:6.1f} tasks/s ({elapsed:.2f} s)"
+        if args.cold:
+            cold_rate, cold_elapsed = daemon_throughput(args.tasks, args.slots, warm_sec=0)
+            cold.append(cold_rate)
+            line += f", WARM_WRAPPER_SEC=0 {cold_rate:6.1f} tasks/s ({cold_elapsed:.2f} s)"
         if binary is not None:
             tsp_rate, tsp_elapsed = tsp_throughput(binary, args.tasks, args.slots)
             theirs.append(tsp_rate)
@@ -166,6 +178,9 @@ def main() -> int:
     print(f"  tinyscheduler run --daemon: {rate:7.1f} tasks/s "
           f"(min {min(ours):.1f}, max {max(ours):.1f})   target >= "
           f"{THROUGHPUT_TARGET:.0f}/s: {'ok' if rate >= THROUGHPUT_TARGET else 'MISSED'}")
+    if cold:
+        print(f"  WARM_WRAPPER_SEC=0 (a fresh wrapper per task): {median(cold):7.1f} tasks/s; "
+              f"warm / fresh {rate / median(cold):.2f}")
     if binary is None:
         print("  task-spooler: not installed; install it with `apt-get install -y "
               "task-spooler` (binary tsp or ts) to compare")
