@@ -7,10 +7,12 @@
 2. task-spooler (``tsp``/``ts``) running the same 500 ``true`` with 8 slots, private
    TS_SOCKET, from the first enqueue to the last job done. 1 and 2 alternate for ROUNDS
    rounds, so machine load hits both alike; the medians and their ratio are printed.
-3. Latency from ``task add`` (the task's ``created_at``) to the agent's start (the agent
-   is ``touch {task_file}.started``; the file's mtime), one task at a time.
+3. Latency from ``task add`` (the task's ``created_at``) to the agent's start, one task at
+   a time. The agent is ``date +%s.%N``: it prints the time it ran (nanoseconds), read back
+   from its attempt log. (A new file's mtime would not do: on kernels with coarse
+   timestamps it moves in steps of a clock tick, 4 ms here.)
 4. Latency from an agent's exit to the next agent's start (limit 1, sequential tasks):
-   the gap between consecutive ``.started`` mtimes (``touch`` exits at once).
+   the gap between consecutive agents' printed times (``date`` exits at once).
 
     .venv/bin/python bench/throughput.py [--tasks 500] [--slots 8] [--rounds 3]
                                          [--samples 40] [--quick] [--cold]
@@ -101,23 +103,38 @@ def tsp_throughput(binary: str, tasks: int, slots: int) -> tuple[float, float]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def started_file(base: Path, task_id: str) -> Path:
-    return base / "state" / "logs" / "tasks" / task_id / "task.json.started"
+#: The agent of the latency runs: prints when it ran, to the nanosecond.
+CLOCK_AGENT = "date +%s.%N"
+
+
+def agent_ran_at(base: Path, task_id: str) -> float | None:
+    """When the task's first attempt's agent ran (what ``date +%s.%N`` printed into the
+    attempt log), or None while it has not."""
+    try:
+        text = (base / "state" / "logs" / "tasks" / task_id / "attempt-1.log").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line[:1].isdigit() and "." in line:
+            return float(line)
+    return None
 
 
 def add_to_start_latency(samples: int) -> list[float]:
     base = Path(tempfile.mkdtemp(prefix="bench-lat-"))
     try:
-        with Daemon(base, AGENT_COMMAND="touch {task_file}.started", AGENT_LIMITS="w=8") as d:
+        with Daemon(base, AGENT_COMMAND=CLOCK_AGENT, AGENT_LIMITS="w=8") as d:
             latencies = []
             for i in range(samples):
                 out = cli(base, d.env, "task", "add", f"latency {i}", "--queue", "dev",
                           "--json").stdout
                 task = json.loads(out)
-                marker = started_file(base, task["id"])
-                if not wait_until(marker.exists, 30, 0.002):
-                    raise RuntimeError(f"task {task['id']} never started")
-                latencies.append(marker.stat().st_mtime - epoch(task["created_at"]))
+                task_id = str(task["id"])
+                if not wait_until(lambda t=task_id: agent_ran_at(base, t), 30, 0.002):
+                    raise RuntimeError(f"task {task_id} never started")
+                ran_at = agent_ran_at(base, task_id)
+                assert ran_at is not None
+                latencies.append(ran_at - epoch(task["created_at"]))
         return latencies
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -126,12 +143,11 @@ def add_to_start_latency(samples: int) -> list[float]:
 def exit_to_start_latency(samples: int) -> list[float]:
     base = Path(tempfile.mkdtemp(prefix="bench-gap-"))
     try:
-        with Daemon(base, AGENT_COMMAND="touch {task_file}.started", AGENT_LIMITS="w=1") as d:
+        with Daemon(base, AGENT_COMMAND=CLOCK_AGENT, AGENT_LIMITS="w=1") as d:
             d.import_tasks(samples + 1)
             if not wait_until(lambda: d.complete_count() == samples + 1, 120, 0.05):
                 raise RuntimeError("the sequential tasks did not finish")
-        marks = sorted(started_file(base, str(i)).stat().st_mtime
-                       for i in range(1, samples + 2))
+        marks = sorted(agent_ran_at(base, str(i)) or 0.0 for i in range(1, samples + 2))
         return [b - a for a, b in zip(marks, marks[1:], strict=False)]
     finally:
         shutil.rmtree(base, ignore_errors=True)
