@@ -233,9 +233,10 @@ MUTATIONS: tuple[Mutation, ...] = (
              "the wrapper ignores its last heartbeat's result before reporting", T_SUPERVISOR),
     Mutation("S2", SUPERVISOR,
              "        self._hold_or_release_agent(lease.agent, result, said)\n"
-             "        self._record_outcome(",
+             "        action = self._record(result)",
              "        self._hold_or_release_agent(lease.agent, result, said)\n"
-             "        self.store.delete(self.task_id, self.token)\n        self._record_outcome(",
+             "        self.store.delete(self.task_id, self.token)\n"
+             "        action = self._record(result)",
              "the lease is dropped before the result is safe", T_SUPERVISOR),
     Mutation("S3", SUPERVISOR, "                    attempt.fenced = True",
              "                    attempt.fenced = False",
