@@ -216,3 +216,11 @@ def result(name: str, value: float, unit: str, target: str | None = None, *,
     print(RESULT_PREFIX + json.dumps({k: v for k, v in fields.items() if v not in (None, "")}),
           flush=True)
     return verdict
+
+
+def signals_verdict(signalled: list[int]) -> int:
+    """The bench's exit status: 1 (with a warning) when a pass signalled this process."""
+    if signalled:
+        print(f"WARNING: this bench process was sent signal(s) {signalled} by a pass")
+        return 1
+    return 0

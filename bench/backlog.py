@@ -51,6 +51,7 @@ from _common import (
     median,
     result,
     seed_queue,
+    signals_verdict,
     table,
     timed,
     wait_until,
@@ -276,10 +277,7 @@ def main() -> int:
 
     report_pass_cost(*pass_cost(sizes, args.runs), args.runs)
     report_depth(depth_throughput(depths, args.daemon_runs), args.daemon_runs)
-    if signalled:
-        print(f"WARNING: this bench process was sent signal(s) {signalled} by a pass")
-        return 1
-    return 0
+    return signals_verdict(signalled)
 
 
 if __name__ == "__main__":

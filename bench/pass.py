@@ -159,10 +159,7 @@ def main() -> int:
                 rows))
     print("\ngoals: empty local pass < 0.25 s, empty tinytask pass < 0.5 s, "
           "largest (1,000 leases, 10,000 idle) < 2 s")
-    if signalled:
-        print(f"WARNING: this bench process was sent signal(s) {signalled} by a pass")
-        return 1
-    return 0
+    return common.signals_verdict(signalled)
 
 
 if __name__ == "__main__":

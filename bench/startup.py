@@ -20,7 +20,6 @@ Exit code 1 when a goal is missed or a forbidden module is imported.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import result
+from _common import clean_env, result
 
 RUNS = 20
 #: command label -> goal in milliseconds
@@ -49,16 +48,6 @@ with contextlib.redirect_stdout(io.StringIO()):
     code = main({argv!r})
 print(code, ",".join(m for m in {heavy!r} if m in sys.modules))
 """
-
-
-def clean_env() -> dict[str, str]:
-    """No TINYSCHEDULER_* variable but an agent command that exists (``true``), so that
-    ``run --once`` makes a real empty pass rather than stopping at the missing goose.
-    Bytecode caching on (no PYTHONDONTWRITEBYTECODE), as users have it."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TINYSCHEDULER_") and k != "PYTHONDONTWRITEBYTECODE"}
-    env["TINYSCHEDULER_AGENT_COMMAND"] = "true"
-    return env
 
 
 def median_ms(argv: list[str], cwd: Path, env: dict[str, str], runs: int) -> float:
@@ -95,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "tinyscheduler config --show": [script, "config", "--show"],
         "tinyscheduler run --once (empty)": [script, "run", "--once"],
     }
-    env = clean_env()
+    # An agent command that exists, so that run --once makes a real empty pass rather
+    # than stopping at the missing goose.
+    env = clean_env(AGENT_COMMAND="true")
     ok = True
     with tempfile.TemporaryDirectory(prefix="tinyscheduler-bench-") as tmp:
         cwd = Path(tmp)

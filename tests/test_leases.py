@@ -19,6 +19,7 @@ from scheduler.errors import AlreadyLeased, InvalidName
 from scheduler.state.leases import (
     FINISHING,
     LEASE_VERSION,
+    MAX_RETIRED,
     RUNNING,
     STARTING,
     Lease,
@@ -526,7 +527,7 @@ def test_replaced_lease_files_are_freed_when_the_store_closes_what_it_retired(
 
     for second in range(2, 40):
         store.heartbeat("t1", "tok-1", T0.replace(second=second))
-    assert deleted_lease_files_open() == before + 16  # the oldest were closed
+    assert deleted_lease_files_open() == before + MAX_RETIRED  # the oldest were closed
     assert store.delete("t1", "tok-1")
     store.close_retired()
     assert deleted_lease_files_open() == before

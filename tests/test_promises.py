@@ -143,6 +143,19 @@ def outbox_entry(rig: Rig, task_id: str, token: str, outcome: str = "succeeded")
         summary=f"{outcome} from the outbox", host=HOST, finished_at=clock.now()))
 
 
+def good_entry_behind_garbage(rig: Rig):
+    """A claimed task whose result waits in the outbox, and ahead of it (older) an entry
+    that is not JSON, ``9-x.json``; the task."""
+    task = rig.add()
+    rig.tasks.claim(task.id, AGENT, "tok1")
+    good = outbox_entry(rig, task.id, "tok1")
+    os.utime(good, (2_000_000, 2_000_000))
+    garbage = rig.settings.outbox_dir / "9-x.json"
+    garbage.write_text("{not json")
+    os.utime(garbage, (1_000_000, 1_000_000))
+    return task
+
+
 def hold_lock(spawn_python, rig: Rig, task_id: str):
     """A separate process holding the task's liveness lock until its stdin closes."""
     holder = spawn_python(
@@ -189,13 +202,7 @@ def test_a_failed_delivery_keeps_the_entry_and_stops_delivery_for_the_pass(rig: 
 
 
 def test_an_unreadable_outbox_entry_is_quarantined_with_its_reason(rig: Rig) -> None:
-    task = rig.add()
-    rig.tasks.claim(task.id, AGENT, "tok1")
-    good = outbox_entry(rig, task.id, "tok1")
-    os.utime(good, (2_000_000, 2_000_000))
-    garbage = rig.settings.outbox_dir / "9-x.json"
-    garbage.write_text("{not json")
-    os.utime(garbage, (1_000_000, 1_000_000))
+    task = good_entry_behind_garbage(rig)
     hostile = rig.settings.outbox_dir / "8-y.json"
     hostile.write_text(json.dumps({"task_id": "../../etc", "agent": AGENT, "attempt": 1,
                                    "outcome": "succeeded", "token": "y"}))
@@ -216,21 +223,12 @@ def test_an_unreadable_outbox_entry_is_quarantined_with_its_reason(rig: Rig) -> 
     assert rig.tasks.get(task.id).status == COMPLETE
 
 
-# --- fencing: the wrapper ---------------------------------------------------------------
-
-
 def test_an_unreadable_outbox_entry_that_cannot_be_moved_aside_is_kept_in_place(
         rig: Rig) -> None:
     """The quarantine itself fails (a file stands where ``corrupt/`` goes): the entry is
     left where it is (never deleted), the error says why, and the good entry behind it
     is still delivered."""
-    task = rig.add()
-    rig.tasks.claim(task.id, AGENT, "tok1")
-    good = outbox_entry(rig, task.id, "tok1")
-    os.utime(good, (2_000_000, 2_000_000))
-    garbage = rig.settings.outbox_dir / "9-x.json"
-    garbage.write_text("{not json")
-    os.utime(garbage, (1_000_000, 1_000_000))
+    task = good_entry_behind_garbage(rig)
     (rig.settings.outbox_dir / "corrupt").write_text("in the way")
 
     summary = a_pass(rig)
@@ -238,9 +236,12 @@ def test_an_unreadable_outbox_entry_that_cannot_be_moved_aside_is_kept_in_place(
     [error] = summary.errors
     assert error.startswith("outbox entry 9-x.json unreadable (invalid JSON at line 1")
     assert "; could not be moved aside: " in error
-    assert garbage.read_text() == "{not json"
+    assert (rig.settings.outbox_dir / "9-x.json").read_text() == "{not json"
     assert (summary.outbox_delivered, summary.outbox_pending) == (1, 1)
     assert rig.tasks.get(task.id).status == COMPLETE
+
+
+# --- fencing: the wrapper ---------------------------------------------------------------
 
 
 def test_a_wrapper_fenced_after_its_agent_ended_reports_nothing(make_rig) -> None:
