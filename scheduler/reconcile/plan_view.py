@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from scheduler.reconcile.planner import Plan
+from scheduler.reconcile.planner import Plan, Skip
+
+#: Skip lines a dry run prints; the rest are counted (``--json`` lists every skip).
+MAX_SKIP_LINES = 100
+#: Task ids named on the line of a reason several tasks share.
+MAX_IDS_PER_LINE = 10
 
 
 def plan_to_json(the_plan: Plan) -> dict:
@@ -33,8 +38,32 @@ def render_plan(the_plan: Plan, summary) -> str:
     lines += [f"  task {s.task.id} -> {s.agent}: {s.task.title[:50]!r} ({s.why})"
               for s in the_plan.spawns]
     lines.append(f"would skip {len(the_plan.skips)}")
-    lines += [f"  task {s.task_id}: {s.reason}" for s in the_plan.skips]
+    lines += skip_lines(the_plan.skips)
     if summary.errors:
         lines.append("")
         lines += [f"error: {e}" for e in summary.errors]
     return "\n".join(lines)
+
+
+def skip_lines(skips: tuple[Skip, ...]) -> list[str]:
+    """The skips, a line per reason in the plan's order: ``task N: reason`` when one task
+    has it, ``reason: K tasks (ids)`` when several share it (with a large backlog and every
+    slot busy, thousands of tasks wait for the same slot). At most ``MAX_SKIP_LINES``,
+    then how many tasks the rest hold."""
+    by_reason: dict[str, list[str]] = {}
+    for skip in skips:
+        by_reason.setdefault(skip.reason, []).append(skip.task_id)
+    lines: list[str] = []
+    for count, (reason, ids) in enumerate(by_reason.items()):
+        if count == MAX_SKIP_LINES:
+            rest = sum(len(ids) for ids in list(by_reason.values())[count:])
+            lines.append(f"  ... {rest} more skipped tasks (--json lists every one)")
+            break
+        if len(ids) == 1:
+            lines.append(f"  task {ids[0]}: {reason}")
+            continue
+        named = ", ".join(ids[:MAX_IDS_PER_LINE])
+        if len(ids) > MAX_IDS_PER_LINE:
+            named += f" and {len(ids) - MAX_IDS_PER_LINE} more"
+        lines.append(f"  {reason}: {len(ids)} tasks ({named})")
+    return lines
