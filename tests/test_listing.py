@@ -1,5 +1,5 @@
 """The windowed listing plans exactly what the full listing plans, reading only the top
-of each listing (a real SQLite store, any backlog)."""
+of each listing (the real stores, SQLite and PostgreSQL, any backlog)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import psycopg
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +17,7 @@ from scheduler.config.registry import Agent, Registry
 from scheduler.reconcile.listing import Lister, Listing
 from scheduler.reconcile.planner import LeaseView, Pauses, free_slots, plan
 from scheduler.sources.local import LocalStore
+from scheduler.sources.postgres.store import PostgresStore
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 AGENTS = ("ana", "bo", "cy")
@@ -74,6 +77,36 @@ def build_store(path: Path, specs: list[dict]) -> LocalStore:
     return store
 
 
+@pytest.fixture(scope="module")
+def pg_listing_url(pg_server):
+    """One database for this module's PostgreSQL examples, emptied before each."""
+    url = pg_server.new_database()
+    yield url
+    if pg_server.running():
+        pg_server.drop_database(url)
+
+
+def build_pg_store(url: str, specs: list[dict]) -> PostgresStore:
+    """The same backlog as :func:`build_store`, in PostgreSQL (ids from 1 again)."""
+    store = PostgresStore(url, clock=lambda: NOW)
+    store.list_tasks()  # the schema exists before its tables are emptied
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tinyscheduler.blockers, tinyscheduler.history, "
+                     "tinyscheduler.runs, tinyscheduler.tasks RESTART IDENTITY CASCADE")
+    for spec in specs:
+        store.add_task("t", queue=spec["queue"], assignee=spec["assignee"],
+                       priority=spec["priority"], files=spec["files"],
+                       blocked_by=[str(b) for b in spec["blocked_by"]])
+    with psycopg.connect(url, autocommit=True) as conn:
+        for number, spec in enumerate(specs, 1):
+            not_before = (NOW + timedelta(seconds=spec["backoff"])) if spec["backoff"] else None
+            conn.execute("UPDATE tinyscheduler.tasks SET status = %s, created_at = %s, "
+                         "not_before = %s WHERE id = %s",
+                         (spec["status"], NOW - timedelta(minutes=spec["age_min"]),
+                          not_before, number))
+    return store
+
+
 def spawns(the_plan) -> list[tuple[str, str]]:
     return [(spawn.task.id, spawn.agent) for spawn in the_plan.spawns]
 
@@ -81,21 +114,36 @@ def spawns(the_plan) -> list[tuple[str, str]]:
 @settings(max_examples=150, deadline=None)
 @given(backlogs())
 def test_the_windowed_listing_plans_what_the_full_listing_plans(world) -> None:
-    registry, specs, leased, pauses, occupied, margin = world
     with tempfile.TemporaryDirectory() as tmp:
-        store = build_store(Path(tmp) / "tasks.db", specs)
-        views = [LeaseView(str(task), agent) for task, agent in leased]
-
-        def make_plan(listing: Listing):
-            return plan(views, listing.tasks, registry, NOW, pauses=pauses,
-                        counts=listing.counts, occupied=occupied)
-
-        full = make_plan(Lister(registry).full(store))
-        free = free_slots(views, registry, pauses=pauses)
-        window, windowed = Lister(registry, margin=margin).windowed(store, free, pauses,
-                                                                     make_plan)
-        assert spawns(windowed) == spawns(full)
+        store = build_store(Path(tmp) / "tasks.db", world[1])
+        assert_same_spawns(store, world)
         store.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(world=backlogs())
+def test_the_windowed_listing_plans_what_the_full_listing_plans_on_postgres(
+        pg_listing_url, world) -> None:
+    store = build_pg_store(pg_listing_url, world[1])
+    try:
+        assert_same_spawns(store, world)
+    finally:
+        store.close()
+
+
+def assert_same_spawns(store, world) -> None:
+    registry, _specs, leased, pauses, occupied, margin = world
+    views = [LeaseView(str(task), agent) for task, agent in leased]
+
+    def make_plan(listing: Listing):
+        return plan(views, listing.tasks, registry, NOW, pauses=pauses,
+                    counts=listing.counts, occupied=occupied)
+
+    full = make_plan(Lister(registry).full(store))
+    free = free_slots(views, registry, pauses=pauses)
+    _window, windowed = Lister(registry, margin=margin).windowed(store, free, pauses,
+                                                                  make_plan)
+    assert spawns(windowed) == spawns(full)
 
 
 class Spy:
@@ -113,8 +161,19 @@ class Spy:
         return self.store.ready_window(agent=agent, queue=queue, limit=limit)
 
 
-def test_a_window_reads_what_the_free_slots_can_take_not_the_backlog(tmp_path) -> None:
-    store = LocalStore(tmp_path / "tasks.db", clock=lambda: NOW)
+@pytest.fixture(params=["local", "postgres"])
+def empty_store(request, tmp_path):
+    """An empty store of each kind, on the fixed clock."""
+    if request.param == "local":
+        store = LocalStore(tmp_path / "tasks.db", clock=lambda: NOW)
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_url"), clock=lambda: NOW)
+    yield store
+    store.close()
+
+
+def test_a_window_reads_what_the_free_slots_can_take_not_the_backlog(empty_store) -> None:
+    store = empty_store
     store.import_tasks([{"title": f"t{n}", "queue": "dev"} for n in range(5000)])
     chain = store.add_task("first of a chain", queue="dev")
     store.add_task("waits for it", queue="dev", blocked_by=[chain.id])

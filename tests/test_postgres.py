@@ -99,7 +99,30 @@ def test_a_later_migration_runs_once(store, pg_url, monkeypatch):
         schema._READY.clear()
         with PostgresStore(pg_url) as again:
             assert [t.title for t in again.list_tasks()] == ["before"]
-    assert sql(pg_url, "SELECT version FROM tinyscheduler.schema_version") == [(2,)]
+    assert sql(pg_url, "SELECT version FROM tinyscheduler.schema_version") == [
+        (schema.SCHEMA_VERSION,)]
+
+
+def test_a_first_version_database_gains_the_ready_window_indexes(pg_url, monkeypatch):
+    """A database made by the first schema (before ready windows) is upgraded in place:
+    its tasks stay, the two old indexes give way to the ordered ones, and windows work."""
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    schema._READY.clear()
+    with PostgresStore(pg_url) as old:
+        low = old.add_task("low", queue="dev", priority=0)
+        high = old.add_task("high", queue="dev", priority=5)
+    monkeypatch.undo()
+    schema._READY.clear()
+
+    with PostgresStore(pg_url) as store:
+        assert [t.id for t in store.ready_window(queue="dev", limit=5)] == [high.id, low.id]
+    assert sql(pg_url, "SELECT version FROM tinyscheduler.schema_version") == [
+        (schema.SCHEMA_VERSION,)]
+    indexes = {r[0] for r in sql(pg_url, "SELECT indexname FROM pg_indexes "
+                                         "WHERE schemaname = 'tinyscheduler'")}
+    assert {"tasks_ready_queue", "tasks_ready_assignee", "history_at"} <= indexes
+    assert not {"tasks_status_queue_assignee", "tasks_assignee_status"} & indexes
 
 
 def _open_and_add(url: str) -> str:

@@ -94,6 +94,19 @@ MIGRATIONS: list[str] = [
         heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
     );
     """,
+    # Ready windows: the idle tasks of a queue or an agent in the planner's order
+    # (priority, age, id), read from an index and stopped after the first few (the two
+    # indexes dropped are prefixes of these). History by time: each pass looks for the
+    # launch failures since the previous one.
+    f"""
+    DROP INDEX {SCHEMA}.tasks_status_queue_assignee;
+    DROP INDEX {SCHEMA}.tasks_assignee_status;
+    CREATE INDEX tasks_ready_queue
+        ON {SCHEMA}.tasks(status, queue, assignee, priority DESC, created_at, id);
+    CREATE INDEX tasks_ready_assignee
+        ON {SCHEMA}.tasks(assignee, status, priority DESC, created_at, id);
+    CREATE INDEX history_at ON {SCHEMA}.history(at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -73,6 +73,20 @@ SELECT_TASKS = f"SELECT {_COLUMNS} FROM {T} t"
 READY_QUEUE_SQL = (f"{SELECT_TASKS} WHERE t.status = 'idle' AND t.queue = %s "
                    "AND t.assignee IS NULL ORDER BY t.id")
 READY_ASSIGNED_SQL = f"{SELECT_TASKS} WHERE t.assignee = %s AND t.status = 'idle' ORDER BY t.id"
+#: A ready window: the idle tasks of one listing that are neither blocked nor in retry
+#: backoff, in the planner's order after blocker counts (priority, age, id), the first few.
+_WINDOW_WHERE = f"""t.status = 'idle' AND (t.not_before IS NULL OR t.not_before <= %s)
+    AND NOT EXISTS (SELECT 1 FROM {B} b JOIN {T} bt ON bt.id = b.blocker_id
+                    WHERE b.task_id = t.id AND bt.status <> 'complete')
+    ORDER BY t.priority DESC, t.created_at, t.id LIMIT %s"""
+WINDOW_QUEUE_SQL = (f"{SELECT_TASKS} WHERE t.queue = %s AND t.assignee IS NULL "
+                    f"AND {_WINDOW_WHERE}")
+WINDOW_ASSIGNED_SQL = f"{SELECT_TASKS} WHERE t.assignee = %s AND {_WINDOW_WHERE}"
+#: Every blocker edge of an idle task, with its blocker's status (from the blocker table,
+#: usually far smaller than the backlog).
+IDLE_EDGES_SQL = f"""SELECT b.task_id, b.blocker_id, bt.status FROM {B} b
+    JOIN {T} t ON t.id = b.task_id JOIN {T} bt ON bt.id = b.blocker_id
+    WHERE t.status = 'idle'"""
 _STATUS_COLUMNS = ("id, status, queue, assignee, attempts, lease_token, last_error, "
                    "runtime_sec, cost_usd")
 _STATUS_KEYS = _STATUS_COLUMNS.split(", ")
@@ -181,6 +195,20 @@ class PostgresStore:
 
     def queue_idle_unassigned(self, queue: str) -> list[Task]:
         return [_row_to_task(r) for r in self._query(READY_QUEUE_SQL, (queue,))]
+
+    def ready_window(self, *, agent: str | None = None, queue: str | None = None,
+                     limit: int) -> list[Task]:
+        """The first ``limit`` ready tasks (idle, not blocked, not in retry backoff)
+        assigned to ``agent``, or unassigned in ``queue``, by priority, age and id."""
+        sql, name = (WINDOW_ASSIGNED_SQL, agent) if agent is not None else (
+            WINDOW_QUEUE_SQL, queue)
+        return [_row_to_task(r) for r in self._query(sql, (name, self._now(), limit))]
+
+    def idle_blocker_edges(self) -> list[tuple[str, str, str]]:
+        """(idle task, its blocker, the blocker's status) for every blocker of an idle
+        task: what each task unblocks and which are blocked, without reading the backlog."""
+        return [(str(task), str(blocker), status)
+                for task, blocker, status in self._query(IDLE_EDGES_SQL)]
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
         found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
