@@ -411,6 +411,20 @@ def test_current_chunks_and_reports_missing(store):
     assert store.current([]) == {}
 
 
+def test_states_and_claimed_read_what_a_pass_asks_of_running_tasks(store):
+    idle = store.add_task("waiting", queue="dev").id
+    mine = working(store, token="mine")
+    theirs = working(store, token="theirs")
+    assert store.states([mine, idle, "999999", "not-an-id"]) == {
+        mine: ("working", "alice"), idle: ("idle", None), "999999": None, "not-an-id": None}
+    assert store.states([]) == {}
+    assert store.claimed() == [(mine, "mine"), (theirs, "theirs")]
+    store.report(result(mine, outcome="succeeded", token="mine", summary="done"),
+                 RetryPolicy(max_attempts=3, backoff_sec=0))
+    assert store.states([mine]) == {mine: ("complete", "alice")}
+    assert store.claimed() == [(theirs, "theirs")]
+
+
 def test_ready_query_plans_use_indexes(sqlite_store, db_path):
     sqlite_store.add_task("x", queue="dev")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from scheduler import clock as _clock
 from scheduler.errors import InputError, InvalidTransition, SourceError, TaskNotFound
@@ -104,6 +104,10 @@ def _row_to_task(row: tuple) -> Task:
     )
 
 
+
+
+#: What :meth:`PostgresStore._by_id` makes of each row.
+_Found = TypeVar("_Found")
 
 
 def _aware(value: datetime) -> datetime:
@@ -211,17 +215,35 @@ class PostgresStore:
                 for task, blocker, status in self._query(IDLE_EDGES_SQL)]
 
     def current(self, task_ids: list[str]) -> dict[str, Task | None]:
-        found: dict[str, Task | None] = {str(task_id): None for task_id in task_ids}
+        return self._by_id(task_ids, f"{SELECT_TASKS} WHERE t.id", _row_to_task)
+
+    def states(self, task_ids: list[str]) -> dict[str, tuple[str, str | None] | None]:
+        """(status, assignee) of each task as it is now, None for one that is gone: what
+        a pass asks about its running tasks, without reading whole tasks."""
+        return self._by_id(task_ids, f"SELECT id, status, assignee FROM {T} WHERE id",
+                           lambda row: (row[1], row[2]))
+
+    def _by_id(self, task_ids: list[str], select: str,
+               convert: Callable[[tuple], _Found]) -> dict[str, _Found | None]:
+        """``convert(row)`` for each of ``task_ids`` (None for a task that is not here);
+        ``select`` ends with the id column (the row's first), which ``= ANY`` follows."""
+        found: dict[str, _Found | None] = {str(task_id): None for task_id in task_ids}
         numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
         if not numbers:
             return found
-        rows = self._query(f"{SELECT_TASKS} WHERE t.id = ANY(%s)", (numbers,))
-        by_number = {row[0]: _row_to_task(row) for row in rows}
+        by_number = {row[0]: convert(row)
+                     for row in self._query(f"{select} = ANY(%s)", (numbers,))}
         for key in found:
             number = int_id(key)
             if number is not None:
                 found[key] = by_number.get(number)
         return found
+
+    def claimed(self) -> list[tuple[str, str | None]]:
+        """(id, lease token) of every working task on any host, in id order: the cheap
+        first look for stranded tasks (:meth:`working` reads whole tasks)."""
+        return [(str(task_id), token) for task_id, token in self._query(
+            f"SELECT id, lease_token FROM {T} WHERE status = 'working' ORDER BY id")]
 
     def working(self) -> list[Task]:
         """Every working task, on any host, with its lease token (a scheduler requeues only
