@@ -1,5 +1,5 @@
-"""How a dry run shows its skips: a line per reason, so a large backlog waiting for busy
-slots reads as a few lines, not one per task."""
+"""How a dry run shows its skips: a line per task, but one line for a reason many tasks
+share, so a large backlog waiting for busy slots reads as a few lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from types import SimpleNamespace
 
 from scheduler.cli import main
 from scheduler.config.settings import PREFIX
-from scheduler.reconcile.plan_view import MAX_IDS_PER_LINE, MAX_SKIP_LINES, render_plan, skip_lines
+from scheduler.reconcile.plan_view import (
+    GROUP_FROM,
+    MAX_IDS_PER_LINE,
+    MAX_SKIP_LINES,
+    render_plan,
+    skip_lines,
+)
 from scheduler.reconcile.planner import Plan, Skip
 
 
@@ -22,14 +28,29 @@ def test_a_reason_of_one_task_names_the_task():
     assert skip_lines(skips) == ["  task 10: blocked by 9", "  task 20: blocked by 19"]
 
 
-def test_a_shared_reason_is_one_line_with_the_count_and_the_first_ids():
+def test_a_reason_many_tasks_share_is_one_line_with_the_count_and_the_first_ids():
     skips = (Skip("5", "blocked by 4", "blocked"), *(no_slot(n) for n in range(100, 125)),
              no_slot(7, "qa"), no_slot(8, "qa"))
     first_ids = ", ".join(str(n) for n in range(100, 100 + MAX_IDS_PER_LINE))
     assert skip_lines(skips) == [
         "  task 5: blocked by 4",
         f"  queue dev has no free slot: 25 tasks ({first_ids} and {25 - MAX_IDS_PER_LINE} more)",
-        "  queue qa has no free slot: 2 tasks (7, 8)",
+        "  task 7: queue qa has no free slot",
+        "  task 8: queue qa has no free slot",
+    ]
+
+
+def test_a_reason_fewer_tasks_share_stays_a_line_per_task_in_plan_order():
+    assert GROUP_FROM == 4  # docs/operations.md says "four or more"
+    waiting = [Skip(str(n), "blocked by 1", "blocked") for n in (2, 3, 4)]
+    skips = (waiting[0], Skip("9", "blocked by 8", "blocked"), waiting[1],
+             *(no_slot(n) for n in (20, 21, 22, 23)), waiting[2])
+    assert skip_lines(skips) == [
+        "  task 2: blocked by 1",
+        "  task 9: blocked by 8",
+        "  task 3: blocked by 1",
+        "  queue dev has no free slot: 4 tasks (20, 21, 22, 23)",
+        "  task 4: blocked by 1",
     ]
 
 

@@ -6,6 +6,8 @@ from scheduler.reconcile.planner import Plan, Skip
 
 #: Skip lines a dry run prints; the rest are counted (``--json`` lists every skip).
 MAX_SKIP_LINES = 100
+#: A reason this many tasks share is one line (fewer: a line per task).
+GROUP_FROM = 4
 #: Task ids named on the line of a reason several tasks share.
 MAX_IDS_PER_LINE = 10
 
@@ -46,24 +48,27 @@ def render_plan(the_plan: Plan, summary) -> str:
 
 
 def skip_lines(skips: tuple[Skip, ...]) -> list[str]:
-    """The skips, a line per reason in the plan's order: ``task N: reason`` when one task
-    has it, ``reason: K tasks (ids)`` when several share it (with a large backlog and every
-    slot busy, thousands of tasks wait for the same slot). At most ``MAX_SKIP_LINES``,
-    then how many tasks the rest hold."""
+    """The skips in the plan's order, ``task N: reason`` each, except that a reason
+    ``GROUP_FROM`` or more tasks share is one line, ``reason: K tasks (ids)``, where that
+    reason first comes (with a large backlog and every slot busy, thousands of tasks wait
+    for the same slot). At most ``MAX_SKIP_LINES``, then how many tasks the rest hold."""
     by_reason: dict[str, list[str]] = {}
     for skip in skips:
         by_reason.setdefault(skip.reason, []).append(skip.task_id)
-    lines: list[str] = []
-    for count, (reason, ids) in enumerate(by_reason.items()):
-        if count == MAX_SKIP_LINES:
-            rest = sum(len(ids) for ids in list(by_reason.values())[count:])
-            lines.append(f"  ... {rest} more skipped tasks (--json lists every one)")
-            break
-        if len(ids) == 1:
-            lines.append(f"  task {ids[0]}: {reason}")
-            continue
-        named = ", ".join(ids[:MAX_IDS_PER_LINE])
-        if len(ids) > MAX_IDS_PER_LINE:
-            named += f" and {len(ids) - MAX_IDS_PER_LINE} more"
-        lines.append(f"  {reason}: {len(ids)} tasks ({named})")
+    entries: list[tuple[str, int]] = []  # (line, tasks it stands for)
+    grouped: set[str] = set()
+    for skip in skips:
+        ids = by_reason[skip.reason]
+        if len(ids) < GROUP_FROM:
+            entries.append((f"  task {skip.task_id}: {skip.reason}", 1))
+        elif skip.reason not in grouped:
+            grouped.add(skip.reason)
+            named = ", ".join(ids[:MAX_IDS_PER_LINE])
+            if len(ids) > MAX_IDS_PER_LINE:
+                named += f" and {len(ids) - MAX_IDS_PER_LINE} more"
+            entries.append((f"  {skip.reason}: {len(ids)} tasks ({named})", len(ids)))
+    lines = [line for line, _tasks in entries[:MAX_SKIP_LINES]]
+    if len(entries) > MAX_SKIP_LINES:
+        rest = sum(tasks for _line, tasks in entries[MAX_SKIP_LINES:])
+        lines.append(f"  ... {rest} more skipped tasks (--json lists every one)")
     return lines
