@@ -66,8 +66,8 @@ coverage: $(VENV)/.installed-dev
 mutate: $(VENV)/.installed-dev
 	$(BIN)/python scripts/mutate.py
 
-## bench: the issue-17 benches (backlog scaling, throughput and refill latency next to
-## task-spooler, start-up, wrapper), then one summary table; 2-3 minutes. BENCH_ARGS=--quick
+## bench: the issue-17 benches (backlog scaling on both stores, throughput and refill
+## latency next to task-spooler, start-up, wrapper), then one summary table; 3 minutes. BENCH_ARGS=--quick
 ## for a smoke run. The other scripts in bench/ run on their own.
 bench: $(VENV)/.installed
 	@if ! command -v tsp >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \

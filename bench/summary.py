@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 #: (script, its arguments, extra arguments with --quick)
 BENCHES = (
     ("backlog.py", [], ["--quick"]),
+    ("postgres.py", ["--passes", "--runs", "5"], ["--quick", "--runs", "3"]),
     ("throughput.py", [], ["--quick"]),
     ("startup.py", [], ["--runs", "5"]),
     ("wrapper.py", ["--quick", "--runs", "10"], ["--runs", "3"]),
