@@ -147,9 +147,9 @@ def assert_same_spawns(store, world) -> None:
 
 
 class Spy:
-    """A local store that records every window it was asked for."""
+    """A store that records every window it was asked for."""
 
-    def __init__(self, store: LocalStore) -> None:
+    def __init__(self, store: LocalStore | PostgresStore) -> None:
         self.store = store
         self.windows: list[tuple[str | None, str | None, int]] = []
 

@@ -104,8 +104,6 @@ def _row_to_task(row: tuple) -> Task:
     )
 
 
-
-
 #: What :meth:`PostgresStore._by_id` makes of each row.
 _Found = TypeVar("_Found")
 
