@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import select
 import time
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -28,6 +29,7 @@ from scheduler.sources.base import RECLAIMED, SUCCEEDED, Result, RetryPolicy
 from scheduler.sources.local import LocalStore
 from scheduler.sources.postgres import db as pgdb
 from scheduler.sources.postgres import schema
+from scheduler.sources.postgres import store as pgstore
 from scheduler.sources.postgres.coordinated import CoordinatedSource
 from scheduler.sources.postgres.coordinator import Coordinator, GlobalLimitReached
 from scheduler.sources.postgres.store import PostgresStore
@@ -121,8 +123,32 @@ def test_a_first_version_database_gains_the_ready_window_indexes(pg_url, monkeyp
         (schema.SCHEMA_VERSION,)]
     indexes = {r[0] for r in sql(pg_url, "SELECT indexname FROM pg_indexes "
                                          "WHERE schemaname = 'tinyscheduler'")}
-    assert {"tasks_ready_queue", "tasks_ready_assignee", "history_at"} <= indexes
-    assert not {"tasks_status_queue_assignee", "tasks_assignee_status"} & indexes
+    assert {"tasks_ready_queue", "tasks_ready_assignee", "history_at",
+            "tasks_status_queue_assignee", "tasks_assignee_status"} <= indexes
+
+
+def test_a_window_is_the_top_of_its_index_and_edges_are_read_by_key(store, pg_url):
+    """With 20,000 idle tasks: a ready window reads the first rows of its partial index
+    (no sort of the whole queue), and the blocker edges are read from the blocker table
+    with each task looked up by its key, even before the blocker table has statistics
+    (a join could then hash the whole task table)."""
+    store.add_task("seed", queue="dev")
+    sql(pg_url, "INSERT INTO tinyscheduler.tasks (title, queue, assignee, status, created_at, "
+                "updated_at) SELECT 'q ' || n, 'dev', CASE WHEN mod(n, 2) = 0 THEN 'vaela' END, "
+                "'idle', now(), now() FROM generate_series(2, 20000) n")
+    sql(pg_url, "ANALYZE tinyscheduler.tasks")
+
+    def plan(query: str, params=()) -> str:
+        return "\n".join(row[0] for row in sql(pg_url, "EXPLAIN " + query, params))
+
+    now = datetime.now(timezone.utc)
+    queue = plan(pgstore.WINDOW_QUEUE_SQL, ("dev", now, 8))
+    assert "tasks_ready_queue" in queue and "Sort" not in queue, queue
+    assigned = plan(pgstore.WINDOW_ASSIGNED_SQL, ("vaela", now, 8))
+    assert "tasks_ready_assignee" in assigned and "Sort" not in assigned, assigned
+    edges = plan(pgstore.IDLE_EDGES_SQL)
+    assert "Seq Scan on tasks" not in edges and "Hash" not in edges, edges
+    assert [t.id for t in store.ready_window(queue="dev", limit=3)] == ["1", "3", "5"]
 
 
 def _open_and_add(url: str) -> str:

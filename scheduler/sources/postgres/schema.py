@@ -95,16 +95,15 @@ MIGRATIONS: list[str] = [
     );
     """,
     # Ready windows: the idle tasks of a queue or an agent in the planner's order
-    # (priority, age, id), read from an index and stopped after the first few (the two
-    # indexes dropped are prefixes of these). History by time: each pass looks for the
-    # launch failures since the previous one.
+    # (priority, age, id), read from an index and stopped after the first few. Partial
+    # indexes, so that the queue or the agent is the only column before the order (an
+    # `assignee IS NULL` before it would make PostgreSQL sort the whole queue instead).
+    # History by time: each pass looks for the launch failures since the previous one.
     f"""
-    DROP INDEX {SCHEMA}.tasks_status_queue_assignee;
-    DROP INDEX {SCHEMA}.tasks_assignee_status;
-    CREATE INDEX tasks_ready_queue
-        ON {SCHEMA}.tasks(status, queue, assignee, priority DESC, created_at, id);
+    CREATE INDEX tasks_ready_queue ON {SCHEMA}.tasks(queue, priority DESC, created_at, id)
+        WHERE status = 'idle' AND assignee IS NULL;
     CREATE INDEX tasks_ready_assignee
-        ON {SCHEMA}.tasks(assignee, status, priority DESC, created_at, id);
+        ON {SCHEMA}.tasks(assignee, priority DESC, created_at, id) WHERE status = 'idle';
     CREATE INDEX history_at ON {SCHEMA}.history(at);
     """,
 ]

@@ -82,11 +82,15 @@ _WINDOW_WHERE = f"""t.status = 'idle' AND (t.not_before IS NULL OR t.not_before 
 WINDOW_QUEUE_SQL = (f"{SELECT_TASKS} WHERE t.queue = %s AND t.assignee IS NULL "
                     f"AND {_WINDOW_WHERE}")
 WINDOW_ASSIGNED_SQL = f"{SELECT_TASKS} WHERE t.assignee = %s AND {_WINDOW_WHERE}"
-#: Every blocker edge of an idle task, with its blocker's status (from the blocker table,
-#: usually far smaller than the backlog).
-IDLE_EDGES_SQL = f"""SELECT b.task_id, b.blocker_id, bt.status FROM {B} b
-    JOIN {T} t ON t.id = b.task_id JOIN {T} bt ON bt.id = b.blocker_id
-    WHERE t.status = 'idle'"""
+#: Every blocker edge of an idle task, with its blocker's status: read from the blocker
+#: table (usually far smaller than the backlog), each task looked up by its key. Scalar
+#: subqueries, so that no plan hashes the whole task table (as a join may when the
+#: blocker table's statistics are missing).
+IDLE_EDGES_SQL = f"""SELECT edge.task_id, edge.blocker_id, edge.blocker_status FROM (
+    SELECT b.task_id, b.blocker_id,
+        (SELECT t.status FROM {T} t WHERE t.id = b.task_id) AS task_status,
+        (SELECT bt.status FROM {T} bt WHERE bt.id = b.blocker_id) AS blocker_status
+    FROM {B} b) edge WHERE edge.task_status = 'idle'"""
 _STATUS_COLUMNS = ("id, status, queue, assignee, attempts, lease_token, last_error, "
                    "runtime_sec, cost_usd")
 _STATUS_KEYS = _STATUS_COLUMNS.split(", ")
