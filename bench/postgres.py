@@ -170,8 +170,10 @@ def daemon_rate(server: PgServer, root: Path, queued: int, measured: int,
                 return store.db.query("SELECT count(*) FROM tinyscheduler.tasks "
                                       "WHERE status = 'complete'")[0][0]
 
-            if not wait_until(lambda: completed() >= measured, 600, 0.1):
-                raise RuntimeError(f"only {completed()} of {measured} completed")
+            if not wait_until(lambda: completed() >= measured or daemon.poll() is not None,
+                              600, 0.1) or daemon.poll() is not None:
+                raise RuntimeError(f"only {completed()} of {measured} completed (daemon exit "
+                                   f"code {daemon.poll()})")
             first = store.db.query("SELECT min(at) FROM tinyscheduler.history "
                                    "WHERE to_status = 'working'")[0][0]
             last = store.db.query("SELECT at FROM tinyscheduler.history WHERE to_status = "
@@ -250,9 +252,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer samples")
     parser.add_argument("--passes", action="store_true",
-                        help="only the run --once times, with RESULT lines (make bench)")
+                        help="only the run --once times and a daemon's throughput, with "
+                             "RESULT lines (make bench)")
     args = parser.parse_args()
-    tasks, queued, samples = (600, 10_000, 10) if args.quick else (3_000, 100_000, 40)
+    tasks, queued, samples, measured = ((600, 10_000, 10, 100) if args.quick
+                                        else (3_000, 100_000, 40, 500))
     try:
         find_binary("initdb")
         find_binary("pg_ctl")
@@ -264,7 +268,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="tinysched-bench-") as tmp:
             root = Path(tmp)
             if args.passes:
-                report_passes(server, root, args.runs, queued, measured=tasks // 6)
+                report_passes(server, root, args.runs, queued, measured)
                 return 0
             rows = []
             for kind in ("local", "postgres"):
