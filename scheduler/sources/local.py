@@ -61,6 +61,7 @@ from scheduler.sources.rules import (  # noqa: F401 - re-exported for callers of
     RECIPE_RULE,
     STATUSES,
     TRANSITIONS,
+    by_task_id,
     check_edit,
     check_edit_request,
     check_files,
@@ -555,22 +556,17 @@ class LocalStore:
         """``convert(row)`` for each of ``task_ids`` (None for a task that is not here),
         read in chunks of CHUNK ids in one snapshot; ``select`` ends with the id column,
         which ``IN (...)`` follows."""
-        found: dict[str, _Found | None] = {str(task_id): None for task_id in task_ids}
-        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
-        if not numbers:
-            return found
-        by_number: dict[int, _Found] = {}
-        with self._read() as conn:
-            for start in range(0, len(numbers), CHUNK):
-                chunk = numbers[start:start + CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(f"{select} IN ({marks})", chunk):
-                    by_number[row["id"]] = convert(row)
-        for key in found:
-            number = int_id(key)
-            if number is not None:
-                found[key] = by_number.get(number)
-        return found
+        def read(numbers: list[int]) -> dict[int, _Found]:
+            by_number: dict[int, _Found] = {}
+            with self._read() as conn:
+                for start in range(0, len(numbers), CHUNK):
+                    chunk = numbers[start:start + CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for row in conn.execute(f"{select} IN ({marks})", chunk):
+                        by_number[row["id"]] = convert(row)
+            return by_number
+
+        return by_task_id(task_ids, read)
 
     def claimed(self) -> list[tuple[str, str | None]]:
         """(id, lease token) of every working task, in id order: the cheap first look for

@@ -7,10 +7,10 @@ differs. Pure functions: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from scheduler import clock as _clock
 from scheduler.errors import InputError, InvalidTransition
@@ -118,6 +118,25 @@ def int_id(task_id: object) -> int | None:
         value = int(task_id)
         return value if value > 0 else None
     return None
+
+
+_Found = TypeVar("_Found")
+
+
+def by_task_id(task_ids: Iterable[object],
+               read: Callable[[list[int]], Mapping[int, _Found]]) -> dict[str, _Found | None]:
+    """What ``read`` found for each of ``task_ids``, keyed as given (as text): ``read``
+    gets the distinct valid numbers in order and returns what it found by number; an id
+    that is not a number, or not found, maps to None. Nothing is read for no numbers."""
+    found: dict[str, _Found | None] = {str(task_id): None for task_id in task_ids}
+    numbers = sorted({n for n in map(int_id, found) if n is not None})
+    if numbers:
+        by_number = read(numbers)
+        for key in found:
+            number = int_id(key)
+            if number is not None:
+                found[key] = by_number.get(number)
+    return found
 
 
 # --- validation -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from scheduler.sources.postgres.schema import (
 from scheduler.sources.rules import (
     EDIT_FIELDS,
     MAX_DETAIL_BYTES,
+    by_task_id,
     check_edit,
     check_edit_request,
     check_new_task,
@@ -230,17 +231,8 @@ class PostgresStore:
                convert: Callable[[tuple], _Found]) -> dict[str, _Found | None]:
         """``convert(row)`` for each of ``task_ids`` (None for a task that is not here);
         ``select`` ends with the id column (the row's first), which ``= ANY`` follows."""
-        found: dict[str, _Found | None] = {str(task_id): None for task_id in task_ids}
-        numbers = sorted({n for n in (int_id(t) for t in task_ids) if n is not None})
-        if not numbers:
-            return found
-        by_number = {row[0]: convert(row)
-                     for row in self._query(f"{select} = ANY(%s)", (numbers,))}
-        for key in found:
-            number = int_id(key)
-            if number is not None:
-                found[key] = by_number.get(number)
-        return found
+        return by_task_id(task_ids, lambda numbers: {
+            row[0]: convert(row) for row in self._query(f"{select} = ANY(%s)", (numbers,))})
 
     def claimed(self) -> list[tuple[str, str | None]]:
         """(id, lease token) of every working task on any host, in id order: the cheap
